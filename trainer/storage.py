@@ -1,0 +1,139 @@
+"""Every path the trainer reads or writes is an fsspec URL: a plain path, file://, s3:// and the rest.
+
+S3 settings come only from the standard AWS environment (AWS_ENDPOINT_URL[_S3], AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_REGION or an IRSA role); nothing here accepts or prints credentials.
+Writes that must never be seen half-done go through `atomic_write_bytes`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import fsspec
+import torch
+
+from trainer.errors import UserError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRY_ATTEMPTS = int(os.environ.get("UNMIX_STORAGE_RETRIES", "6"))
+RETRY_FIRST_DELAY_S = float(os.environ.get("UNMIX_STORAGE_RETRY_DELAY", "1.0"))
+
+
+def _s3_options() -> dict[str, Any]:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    options: dict[str, Any] = {}
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    return options
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem of `url` and the path inside it."""
+    protocol = fsspec.utils.get_protocol(url)
+    options = _s3_options() if protocol in ("s3", "s3a") else {}
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    return fs, path
+
+
+def is_local(url: str) -> bool:
+    return fsspec.utils.get_protocol(url) in ("file", "local")
+
+
+def join(base: str, *parts: str) -> str:
+    base = base.rstrip("/")
+    return "/".join([base, *(p.strip("/") for p in parts)])
+
+
+def with_retries(action: Callable[[], T], what: str) -> T:
+    """Run `action`, retrying transient storage errors with exponential backoff."""
+    delay = RETRY_FIRST_DELAY_S
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return action()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, UserError):
+            raise
+        except (OSError, ConnectionError, TimeoutError) as error:
+            if attempt == RETRY_ATTEMPTS:
+                raise OSError(f"{what} failed after {attempt} attempts: {error}") from error
+            log.warning("%s failed (%s: %s); retry %d/%d in %.0fs", what, type(error).__name__, error,
+                        attempt, RETRY_ATTEMPTS - 1, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+    raise AssertionError("unreachable")
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return with_retries(lambda: fs.exists(path), f"checking {url}")
+
+
+def makedirs(url: str) -> None:
+    fs, path = filesystem(url)
+    if is_local(url):
+        os.makedirs(path, exist_ok=True)
+    # Object stores have no directories: nothing to create.
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    return with_retries(lambda: fs.cat_file(path), f"reading {url}")
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode("utf-8")
+
+
+def atomic_write_bytes(url: str, data: bytes) -> None:
+    """Write `data` so that readers see the old object or the complete new one, never a torn file.
+
+    Locally: a temporary file in the same folder, fsync, then rename. On object storage: one PUT of the
+    complete object, which the store makes visible atomically.
+    """
+    fs, path = filesystem(url)
+    if is_local(url):
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    with_retries(lambda: fs.pipe_file(path, data), f"writing {url}")
+
+
+def write_text(url: str, text: str) -> None:
+    atomic_write_bytes(url, text.encode("utf-8"))
+
+
+def save_torch(obj: Any, url: str) -> None:
+    """torch.save to any URL, atomically (serialised in memory first)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(url, buffer.getvalue())
+
+
+def load_torch(url: str, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load with weights_only=True; a missing or unreadable file is one clear UserError."""
+    if not exists(url):
+        raise UserError(f"checkpoint {url} does not exist; pass the URL of a file written by unmix-swav")
+    data = read_bytes(url)
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or unsafe files
+        raise UserError(f"checkpoint {url} could not be loaded ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:200]}); it is truncated, corrupt or not a "
+                        "PyTorch checkpoint") from error
