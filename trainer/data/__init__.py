@@ -1,0 +1,1 @@
+"""Image data: sources (ImageFolder or staged shards), staging, samplers, crops, generated datasets."""
