@@ -1,0 +1,1 @@
+"""Evaluations of a pretrained trunk: linear probe, semi-supervised fine-tuning and a weighted kNN monitor."""
