@@ -1,0 +1,179 @@
+"""Worker side of multi-crop: decode and the geometric part (random resized crop, flip) on uint8.
+
+Each crop is cut and resized from the decoded image in one PIL call; JPEGs are decoded at a reduced
+scale (draft mode) when every crop is much smaller than the image. The photometric part runs batched
+on the training device (trainer.data.photometric). `SeedStyleTransform` is the seed's per-image PIL
+path, kept for comparison (`--aug_backend pil`).
+
+All randomness comes from a generator seeded from (seed, epoch, index, rank): a sample's crops are the
+same whichever worker, process or restart produces them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+from trainer.data.sources import ImageSource
+from trainer.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.228, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    size: int
+    min_scale: float
+    max_scale: float
+
+
+def crop_specs(nmb_crops: list[int], size_crops: list[int], min_scale_crops: list[float],
+               max_scale_crops: list[float]) -> list[CropSpec]:
+    """One CropSpec per crop, in the order the crops are fed to the model."""
+    return [CropSpec(size, lo, hi)
+            for count, size, lo, hi in zip(nmb_crops, size_crops, min_scale_crops, max_scale_crops, strict=True)
+            for _ in range(count)]
+
+
+def random_resized_box(width: int, height: int, spec: CropSpec, rng: np.random.Generator,
+                       ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(left, top, w, h) with torchvision RandomResizedCrop's distribution, drawn from `rng`."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(spec.min_scale, spec.max_scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+    # Fallback: the largest centre crop within the ratio bounds, as torchvision does.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """The image's size after EXIF orientation (5-8 swap the axes)."""
+    orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
+    width, height = image.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+class GeometricMultiCrop:
+    """Lazily opened image -> list of uint8 (3, size, size) crops with random flips.
+
+    The crop boxes are drawn from the header's size first, so that a JPEG can be decoded at the smallest
+    scale that still gives every crop at least its output resolution.
+    """
+
+    def __init__(self, specs: list[CropSpec], use_draft: bool = True):
+        self.specs = specs
+        self.use_draft = use_draft
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator,
+                 to_rgb: Callable[[Image.Image], Image.Image | None]) -> list[torch.Tensor] | None:
+        """The crops, or None when `to_rgb` finds the pixel data corrupt."""
+        width, height = oriented_size(image)
+        boxes = [random_resized_box(width, height, spec, rng) for spec in self.specs]
+        flips = rng.random(len(self.specs)) < 0.5
+        reduction = min(min(w, h) / spec.size for (_, _, w, h), spec in zip(boxes, self.specs, strict=True))
+        if self.use_draft and reduction >= 2 and image.format == "JPEG":
+            raw_w, raw_h = image.size
+            image.draft("RGB", (math.ceil(raw_w / reduction), math.ceil(raw_h / reduction)))
+        rgb = to_rgb(image)
+        if rgb is None:
+            return None
+        scale_x, scale_y = rgb.size[0] / width, rgb.size[1] / height
+        crops = []
+        for (left, top, w, h), spec, flip in zip(boxes, self.specs, flips, strict=True):
+            box = (left * scale_x, top * scale_y, (left + w) * scale_x, (top + h) * scale_y)
+            crop = rgb.resize((spec.size, spec.size), Image.Resampling.BILINEAR, box=box)
+            if flip:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            crops.append(torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1))
+        return crops
+
+
+class PILGaussianBlur:
+    """The seed's PILRandomGaussianBlur: radius uniform in [0.1, 2.0], applied with probability p."""
+
+    def __init__(self, p: float = 0.5, radius_min: float = 0.1, radius_max: float = 2.0):
+        self.p, self.radius_min, self.radius_max = p, radius_min, radius_max
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if torch.rand(()) >= self.p:
+            return image
+        radius = self.radius_min + (self.radius_max - self.radius_min) * float(torch.rand(()))
+        return image.filter(ImageFilter.GaussianBlur(radius=radius))
+
+
+class SeedStyleTransform:
+    """The seed's per-image PIL multi-crop (every op in float on the CPU): the comparison baseline."""
+
+    def __init__(self, specs: list[CropSpec]):
+        color = transforms.Compose([
+            transforms.RandomApply([transforms.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+            transforms.RandomGrayscale(p=0.2),
+        ])
+        self.pipelines = [transforms.Compose([
+            transforms.RandomResizedCrop(spec.size, scale=(spec.min_scale, spec.max_scale)),
+            transforms.RandomHorizontalFlip(p=0.5), color, PILGaussianBlur(),
+            transforms.ToTensor(), transforms.Normalize(MEAN, STD),
+        ]) for spec in specs]
+
+    def __call__(self, image: Image.Image, seed: int) -> list[torch.Tensor]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return [pipeline(image) for pipeline in self.pipelines]
+
+
+class MultiCropDataset(Dataset):
+    """(epoch, index) -> list of crops. `device_photometric`: uint8 geometric crops for the device side;
+    otherwise the seed-style per-image float path."""
+
+    def __init__(self, source: ImageSource, specs: list[CropSpec], seed: int, rank: int,
+                 device_photometric: bool = True):
+        self.source = source
+        self.seed, self.rank = seed, rank
+        self.geometric = GeometricMultiCrop(specs) if device_photometric else None
+        self.seed_style = None if device_photometric else SeedStyleTransform(specs)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]) -> list[torch.Tensor]:
+        """Crops of sample `index`; an undecodable file (logged and counted by the source) is replaced by
+        the next decodable one, deterministically."""
+        epoch, index = key
+        for offset in range(len(self.source)):
+            current = (index + offset) % len(self.source)
+            image = self.source.open_image(current)
+            if image is None:
+                continue
+            sample_seed = derive_seed(self.seed, epoch, current, self.rank)
+            if self.geometric is not None:
+                crops = self.geometric(image, np.random.default_rng(sample_seed),
+                                       lambda img, i=current: self.source.to_rgb(img, i))
+            else:
+                rgb = self.source.to_rgb(image, current)
+                crops = None if rgb is None else self.seed_style(rgb, sample_seed)
+            if crops is not None:
+                return crops
+        raise RuntimeError(f"no image of {self.source.url} could be decoded")

@@ -1,0 +1,69 @@
+"""LARS (LARC without clipping, as SwAV uses apex's) around SGD, and the per-iteration LR schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class LARC:
+    """Layer-wise adaptive rate scaling around an optimizer, vectorised with foreach ops (no host syncs).
+
+    For every parameter with non-zero weight and gradient norms, the gradient becomes
+    (grad + wd * p) * trust * |p| / (|grad| + wd * |p| + eps); the wrapped optimizer then steps with its
+    own weight decay switched off, exactly as apex.parallel.LARC(clip=False).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, trust_coefficient: float = 0.001, eps: float = 1e-8):
+        self.optimizer = optimizer
+        self.trust_coefficient = trust_coefficient
+        self.eps = eps
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        saved_decay = []
+        for group in self.optimizer.param_groups:
+            weight_decay = group["weight_decay"]
+            saved_decay.append(weight_decay)
+            group["weight_decay"] = 0.0
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            param_norms = torch.stack(torch._foreach_norm(params))
+            grad_norms = torch.stack(torch._foreach_norm(grads))
+            active = (param_norms > 0) & (grad_norms > 0)
+            adaptive = self.trust_coefficient * param_norms / (grad_norms + param_norms * weight_decay + self.eps)
+            scale = torch.where(active, adaptive, torch.ones_like(adaptive))
+            decay = active.to(param_norms.dtype) * weight_decay
+            torch._foreach_add_(grads, torch._foreach_mul(params, list(decay.unbind())))
+            torch._foreach_mul_(grads, list(scale.unbind()))
+        self.optimizer.step()
+        for group, weight_decay in zip(self.optimizer.param_groups, saved_decay, strict=True):
+            group["weight_decay"] = weight_decay
+
+
+def learning_rate(iteration: int, iters_per_epoch: int, epochs: int, base_lr: float, final_lr: float,
+                  warmup_epochs: int, start_warmup: float) -> float:
+    """Linear warmup from start_warmup to base_lr, then cosine to final_lr; one value per iteration."""
+    warmup_iters = iters_per_epoch * warmup_epochs
+    if iteration < warmup_iters:
+        # np.linspace(start_warmup, base_lr, warmup_iters) as in SwAV
+        return start_warmup + (base_lr - start_warmup) * iteration / max(warmup_iters - 1, 1)
+    cosine_iters = iters_per_epoch * (epochs - warmup_epochs)
+    t = iteration - warmup_iters
+    return final_lr + 0.5 * (base_lr - final_lr) * (1 + math.cos(math.pi * t / max(cosine_iters, 1)))

@@ -1,0 +1,54 @@
+"""Named recipes: the seed's SBATCH scripts that torchvision can build, one preset per published run.
+
+Each preset sets the per-process flags of the original script; `world_size` is the number of GPUs the
+recipe was published with (64 for the batch-4096 runs, 4 for the batch-256 runs). With another world size
+the global batch changes: scale base_lr / final_lr linearly and consider a queue (method notes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainer.errors import UserError
+
+_MULTI_CROP = {
+    "nmb_crops": [2, 6], "size_crops": [224, 96], "min_scale_crops": [0.14, 0.05],
+    "max_scale_crops": [1.0, 0.14],
+}
+_BATCH_4096 = {
+    **_MULTI_CROP, "arch": "resnet50", "batch_size": 64, "base_lr": 4.8, "final_lr": 0.0048,
+    "freeze_prototypes_niters": 313, "wd": 1e-6, "warmup_epochs": 10, "start_warmup": 0.3,
+    "queue_length": 0, "nmb_prototypes": 3000, "epsilon": 0.05, "use_fp16": True, "world_size": 64,
+}
+_BATCH_256 = {
+    **_MULTI_CROP, "arch": "resnet50", "batch_size": 64, "base_lr": 0.6, "final_lr": 0.0006,
+    "freeze_prototypes_niters": 5005, "wd": 1e-6, "warmup_epochs": 0, "start_warmup": 0.0,
+    "queue_length": 3840, "epoch_queue_starts": 15, "nmb_prototypes": 3000, "epsilon": 0.05,
+    "use_fp16": True, "world_size": 4,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "swav_100ep": {**_BATCH_4096, "epochs": 100},
+    "swav_200ep": {**_BATCH_4096, "epochs": 200},
+    "swav_400ep": {**_BATCH_4096, "epochs": 400},
+    "swav_800ep": {**_BATCH_4096, "epochs": 800},
+    "swav_400ep_2x224": {**_BATCH_4096, "epochs": 400, "nmb_crops": [2], "size_crops": [224],
+                         "min_scale_crops": [0.08], "max_scale_crops": [1.0]},
+    "swav_200ep_bs256": {**_BATCH_256, "epochs": 200},
+    "swav_400ep_bs256": {**_BATCH_256, "epochs": 400},
+    # Small recipe for the generated dataset: CPU demo and tests (not a published run).
+    "demo_cpu": {
+        "arch": "resnet_tiny", "nmb_crops": [2, 2], "size_crops": [48, 24], "min_scale_crops": [0.3, 0.1],
+        "max_scale_crops": [1.0, 0.3], "batch_size": 32, "base_lr": 0.3, "final_lr": 0.003,
+        "warmup_epochs": 1, "start_warmup": 0.03, "freeze_prototypes_niters": 20, "nmb_prototypes": 30,
+        "feat_dim": 64, "hidden_mlp": 256, "queue_length": 0, "epsilon": 0.05, "use_fp16": False,
+        "epochs": 10, "workers": 2, "world_size": 1,
+    },
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The flags of preset `name` (without its informational `world_size`)."""
+    if name not in PRESETS:
+        raise UserError(f"--preset {name!r} is not known; choose one of: {', '.join(PRESETS)}")
+    return {key: value for key, value in PRESETS[name].items() if key != "world_size"}
