@@ -127,8 +127,9 @@ class Photometric:
         for position in range(4):
             r, w_mean, w_gray = (v.view(-1, 1, 1, 1) for v in blend[position])
             gray = _gray(x)
-            target = gray.mean(dim=(-2, -1), keepdim=True) * w_mean + gray * w_gray
-            x = x.mul(r).add_(target * (1 - r)).clamp_(0, 1)
+            mean_gray = gray.mean(dim=(-2, -1), keepdim=True)
+            target = gray.mul_(w_gray).add_(mean_gray.mul_(w_mean))
+            x.mul_(r).add_(target.mul_(1 - r)).clamp_(0, 1)
             hued = selected[position, HUE].nonzero().flatten()
             if len(hued):
                 index = hued.to(device, non_blocking=True)
@@ -149,16 +150,18 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     k = (n + 6 * hue) mod 6 for n = 5, 3, 1 (R, G, B): the same values as the sector table of HSV -> RGB.
     """
     r, g, b = x.unbind(dim=1)
-    min_c, max_c = torch.aminmax(x, dim=1)
-    chroma = max_c - min_c
-    safe_chroma = torch.where(chroma > 0, chroma, torch.ones_like(chroma))  # hue is irrelevant at chroma 0
-    hue6 = torch.where(max_c == r, (g - b) / safe_chroma,
-                       torch.where(max_c == g, (b - r) / safe_chroma + 2, (r - g) / safe_chroma + 4))
-    hue6 = hue6.add_(6 * shift.view(-1, 1, 1)).remainder_(6)
+    max_c = torch.maximum(torch.maximum(r, g), b)  # elementwise: much faster on CPU than aminmax over dim 1
+    chroma = torch.minimum(r, g)
+    torch.minimum(chroma, b, out=chroma)
+    torch.sub(max_c, chroma, out=chroma)
+    inv_chroma = torch.where(chroma > 0, chroma, 1.0).reciprocal_()  # hue is irrelevant at chroma 0
+    hue6 = torch.where(max_c == r, (g - b).mul_(inv_chroma),
+                       torch.where(max_c == g, (b - r).mul_(inv_chroma).add_(2), (r - g).mul_(inv_chroma).add_(4)))
+    hue6.add_(6 * shift.view(-1, 1, 1))
     sector = torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
     k = (hue6.unsqueeze(1) + sector).remainder_(6)
-    ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
-    return max_c.unsqueeze(1) - chroma.unsqueeze(1) * ramp
+    torch.minimum(k, torch.rsub(k, 4), out=k)  # in place: these (N, 3, H, W) temporaries dominate the cost
+    return k.clamp_(0, 1).mul_(chroma.unsqueeze(1)).neg_().add_(max_c.unsqueeze(1))
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
