@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines v2 lightweight components: thin wrappers that call `trainer` code."""

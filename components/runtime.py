@@ -1,0 +1,68 @@
+"""What the component bodies call at run time, inside the trainer image (or the local .venv).
+
+Component functions are embedded into the pipeline YAML as source, so they stay a few lines each and
+delegate here: run a trainer command, read its metrics.json, record storage URLs on kfp artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from trainer import storage
+from trainer.cli import run_command
+
+log = logging.getLogger(__name__)
+
+
+def step_url(run_root: str, step: str) -> str:
+    """Where one step writes, under the run's storage root (an fsspec URL)."""
+    return storage.join(run_root, step)
+
+
+def run_trainer(command: str, argv: list[str]) -> None:
+    """Run `unmix-swav <command> <argv>` in this process; a UserError fails the step with its message."""
+    log.info("unmix-swav %s %s", command, " ".join(argv))
+    run_command(command, [str(arg) for arg in argv])
+
+
+def read_metrics(dump_url: str) -> dict[str, Any]:
+    """The metrics.json a trainer command wrote under `dump_url`."""
+    return json.loads(storage.read_text(storage.join(dump_url, "metrics.json")))
+
+
+def read_metrics_log(dump_url: str) -> list[dict[str, Any]]:
+    """The per-log-step records of pretraining (metrics.jsonl), oldest first."""
+    text = storage.read_text(storage.join(dump_url, "metrics.jsonl"))
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def numeric_items(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a metrics dict (kfp Metrics hold only scalars); nested dicts become a.b keys."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            flat[key] = float(value)
+        elif isinstance(value, dict):
+            flat.update({f"{key}.{inner}": number for inner, number in numeric_items(value).items()})
+    return flat
+
+
+def log_metrics(artifact: Any, metrics: dict[str, Any], url: str) -> dict[str, float]:
+    """Copy the numbers into a kfp Metrics artifact and record where they came from."""
+    numbers = numeric_items(metrics)
+    for key, value in numbers.items():
+        artifact.log_metric(key, value)
+    artifact.metadata["url"] = url
+    return numbers
+
+
+def record_url(artifact: Any, url: str, **metadata: Any) -> None:
+    """Artifacts on S3 are not readable by the local runner: the artifact itself is a pointer file."""
+    artifact.metadata.update({"url": url, **metadata})
+    with open(artifact.path, "w", encoding="utf-8") as handle:
+        json.dump({"url": url, **metadata}, handle)
+

@@ -1,0 +1,1 @@
+"""The Kubeflow pipeline (DAG, compile, submit, local run) and the PyTorchJob launcher."""

@@ -1,0 +1,120 @@
+"""`python -m pipeline run-local`: the same pipeline function on kfp's local SubprocessRunner.
+
+Every step runs as a subprocess of this interpreter (use_venv=False: the project's .venv), storage is
+a local folder (or S3 when AWS_ENDPOINT_URL names an endpoint), data are the builtin generated sets,
+and pretraining runs the PyTorchJob's replicas here with torchrun and the operator's env.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from trainer import storage
+from trainer.errors import UserError
+
+# Sizes that fit this repo's 2-core CI machine: `tiny` for the end-to-end test, `demo` for `make demo`.
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "stage_args": ["--num_classes", "4", "--train_per_class", "12", "--val_per_class", "4",
+                       "--image_size", "32"],
+        "detection_options": {"train_images": 6, "val_images": 3, "image_size": 48},
+        "pretrain_args": ["--epochs", "1", "--batch_size", "8", "--workers", "0", "--max_steps", "3"],
+        "linear_args": ["--epochs", "1", "--batch_size", "16", "--workers", "0"],
+        "semisup_args": ["--epochs", "1", "--batch_size", "16", "--workers", "0"],
+        "detr_args": ["--epochs", "1", "--batch_size", "2", "--image_size", "48", "--num_queries", "8",
+                      "--hidden_dim", "32", "--enc_layers", "1", "--dec_layers", "1", "--dim_feedforward", "64",
+                      "--nheads", "2", "--workers", "0"],
+        "num_nodes": 1,
+    },
+    "demo": {
+        "stage_args": ["--num_classes", "6", "--train_per_class", "60", "--val_per_class", "20",
+                       "--image_size", "48"],
+        "detection_options": {"train_images": 48, "val_images": 12, "image_size": 64},
+        "pretrain_args": ["--epochs", "4", "--batch_size", "32", "--workers", "0"],
+        "linear_args": ["--epochs", "5", "--batch_size", "32", "--workers", "0"],
+        "semisup_args": ["--epochs", "3", "--batch_size", "32", "--workers", "0"],
+        "detr_args": ["--epochs", "3", "--batch_size", "4", "--image_size", "64", "--num_queries", "10",
+                      "--hidden_dim", "64", "--enc_layers", "2", "--dec_layers", "2", "--dim_feedforward", "128",
+                      "--nheads", "4", "--workers", "0"],
+        "num_nodes": 2,
+    },
+}
+
+
+def pipeline_arguments(size: str, storage_root: str, num_nodes: int | None = None) -> dict[str, Any]:
+    """The pipeline parameters of a local run: CPU nodes, launcher=local, the demo recipe."""
+    chosen = SIZES[size]
+    return {
+        "storage_root": storage_root,
+        "data_source": "builtin:shapes",
+        "detection_source": "builtin:shapes-coco",
+        "arch": "resnet_tiny",
+        "preset": "demo_cpu",
+        "stage_args": chosen["stage_args"],
+        "detection_options": chosen["detection_options"],
+        "pretrain_args": chosen["pretrain_args"],
+        "linear_args": chosen["linear_args"],
+        "semisup_args": chosen["semisup_args"],
+        "detr_args": chosen["detr_args"],
+        "launcher": "local",
+        "num_nodes": num_nodes or chosen["num_nodes"],
+        "gpus_per_node": 0,
+        "eval_gpus": 0,
+        "pretrain_timeout_hours": 1.0,
+    }
+
+
+def default_storage_root(output: Path, bucket: str) -> str:
+    """S3 when the AWS environment names an endpoint (e.g. MinIO or moto), else a folder under output."""
+    if os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"):
+        fs, _ = storage.filesystem(f"s3://{bucket}")
+        if not fs.exists(bucket):
+            fs.mkdir(bucket)
+        return f"s3://{bucket}/runs"
+    return str((output / "storage").resolve())
+
+
+def run_local(size: str, output: Path, storage_root: str | None = None, num_nodes: int | None = None,
+              bucket: str = "unmix-swav-demo") -> dict[str, str]:
+    """Run the whole pipeline here; returns where the report is (storage URL and local HTML file)."""
+    from kfp import local
+
+    from pipeline.dag import unmix_swav_pipeline
+
+    if size not in SIZES:
+        raise UserError(f"--size {size!r} is not known; use one of {', '.join(SIZES)}")
+    output = output.resolve()
+    root = storage_root or default_storage_root(output, bucket)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / "kfp"),
+               raise_on_error=True)
+    # The subprocess runner warns about any image without "python" in its name: ours has kfp inside.
+    warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+    started = time.monotonic()
+    result = unmix_swav_pipeline(**pipeline_arguments(size, root, num_nodes))
+    report_html = next(output.glob("kfp/**/report/report_html"), None)
+    return {"report_url": str(result.output), "report_html": str(report_html),
+            "seconds": f"{time.monotonic() - started:.0f}"}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--size", choices=sorted(SIZES), default="demo")
+    parser.add_argument("--tiny", action="store_const", const="tiny", dest="size",
+                        help="the smallest run (CI end-to-end test)")
+    parser.add_argument("--output", type=Path, default=Path("demo-output"),
+                        help="local folder for kfp's task outputs (and storage, without S3)")
+    parser.add_argument("--storage-root", default=None,
+                        help="fsspec URL for the run's data (default: output/storage, or s3://BUCKET/runs "
+                             "when AWS_ENDPOINT_URL is set)")
+    parser.add_argument("--bucket", default="unmix-swav-demo")
+    parser.add_argument("--num-nodes", type=int, default=None, help="local PyTorchJob replicas")
+
+
+def run(args) -> None:
+    where = run_local(args.size, args.output, args.storage_root, args.num_nodes, args.bucket)
+    print(f"pipeline finished in {where['seconds']} s")
+    print(f"report: {where['report_html']}")
+    print(f"report in storage: {where['report_url']}")

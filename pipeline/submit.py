@@ -1,0 +1,47 @@
+"""`python -m pipeline submit --host URL`: create a run of the compiled pipeline with kfp.Client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.compile import COMPILED_PATH
+from trainer.errors import UserError
+
+
+def parse_params(pairs: list[str]) -> dict[str, object]:
+    """`name=value`; the value is read as JSON when it parses (numbers, lists, dicts), else as a string."""
+    params: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UserError(f"--param {pair!r} is not name=value; e.g. --param num_nodes=4")
+        try:
+            params[name] = json.loads(value)
+        except json.JSONDecodeError:
+            params[name] = value
+    return params
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--host", required=True, help="Kubeflow Pipelines API endpoint")
+    parser.add_argument("--package", type=Path, default=COMPILED_PATH, help="compiled pipeline YAML")
+    parser.add_argument("--experiment", default="unmix-swav")
+    parser.add_argument("--run-name", default=None)
+    parser.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user)")
+    parser.add_argument("--service-account", default="unmix-swav-launcher",
+                        help="runs the steps; needs the Role in k8s/ to manage PyTorchJobs")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="pipeline parameter (repeatable), e.g. storage_root=s3://bucket/runs")
+
+
+def run(args) -> None:
+    import kfp
+
+    if not args.package.exists():
+        raise UserError(f"{args.package} does not exist; run `python -m pipeline compile` first")
+    client = kfp.Client(host=args.host, namespace=args.namespace)
+    result = client.create_run_from_pipeline_package(
+        str(args.package), arguments=parse_params(args.param), run_name=args.run_name,
+        experiment_name=args.experiment, namespace=args.namespace, service_account=args.service_account)
+    print(f"created run {result.run_id} on {args.host}")
