@@ -94,3 +94,73 @@ def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("shapes")
     make_shapes(str(root), num_classes=4, train_per_class=16, val_per_class=8, image_size=32, seed=0)
     return root
+
+
+def _encoded(image, fmt: str, **options) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _png_claiming_size(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height: a decompression bomb as far as the header says."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    data = bytearray(_encoded(Image.new("L", (1, 1)), "PNG"))
+    ihdr = 8  # after the PNG signature: length(4) type(4) payload(13) crc(4)
+    data[ihdr + 8:ihdr + 16] = struct.pack(">II", width, height)
+    data[ihdr + 21:ihdr + 25] = struct.pack(">I", zlib.crc32(bytes(data[ihdr + 4:ihdr + 21])))
+    return bytes(data)
+
+
+# Files planted in `planted_folder`: the undecodable ones, and the odd-but-valid ones with the checks a
+# decoder must pass on them.
+PLANTED_BAD = {"cats/truncated.jpg", "cats/empty.jpg", "dogs/notes.jpg", "dogs/huge.png"}
+PLANTED_IGNORED = {".DS_Store", "cats/.hidden.jpg", "cats/README.txt", "dogs/._resource.jpg", "top.jpg"}
+
+
+@pytest.fixture
+def planted_folder(tmp_path: Path) -> Path:
+    """An ImageFolder (classes cats, dogs) holding every kind of file real folders contain.
+
+    Valid: RGB, grayscale, CMYK and EXIF-rotated JPEG; palette+transparency, RGBA and 16-bit PNG; a
+    non-ASCII name. Undecodable: PLANTED_BAD. Not images at all: PLANTED_IGNORED.
+    """
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, 40, dtype=np.float32)
+    rgb = Image.fromarray(np.stack([np.tile(ramp, (24, 1)), np.tile(ramp[::-1], (24, 1)),
+                                    np.full((24, 40), 90.0)], axis=-1).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    palette = Image.new("P", (16, 16), 1)
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.info["transparency"] = 1
+    wide16 = Image.fromarray((np.arange(256, dtype=np.uint16).reshape(16, 16) * 256).astype(np.uint16))
+    good = {
+        "cats/rgb.jpg": _encoded(rgb, "JPEG"),
+        "cats/gray.jpg": _encoded(rgb.convert("L"), "JPEG"),
+        "cats/cmyk.jpg": _encoded(rgb.convert("CMYK"), "JPEG"),
+        "cats/rotated.jpg": _encoded(rgb, "JPEG", exif=exif.tobytes()),
+        "dogs/palette.png": _encoded(palette, "PNG"),
+        "dogs/alpha.png": _encoded(Image.new("RGBA", (8, 8), (0, 0, 0, 0)), "PNG"),
+        "dogs/sixteen.png": _encoded(wide16, "PNG"),
+        "dogs/chien_\u00e9t\u00e9_\u72ac.jpg": _encoded(rgb, "JPEG"),
+    }
+    bad = {
+        "cats/truncated.jpg": _encoded(rgb, "JPEG")[:300],
+        "cats/empty.jpg": b"",
+        "dogs/notes.jpg": b"this is not an image\n",
+        "dogs/huge.png": _png_claiming_size(30000, 30000),
+    }
+    ignored = {name: b"x" for name in PLANTED_IGNORED}
+    for name, data in {**good, **bad, **ignored}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    return tmp_path

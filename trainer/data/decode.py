@@ -18,6 +18,8 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", "
                               ".webp", ".gif"})
 # PIL's own warning threshold (about 89 megapixels); ImageNet's largest image is about a third of it.
 MAX_IMAGE_PIXELS = int(os.environ.get("UNMIX_MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS or 89_478_485))
+# PIL refuses at twice its limit before we see the size: keep its limit tied to ours so the env var works.
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels become white, as image viewers show them
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
