@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from dataclasses import asdict
 from typing import Any
 
@@ -19,6 +21,18 @@ from trainer.seeding import derive_seed
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
+
+
+def setup_logging() -> None:
+    """INFO lines on stderr from rank 0, warnings only from the other ranks (read before init)."""
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+
+
+def training_settings(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    """The settings that shape the optimisation: a checkpoint is only resumed when they all agree."""
+    return {name: getattr(args, name) for name in ["epochs", "batch_size", "seed", *names]}
 
 
 def bool_flag(text: str) -> bool:

@@ -24,6 +24,7 @@ from trainer.evaluation.common import (
     checkpoint_url,
     load_resume_state,
     prepare_trunk,
+    setup_logging,
 )
 from trainer.evaluation.features import SourceDataset, aligned_targets, eval_transform, extract_features
 from trainer.evaluation.reporting import TensorBoard, summary, write_metrics
@@ -131,4 +132,5 @@ def run_knn(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> None:
+    setup_logging()
     run_knn(args)
