@@ -21,8 +21,12 @@ def compile_pipeline(output: Path = COMPILED_PATH, image: str = TRAINER_IMAGE) -
         scratch = Path(folder) / "pipeline.yaml"
         compiler.Compiler().compile(unmix_swav_pipeline, str(scratch))
         text = scratch.read_text(encoding="utf-8")
+    # kfp's leading comment lists the parameters in an unstable order: keep the file reproducible.
+    lines = text.splitlines(keepends=True)
+    while lines and lines[0].startswith("#"):
+        lines.pop(0)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text.replace(TRAINER_IMAGE, image), encoding="utf-8")
+    output.write_text("".join(lines).replace(TRAINER_IMAGE, image), encoding="utf-8")
     return output
 
 

@@ -1,0 +1,149 @@
+"""A stubbed Kubernetes API server over real HTTP on 127.0.0.1 (no cluster exists on CI).
+
+It serves the few endpoints the launcher uses, with the API server's paths and JSON shapes:
+PyTorchJob create/get/delete under /apis/kubeflow.org/v1, pod list and a following pod log under
+/api/v1. A test scripts the job's status over time (`statuses`, one per GET, the last one repeating)
+and reads back what the launcher did (`requests`, `created`, `deleted`).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from kubernetes import client as k8s
+
+JOBS = "/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs"
+
+
+def condition(kind: str, reason: str = "", message: str = "") -> dict[str, Any]:
+    return {"type": kind, "status": "True", "reason": reason or f"PyTorchJob{kind}", "message": message,
+            "lastTransitionTime": "2025-01-01T00:00:00Z", "lastUpdateTime": "2025-01-01T00:00:00Z"}
+
+
+class FakeKubeApi:
+    def __init__(self, namespace: str = "ml") -> None:
+        self.namespace = namespace
+        self.statuses: list[dict[str, Any]] = [{"conditions": [condition("Created")]}]
+        self.master_log: list[str] = []
+        self.master_phase = "Running"
+        self.master_terminated: dict[str, Any] | None = None
+        self.log_line_delay_s = 0.0
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.created: list[dict[str, Any]] = []
+        self.deleted: list[str] = []
+        self.requests: list[tuple[str, str]] = []
+        self._gets = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def host(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def configuration(self) -> k8s.Configuration:
+        configuration = k8s.Configuration()
+        configuration.host = self.host
+        return configuration
+
+    def __enter__(self) -> FakeKubeApi:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _job_status(self) -> dict[str, Any]:
+        with self._lock:
+            status = self.statuses[min(self._gets, len(self.statuses) - 1)]
+            self._gets += 1
+        return status
+
+    def _pod(self, job_name: str) -> dict[str, Any]:
+        container_status: dict[str, Any] = {"name": "pytorch", "restartCount": 0, "ready": True,
+                                            "image": "trainer", "imageID": "", "state": {}}
+        if self.master_terminated:
+            container_status["state"] = {"terminated": self.master_terminated}
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"{job_name}-master-0", "namespace": self.namespace,
+                             "labels": {"training.kubeflow.org/job-name": job_name,
+                                        "training.kubeflow.org/job-role": "master"}},
+                "status": {"phase": self.master_phase, "containerStatuses": [container_status]}}
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def _send(self, code: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _not_found(self, name: str) -> None:
+                self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                 "reason": "NotFound", "code": 404,
+                                 "message": f'pytorchjobs.kubeflow.org "{name}" not found'})
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                url = urlparse(self.path)
+                api.requests.append(("POST", url.path))
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if url.path != JOBS.format(ns=api.namespace):
+                    return self._send(404, {"kind": "Status", "code": 404})
+                api.created.append(body)
+                api.jobs[body["metadata"]["name"]] = body
+                self._send(201, body)
+
+            def do_GET(self) -> None:  # noqa: N802
+                url = urlparse(self.path)
+                api.requests.append(("GET", url.path))
+                jobs = JOBS.format(ns=api.namespace) + "/"
+                if url.path.startswith(jobs):
+                    name = url.path[len(jobs):]
+                    if name not in api.jobs:
+                        return self._not_found(name)
+                    return self._send(200, {**api.jobs[name], "status": api._job_status()})
+                if url.path == f"/api/v1/namespaces/{api.namespace}/pods":
+                    selector = parse_qs(url.query).get("labelSelector", [""])[0]
+                    job_name = selector.split(",")[0].split("=")[1]
+                    items = [api._pod(job_name)] if job_name in api.jobs else []
+                    return self._send(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                                            "items": items})
+                if url.path.endswith("/log"):
+                    return self._stream_log()
+                self._send(404, {"kind": "Status", "code": 404})
+
+            def _stream_log(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for line in api.master_log:
+                    data = (line + "\n").encode()
+                    self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                    self.wfile.flush()
+                    time.sleep(api.log_line_delay_s)
+                self.wfile.write(b"0\r\n\r\n")
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                url = urlparse(self.path)
+                api.requests.append(("DELETE", url.path))
+                name = url.path.rsplit("/", 1)[-1]
+                if api.jobs.pop(name, None) is None:
+                    return self._not_found(name)
+                api.deleted.append(name)
+                self._send(200, {"kind": "Status", "status": "Success"})
+
+        return Handler
