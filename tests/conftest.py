@@ -160,7 +160,8 @@ def planted_folder(tmp_path: Path) -> Path:
         "dogs/huge.png": _png_claiming_size(30000, 30000),
     }
     ignored = {name: b"x" for name in PLANTED_IGNORED}
+    root = tmp_path / "planted"
     for name, data in {**good, **bad, **ignored}.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(data)
-    return tmp_path
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
