@@ -81,11 +81,6 @@ class PreemptionFlag:
     def _handle(self, signum: int, frame: object) -> None:
         self.requested = True
 
-    def any_rank(self, device: torch.device) -> bool:
-        flag = torch.tensor(float(self.requested), device=device)
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
 
 
 @dataclass
@@ -152,6 +147,14 @@ def forward_loss(model: nn.Module, crops: list[torch.Tensor], cfg: argparse.Name
     parts = {"loss_ori": loss_ori.detach(), "loss_mix": loss_mix.detach(),
              "loss_mix_rev": loss_mix_rev.detach(), "lam": lam}
     return loss, parts, embeddings[:len(crops)]
+
+
+def sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
+    """One small all-reduce at log steps: the preemption flag and the skipped-file count of every rank."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
 
 
 def gather_objects(obj: object) -> list[object]:
@@ -259,6 +262,7 @@ def train(cfg: argparse.Namespace, env: DistEnv) -> int:
                  *divmod(step, schedule.iters_per_epoch))
 
     runlog = RunLog(cfg.dump_path) if env.is_main else None
+    skipped_since_log, skipped_total = 0, 0
     preemption = PreemptionFlag()
 
     # ---- the loop
@@ -270,8 +274,9 @@ def train(cfg: argparse.Namespace, env: DistEnv) -> int:
         epoch_steps = 0
         window_start, data_time = time.perf_counter(), 0.0
         fetch_start = time.perf_counter()
-        for crops in loader:
+        for crops, skipped in loader:
             data_time += time.perf_counter() - fetch_start
+            skipped_since_log += int(skipped.sum())
             lr = learning_rate(step, schedule.iters_per_epoch, cfg.epochs, cfg.base_lr, cfg.final_lr,
                                cfg.warmup_epochs, cfg.start_warmup)
             for group in optimizer.param_groups:
@@ -307,19 +312,25 @@ def train(cfg: argparse.Namespace, env: DistEnv) -> int:
                         f"the loss became {loss_value} at step {step} (lr {lr:.4g}); stopped without saving, "
                         f"so {checkpoint_url} still holds the last good state. Lower --base_lr, keep "
                         "--amp_dtype bf16, or check the data")
+                preempted, skipped_now = sum_across_ranks([float(preemption.requested), skipped_since_log],
+                                                           device)
+                skipped_since_log, skipped_total = 0, skipped_total + int(skipped_now)
+                if skipped_now:
+                    log.warning("%d undecodable files skipped since the last log line (%d in this run); their "
+                                "paths are in the log above", skipped_now, skipped_total)
                 elapsed = time.perf_counter() - window_start
                 steps_in_window = (step - 1) % cfg.log_freq + 1
                 values = {"epoch": epoch, "iteration": step - epoch * schedule.iters_per_epoch, "step": step,
                           "loss": loss_value, "lr": lr,
                           "images_per_s": steps_in_window * cfg.batch_size * env.world_size / elapsed,
-                          "data_time": data_time / steps_in_window}
+                          "data_time": data_time / steps_in_window, "skipped_files": skipped_total}
                 values.update({k: float(v) for k, v in parts.items()})
                 if runlog is not None:
                     runlog.log(step, values)
                 log.info("epoch %d step %d/%d loss %.4f lr %.4g %.1f img/s data %.3fs", epoch, step, last_step,
                          loss_value, lr, values["images_per_s"], values["data_time"])
                 window_start, data_time = time.perf_counter(), 0.0
-                if preemption.any_rank(device):
+                if preempted:
                     save_checkpoint(checkpoint_url, model, optimizer, scaler, queue, step, schedule, cfg, env)
                     log.warning("SIGTERM received: checkpoint written at step %d; exiting %d for a restart",
                                 step, PREEMPTED_EXIT_CODE)

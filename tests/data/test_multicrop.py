@@ -35,13 +35,14 @@ def test_dataset_crops_are_uint8_deterministic_per_epoch_and_rank(shapes_dir):
     source = open_source(str(shapes_dir), split="train")
     specs = crop_specs([2, 2], [32, 16], [0.3, 0.1], [1.0, 0.3])
     dataset = MultiCropDataset(source, specs, seed=3, rank=0)
-    crops = dataset[(0, 5)]
+    crops, skipped = dataset[(0, 5)]
+    assert skipped == 0
     assert [tuple(c.shape) for c in crops] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 2
     assert all(c.dtype == torch.uint8 for c in crops)
-    assert all(torch.equal(a, b) for a, b in zip(crops, dataset[(0, 5)], strict=True))
-    assert not all(torch.equal(a, b) for a, b in zip(crops, dataset[(1, 5)], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(crops, dataset[(0, 5)][0], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(crops, dataset[(1, 5)][0], strict=True))
     other_rank = MultiCropDataset(source, specs, seed=3, rank=1)
-    assert not all(torch.equal(a, b) for a, b in zip(crops, other_rank[(0, 5)], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(crops, other_rank[(0, 5)][0], strict=True))
 
 
 def test_draft_decoding_matches_full_decode_closely(tmp_path):
@@ -64,10 +65,10 @@ def test_seed_style_path_outputs_normalised_floats(shapes_dir):
     source = open_source(str(shapes_dir), split="train")
     dataset = MultiCropDataset(source, crop_specs([2], [24], [0.3], [1.0]), seed=0, rank=0,
                                device_photometric=False)
-    crops = dataset[(0, 0)]
+    crops, _ = dataset[(0, 0)]
     assert crops[0].dtype == torch.float32 and crops[0].shape == (3, 24, 24)
     assert crops[0].min() < 0  # normalised
-    assert torch.equal(crops[0], dataset[(0, 0)][0])
+    assert torch.equal(crops[0], dataset[(0, 0)][0][0])
     assert isinstance(SeedStyleTransform(crop_specs([2], [24], [0.3], [1.0])), SeedStyleTransform)
 
 
@@ -80,6 +81,6 @@ def test_bad_file_is_replaced_by_next_sample(tmp_path, bad):
     source = open_source(str(tmp_path))
     dataset = MultiCropDataset(source, crop_specs([2], [16], [0.5], [1.0]), seed=0, rank=0)
     bad_index = [i for i in range(len(source)) if source.name(i).endswith("0.jpg")][0]
-    crops = dataset[(0, bad_index)]
+    crops, skipped = dataset[(0, bad_index)]
     assert crops[0].shape == (3, 16, 16)
-    assert source.skipped == 1
+    assert skipped == 1 and source.skipped == 1

@@ -158,9 +158,12 @@ class MultiCropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: tuple[int, int]) -> list[torch.Tensor]:
-        """Crops of sample `index`; an undecodable file (logged and counted by the source) is replaced by
-        the next decodable one, deterministically."""
+    def __getitem__(self, key: tuple[int, int]) -> tuple[list[torch.Tensor], int]:
+        """(crops of sample `index`, number of undecodable files skipped to get them).
+
+        An undecodable file (logged with its path by the source) is replaced by the next decodable one,
+        deterministically; the count travels with the batch so the trainer can report the total.
+        """
         epoch, index = key
         for offset in range(len(self.source)):
             current = (index + offset) % len(self.source)
@@ -175,5 +178,5 @@ class MultiCropDataset(Dataset):
                 rgb = self.source.to_rgb(image, current)
                 crops = None if rgb is None else self.seed_style(rgb, sample_seed)
             if crops is not None:
-                return crops
+                return crops, offset
         raise RuntimeError(f"no image of {self.source.url} could be decoded")
