@@ -39,10 +39,13 @@ def read_metrics_log(dump_url: str) -> list[dict[str, Any]]:
 
 
 def numeric_items(metrics: dict[str, Any]) -> dict[str, float]:
-    """The numbers of a metrics dict (kfp Metrics hold only scalars); nested dicts become a.b keys."""
+    """The numbers of a metrics dict (kfp Metrics hold only scalars); nested dicts become a.b keys.
+
+    The echoed command-line `args` are settings, not results: they stay in metrics.json only.
+    """
     flat: dict[str, float] = {}
     for key, value in metrics.items():
-        if isinstance(value, bool):
+        if isinstance(value, bool) or key == "args":
             continue
         if isinstance(value, (int, float)):
             flat[key] = float(value)
@@ -66,3 +69,9 @@ def record_url(artifact: Any, url: str, **metadata: Any) -> None:
     with open(artifact.path, "w", encoding="utf-8") as handle:
         json.dump({"url": url, **metadata}, handle)
 
+
+
+def json_ints(options: dict[str, Any]) -> dict[str, Any]:
+    """kfp passes dict parameters through protobuf Struct, where every number is a float: 6 -> 6.0."""
+    return {key: int(value) if isinstance(value, float) and value.is_integer() else value
+            for key, value in options.items()}

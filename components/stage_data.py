@@ -22,7 +22,7 @@ def stage_data(
     """Stage `data_source` (builtin:shapes or a URL) and `detection_source` (builtin:shapes-coco or a URL)."""
     from collections import namedtuple
 
-    from components.runtime import record_url, run_trainer, step_url
+    from components.runtime import json_ints, record_url, run_trainer, step_url
 
     run_root = step_url(storage_root, run_id)
     images_url = step_url(run_root, "data/images")
@@ -33,7 +33,7 @@ def stage_data(
         from trainer.detr.synthetic_coco import make_shapes_coco
 
         detection_url = step_url(run_root, "data/detection")
-        make_shapes_coco(detection_url, **detection_options)
+        make_shapes_coco(detection_url, **json_ints(detection_options))
     else:
         detection_url = detection_source
     record_url(detection, detection_url, source=detection_source)
