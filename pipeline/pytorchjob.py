@@ -23,7 +23,7 @@ CONTAINER_NAME = "pytorch"  # the operator finds the training container (and its
 PORT_NAME = "pytorchjob-port"
 PORT = 23456
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
-RUN_AS_USER = 1000
+RUN_AS_USER = 10001  # high UID: no clash with host users (checkov CKV_K8S_40); the image's user
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 

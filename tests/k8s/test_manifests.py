@@ -1,0 +1,128 @@
+"""k8s/: the kustomize base and overlays render, every resource validates (Kubernetes' schemas; the
+PyTorchJob through the Training Operator SDK's models), pods are locked down, RBAC is minimal, and
+checkov passes with the exceptions written in k8s/.checkov.yaml."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubeflow.training.api_client import ApiClient
+
+from pipeline.pytorchjob import PretrainJobSpec, build_pytorchjob, to_manifest
+from tests.k8s.kustomize_render import render
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "k8s"
+TARGETS = [K8S / "base", K8S / "overlays" / "gpu", K8S / "overlays" / "cpu-smoke"]
+K8S_VERSION = "1.30"
+
+
+class _Response:
+    def __init__(self, payload: dict) -> None:
+        self.data = json.dumps(payload)
+
+
+def _pod_templates(resource: dict) -> list[dict]:
+    if resource["kind"] == "PyTorchJob":
+        return [replica["template"] for replica in resource["spec"]["pytorchReplicaSpecs"].values()]
+    if resource["kind"] == "Job":
+        return [resource["spec"]["template"]]
+    return []
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda path: path.name)
+def test_every_rendered_resource_validates(target):
+    resources = render(target)
+    kinds = sorted({resource["kind"] for resource in resources})
+    assert kinds == ["Job", "NetworkPolicy", "PyTorchJob", "Role", "RoleBinding", "ServiceAccount"]
+    for resource in resources:
+        if resource["kind"] == "PyTorchJob":
+            job = ApiClient().deserialize(_Response(resource), "KubeflowOrgV1PyTorchJob")
+            assert to_manifest(job) == resource  # nothing the Training Operator's model does not know
+            for template in _pod_templates(resource):
+                kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                                              **template}, K8S_VERSION, strict=True)
+        else:
+            kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda path: path.name)
+def test_pods_are_non_root_read_only_with_requests_limits_and_memory_shm(target):
+    for resource in render(target):
+        for template in _pod_templates(resource):
+            pod = template["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["automountServiceAccountToken"] is False
+            assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": pod["volumes"][0]["emptyDir"]
+                    ["sizeLimit"]}} == pod["volumes"][0]
+            for container in pod["containers"]:
+                assert container["securityContext"]["readOnlyRootFilesystem"] is True
+                assert container["securityContext"]["allowPrivilegeEscalation"] is False
+                for kind in ("requests", "limits"):
+                    assert {"cpu", "memory"} <= set(container["resources"][kind])
+                assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+
+def test_overlays_apply_their_changes():
+    gpu = {r["kind"]: r for r in render(K8S / "overlays" / "gpu")}
+    assert gpu["PyTorchJob"]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3
+    assert gpu["RoleBinding"]["subjects"][0]["namespace"] == "unmix-swav"
+    cpu = render(K8S / "overlays" / "cpu-smoke")
+    for resource in cpu:
+        assert resource["metadata"]["namespace"] == "unmix-swav-smoke"
+        for template in _pod_templates(resource):
+            container = template["spec"]["containers"][0]
+            assert "nvidia.com/gpu" not in container["resources"]["limits"]
+            assert container["image"] == "ghcr.io/unmix-swav/trainer-cpu:0.1.0"
+    job = next(r for r in cpu if r["kind"] == "PyTorchJob")
+    assert job["spec"]["nprocPerNode"] == "1"
+    args = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--preset") + 1] == "demo_cpu"
+
+
+def test_base_pytorchjob_is_what_the_launcher_builds():
+    (manifest,) = [r for r in render(K8S / "base") if r["kind"] == "PyTorchJob"]
+    args = manifest["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]
+    built = to_manifest(build_pytorchjob(PretrainJobSpec(
+        name="unmix-swav-pretrain", namespace="unmix-swav", image="ghcr.io/unmix-swav/trainer:0.1.0",
+        trainer_args=args[5:], num_nodes=2, gpus_per_node=8, cpu_per_node="32", memory_per_node="256Gi",
+        shm_size="64Gi", s3_secret_name="unmix-swav-s3", node_selector={"nvidia.com/gpu.present": "true"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])))
+    del built["metadata"]["namespace"]
+    assert manifest == built, "k8s/base/pretrain-pytorchjob.yaml drifted from pipeline/pytorchjob.py"
+
+
+def test_role_grants_only_what_the_launcher_needs():
+    (role,) = [r for r in render(K8S / "base") if r["kind"] == "Role"]
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    assert {(g, r) for g, r, _ in granted} == {("kubeflow.org", "pytorchjobs"),
+                                                ("kubeflow.org", "pytorchjobs/status"),
+                                                ("", "pods"), ("", "pods/log")}
+    assert not any("*" in item for item in granted)
+    assert {v for g, r, v in granted if r.startswith("pods")} <= {"get", "list", "watch"}
+
+
+def test_secret_template_holds_no_values():
+    (secret,) = yaml.safe_load_all((K8S / "s3-secret.template.yaml").read_text())
+    assert secret["kind"] == "Secret" and "data" not in secret
+    assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert all(value == "" for value in secret["stringData"].values())
+
+
+def test_checkov_passes_on_the_rendered_overlays(tmp_path):
+    checkov = REPO / ".venv-tools" / "bin" / "checkov"
+    if not checkov.exists():
+        pytest.skip("checkov is not installed: run k8s/tools-venv.sh (make test does) first")
+    for target in TARGETS[1:]:
+        (tmp_path / f"{target.name}.yaml").write_text(yaml.safe_dump_all(render(target)))
+    (tmp_path / "secret.yaml").write_text((K8S / "s3-secret.template.yaml").read_text())
+    result = subprocess.run([str(checkov), "--config-file", str(K8S / ".checkov.yaml"), "-d", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "Failed checks: 0" in result.stdout, result.stdout[-2000:]
