@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# The trainer image: every pipeline step, the PyTorchJob's replicas and the k8s/ Jobs run it.
+# Build: docker build -t ghcr.io/unmix-swav/trainer:0.1.0 .
+# The base is the official PyTorch CUDA runtime matching the torch pin in pyproject.toml; a CPU
+# variant lives in images/Dockerfile.cpu.
+ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
+FROM ${BASE_IMAGE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/tmp \
+    MPLCONFIGDIR=/tmp/matplotlib
+
+WORKDIR /opt/unmix-swav
+# Dependencies first (cached layer): the versions CI tested, from images/constraints.txt.
+COPY pyproject.toml README.md ./
+COPY images/constraints.txt images/constraints.txt
+COPY trainer/ trainer/
+COPY components/ components/
+COPY pipeline/ pipeline/
+RUN pip install --no-cache-dir --constraint images/constraints.txt . \
+    && python -c "import trainer.cli, components.runtime, pipeline.launcher, kfp.dsl.executor_main" \
+    && groupadd --gid 10001 trainer \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin trainer
+
+# Matches runAsUser in k8s/ and pipeline/pytorchjob.py; the root filesystem can be mounted read-only.
+USER 10001:10001
+# No ENTRYPOINT: the PyTorchJob runs `torchrun ... -m trainer pretrain`, kfp runs `sh -c ... python3`,
+# the k8s Jobs run `unmix-swav <command>`.
+CMD ["unmix-swav", "--help"]
