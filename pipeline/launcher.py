@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from kubeflow.training import TrainingClient, models
 from kubeflow.training.constants import constants
+from kubernetes.client import V1OwnerReference
 
 from pipeline.pytorchjob import CONTAINER_NAME
 
@@ -126,6 +127,18 @@ class PyTorchJobLauncher:
     def say(self, message: str) -> None:
         self.out.write(f"[launcher] {message}\n")
         self.out.flush()
+
+    def own_by_pod(self, job: models.KubeflowOrgV1PyTorchJob, pod_name: str) -> None:
+        """Make the step's pod the job's owner: if the pod goes (a run cancelled while this process
+        could not catch SIGTERM, a node lost), Kubernetes' garbage collector deletes the job too."""
+        try:
+            pod = self.client.core_api.read_namespaced_pod(pod_name, job.metadata.namespace)
+        except Exception as error:  # no permission or not in a pod: SIGTERM handling still deletes
+            self.say(f"not owning the PyTorchJob by pod {pod_name} ({type(error).__name__}); "
+                     "cancellation relies on SIGTERM")
+            return
+        job.metadata.owner_references = [V1OwnerReference(api_version="v1", kind="Pod", name=pod_name,
+                                                          uid=pod.metadata.uid)]
 
     def submit(self, job: models.KubeflowOrgV1PyTorchJob) -> None:
         """Create the job, or adopt it: a retried step (or a restarted launcher pod) finds its job."""

@@ -7,6 +7,7 @@ its replicas on this machine with the operator's env (pipeline.local_replicas).
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,4 +78,7 @@ def launch_pretraining(request: PretrainRequest, launcher: str) -> None:
 
     namespace = request.namespace or get_default_target_namespace()
     job = build_pytorchjob(job_spec(request, namespace=namespace))
-    PyTorchJobLauncher(TrainingClient(namespace=namespace)).run(job, timeout_s=request.timeout_s)
+    pod_launcher = PyTorchJobLauncher(TrainingClient(namespace=namespace))
+    if os.environ.get("HOSTNAME"):  # a pod's hostname is its name
+        pod_launcher.own_by_pod(job, os.environ["HOSTNAME"])
+    pod_launcher.run(job, timeout_s=request.timeout_s)

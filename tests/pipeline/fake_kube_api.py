@@ -33,6 +33,8 @@ class FakeKubeApi:
         self.master_phase = "Running"
         self.master_terminated: dict[str, Any] | None = None
         self.log_line_delay_s = 0.0
+        self.step_pod_name = "unmix-swav-pretrain-step"
+        self.step_pod_uid = "0b1c2d3e-0000-4000-8000-000000000001"
         self.jobs: dict[str, dict[str, Any]] = {}
         self.created: list[dict[str, Any]] = []
         self.deleted: list[str] = []
@@ -123,6 +125,11 @@ class FakeKubeApi:
                                             "items": items})
                 if url.path.endswith("/log"):
                     return self._stream_log()
+                pods = f"/api/v1/namespaces/{api.namespace}/pods/"
+                if url.path.startswith(pods) and url.path[len(pods):] == api.step_pod_name:
+                    return self._send(200, {"apiVersion": "v1", "kind": "Pod",
+                                            "metadata": {"name": api.step_pod_name, "uid": api.step_pod_uid,
+                                                         "namespace": api.namespace}})
                 self._send(404, {"kind": "Status", "code": 404})
 
             def _stream_log(self) -> None:

@@ -77,6 +77,20 @@ def test_timeout_is_honoured_and_deletes_the_job():
     assert api.deleted == ["unmix-pretrain-test"]
 
 
+def test_the_job_is_owned_by_the_step_pod_so_deleting_the_pod_deletes_the_job():
+    with FakeKubeApi() as api:
+        api.statuses = [{"conditions": [condition("Succeeded")]}]
+        launcher = _launcher(api, io.StringIO())
+        job = _job()
+        launcher.own_by_pod(job, api.step_pod_name)
+        launcher.run(job, timeout_s=30)
+        (owner,) = api.created[0]["metadata"]["ownerReferences"]
+        assert owner == {"apiVersion": "v1", "kind": "Pod", "name": api.step_pod_name, "uid": api.step_pod_uid}
+        other = _job(name="unmix-pretrain-other")
+        launcher.own_by_pod(other, "not-a-pod")  # outside a pod: no owner, the SIGTERM path still deletes
+        assert other.metadata.owner_references is None
+
+
 def test_a_retried_step_follows_its_existing_job_instead_of_creating_another():
     with FakeKubeApi() as api:
         api.jobs["unmix-pretrain-test"] = to_manifest(_job())  # left by the step's first attempt
