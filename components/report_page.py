@@ -18,8 +18,10 @@ def loss_curve_png(records: list[dict[str, Any]]) -> bytes:
     from matplotlib import pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 3.2), dpi=100)
-    axis.plot([record["iteration"] for record in records], [record["loss"] for record in records])
-    axis.set_xlabel("iteration")
+    # `step` counts across epochs; older logs only have the within-epoch `iteration`.
+    axis.plot([record.get("step", record["iteration"]) for record in records],
+              [record["loss"] for record in records], marker=".")
+    axis.set_xlabel("step")
     axis.set_ylabel("SwAV + Un-Mix loss")
     axis.set_title("Pretraining loss")
     axis.grid(alpha=0.3)
