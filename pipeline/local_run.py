@@ -97,7 +97,8 @@ def run_local(size: str, output: Path, storage_root: str | None = None, num_node
     warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
     started = time.monotonic()
     result = unmix_swav_pipeline(**pipeline_arguments(size, root, num_nodes))
-    report_html = next(output.glob("kfp/**/report/report_html"), None)
+    # A reused output folder holds earlier runs too: this run's report is the newest one.
+    report_html = max(output.glob("kfp/*/report/report_html"), key=lambda path: path.stat().st_mtime, default=None)
     return {"report_url": str(result.output), "report_html": str(report_html),
             "seconds": f"{time.monotonic() - started:.0f}"}
 
