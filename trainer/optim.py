@@ -46,11 +46,13 @@ class LARC:
             grads = [p.grad for p in params]
             param_norms = torch.stack(torch._foreach_norm(params))
             grad_norms = torch.stack(torch._foreach_norm(grads))
-            active = (param_norms > 0) & (grad_norms > 0)
             adaptive = self.trust_coefficient * param_norms / (grad_norms + param_norms * weight_decay + self.eps)
-            scale = torch.where(active, adaptive, torch.ones_like(adaptive))
-            decay = active.to(param_norms.dtype) * weight_decay
-            torch._foreach_add_(grads, torch._foreach_mul(params, list(decay.unbind())))
+            # Decay is added to every gradient in place (no temporary copy of the parameters); apex skips
+            # parameters with a zero norm: a zero parameter adds no decay (scale 1 keeps its gradient) and a
+            # zero gradient must stay zero (scale 0 removes the decay just added).
+            scale = torch.where(param_norms > 0, torch.where(grad_norms > 0, adaptive, 0.0), 1.0)
+            if weight_decay:
+                torch._foreach_add_(grads, params, alpha=weight_decay)
             torch._foreach_mul_(grads, list(scale.unbind()))
         self.optimizer.step()
         for group, weight_decay in zip(self.optimizer.param_groups, saved_decay, strict=True):
