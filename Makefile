@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint tools demo bench clean
 
 setup: $(STAMP)
 
@@ -17,13 +17,14 @@ $(STAMP): pyproject.toml
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint
+tools:
+	bash k8s/tools-venv.sh
+
+test: setup lint tools
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 demo: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m trainer stage --source builtin:shapes --dest $(DEMO_DIR)/data
-	OMP_NUM_THREADS=1 $(BIN)/python -m trainer pretrain --preset demo_cpu --data_path $(DEMO_DIR)/data \
-		--dump_path $(DEMO_DIR)/pretrain
+	OMP_NUM_THREADS=1 $(BIN)/python -m pipeline run-local --size demo --output $(DEMO_DIR)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_loader.py
@@ -31,4 +32,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench_data.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-tools $(DEMO_DIR) .pytest_cache .ruff_cache
