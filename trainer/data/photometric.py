@@ -96,15 +96,14 @@ class Photometric:
         x = images.to(torch.float32).div_(255)
         x = self._jitter(x, params)
         if params.grayscale.any():
-            gray_mask = params.grayscale.to(device, non_blocking=True).view(-1, 1, 1, 1)
+            gray_mask = _to_device(params.grayscale, device).view(-1, 1, 1, 1)
             x = torch.where(gray_mask, _gray(x).expand_as(x), x)
         blurred = params.blur.nonzero().flatten()
         if len(blurred):
-            index = blurred.to(device, non_blocking=True)
-            sigma = params.sigma[blurred].to(device, non_blocking=True)
+            index, sigma = _to_device(blurred, device), _to_device(params.sigma[blurred], device)
             x.index_copy_(0, index, _gaussian_blur(x.index_select(0, index), sigma, self.blur_radius))
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1).to(device, non_blocking=True)
-        inv_std = (1 / torch.tensor(self.std)).view(1, 3, 1, 1).to(device, non_blocking=True)
+        mean = _to_device(torch.tensor(self.mean), device).view(1, 3, 1, 1)
+        inv_std = _to_device(1 / torch.tensor(self.std), device).view(1, 3, 1, 1)
         return x.sub_(mean).mul_(inv_std).to(self.dtype)
 
     def _jitter(self, x: torch.Tensor, params: PhotometricParams) -> torch.Tensor:
@@ -122,8 +121,8 @@ class Photometric:
         selected &= params.jitter.view(1, 1, -1)
         ratio = torch.where(selected[:, :3], params.factors.T[:3], 1.0).prod(dim=1)  # (position, sample)
         use_mean, use_gray = selected[:, CONTRAST].float(), selected[:, SATURATION].float()
-        blend = torch.stack([ratio, use_mean, use_gray], dim=1).to(device, non_blocking=True)
-        hue = params.factors[:, HUE].to(device, non_blocking=True)
+        blend = _to_device(torch.stack([ratio, use_mean, use_gray], dim=1), device)
+        hue = _to_device(params.factors[:, HUE], device)
         for position in range(4):
             r, w_mean, w_gray = (v.view(-1, 1, 1, 1) for v in blend[position])
             gray = _gray(x)
@@ -132,9 +131,17 @@ class Photometric:
             x.mul_(r).add_(target.mul_(1 - r)).clamp_(0, 1)
             hued = selected[position, HUE].nonzero().flatten()
             if len(hued):
-                index = hued.to(device, non_blocking=True)
+                index = _to_device(hued, device)
                 x.index_copy_(0, index, _shift_hue(x.index_select(0, index), hue.index_select(0, index)))
         return x
+
+
+def _to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on `device` without stalling the host: a copy from pageable memory would wait for
+    the GPU stream to drain (the previous step), so it goes through pinned memory."""
+    if device.type == "cuda":
+        values = values.pin_memory()
+    return values.to(device, non_blocking=True)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +165,7 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     hue6 = torch.where(max_c == r, (g - b).mul_(inv_chroma),
                        torch.where(max_c == g, (b - r).mul_(inv_chroma).add_(2), (r - g).mul_(inv_chroma).add_(4)))
     hue6.add_(6 * shift.view(-1, 1, 1))
-    sector = torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
+    sector = torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1)  # made there: no host copy
     k = (hue6.unsqueeze(1) + sector).remainder_(6)
     torch.minimum(k, torch.rsub(k, 4), out=k)  # in place: these (N, 3, H, W) temporaries dominate the cost
     return k.clamp_(0, 1).mul_(chroma.unsqueeze(1)).neg_().add_(max_c.unsqueeze(1))
