@@ -16,27 +16,25 @@ import tempfile
 import time
 from collections.abc import Callable
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import numpy as np
+import torch
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from trainer.data.multicrop import GeometricMultiCrop, MultiCropDataset, crop_specs  # noqa: E402
-from trainer.data.photometric import Photometric  # noqa: E402
-from trainer.data.sources import open_source  # noqa: E402
+from trainer.data.multicrop import GeometricMultiCrop, MultiCropDataset, crop_specs
+from trainer.data.photometric import Photometric
+from trainer.data.sources import open_source
 
 RECIPE = dict(nmb_crops=[2, 6], size_crops=[224, 96], min_scale_crops=[0.14, 0.05], max_scale_crops=[1.0, 0.14])
 
 
-def write_jpegs(folder: str, count: int, size: tuple[int, int] = (500, 375), seed: int = 0) -> str:
-    """`count` photo-like JPEGs (smooth colour field + texture noise, quality 90, about ImageNet's bytes
-    per pixel) under folder/images/, an ImageFolder with one class. Returns the dataset root."""
-    rng = np.random.default_rng(seed)
+def write_jpegs(folder: str, count: int, size: tuple[int, int] = (500, 375), seed: int = 0, first: int = 0) -> str:
+    """`count` photo-like JPEGs (smooth colour field + texture noise, quality 90) numbered from `first` under
+    folder/images/, an ImageFolder with one class. Returns the dataset root."""
+    rng = np.random.default_rng([seed, first])
     class_dir = os.path.join(folder, "images")
     os.makedirs(class_dir, exist_ok=True)
     width, height = size
-    for i in range(count):
+    for i in range(first, first + count):
         coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
         pixels = np.asarray(coarse, dtype=np.float32) + rng.normal(0, 10, (height, width, 3))
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
@@ -69,7 +67,7 @@ def main() -> None:
         indices = range(len(source))
         photometric = Photometric()
         by_size = {}
-        for crops in zip(*(split[(0, i)] for i in range(args.batch)), strict=True):
+        for crops in zip(*(split[(0, i)][0] for i in range(args.batch)), strict=True):
             stacked = torch.stack(crops)
             by_size.setdefault(stacked.shape[-1], []).append(stacked)
         device_batches = [torch.cat(group) for group in by_size.values()]  # one call per resolution
