@@ -153,6 +153,19 @@ def loader_only(loader: DataLoader, warmup: int, steps: int) -> float:
     return rate
 
 
+def photometric_seconds(batch: int, crop_sizes: list[int], device: torch.device, rounds: int) -> float:
+    """Seconds per step of the device-side photometric ops alone (their share of the step)."""
+    crops = next(synthetic_batches(batch, crop_sizes, device))
+    photometric = Photometric()
+    augment_on_device(crops, photometric, generator(SEED, 0, 0))
+    synchronize(device)
+    start = time.perf_counter()
+    for index in range(rounds):
+        augment_on_device(crops, photometric, generator(SEED, 0, index))
+    synchronize(device)
+    return (time.perf_counter() - start) / rounds
+
+
 def lars_seconds(model: SwAVModel, device: torch.device, rounds: int) -> dict[str, float]:
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-3
@@ -236,6 +249,9 @@ def main() -> None:
             print(f"  {label}: real loader / synthetic = {ratio:.2f} (target >= 0.9)")
     if device.type == "cuda":
         print(f"  peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+    photometric = photometric_seconds(args.batch_size, crop_sizes, device, rounds=2 if args.smoke else 20)
+    print(f"  photometric ops alone: {photometric * 1e3:.1f} ms per step "
+          f"({args.batch_size / photometric:.0f} images/s)")
     seconds = lars_seconds(model, device, rounds=2 if args.smoke else 20)
     for label, value in seconds.items():
         print(f"  LARS step, {label:<40} {value * 1e3:8.2f} ms")

@@ -207,6 +207,7 @@ def collapse_warning(mean_loss: float, nmb_prototypes: int, epoch: int) -> str |
 
 def train(cfg: argparse.Namespace, env: DistEnv) -> int:
     device = env.device
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop shapes: tune conv kernels once
     storage.makedirs(cfg.dump_path)
     write_params(cfg, env)
 
