@@ -142,3 +142,22 @@ def test_rejects_inputs_it_cannot_handle():
         Photometric(blur_prob=1.0).apply(torch.zeros(2, 3, 5, 5, dtype=torch.uint8), generator)
     with pytest.raises(UserError, match="hue"):
         Photometric(hue=0.7)
+
+
+def test_memory_format_does_not_change_the_result():
+    images = make_images(8, seed=12)
+    photometric = Photometric()
+    params = photometric.draw(len(images), torch.Generator().manual_seed(13))
+    channels_last = images.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(photometric.apply_params(channels_last, params),
+                               photometric.apply_params(images, params), atol=1e-6, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_result_equals_cpu_result():
+    images = make_images(16, seed=14)
+    photometric = Photometric()
+    on_cpu = photometric.apply(images, torch.Generator().manual_seed(15))
+    on_gpu = photometric.apply(images.cuda(), torch.Generator().manual_seed(15))
+    assert on_gpu.is_cuda
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=1e-4, rtol=0)
