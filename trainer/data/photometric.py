@@ -95,9 +95,10 @@ class Photometric:
         device = images.device
         x = images.to(torch.float32).div_(255)
         x = self._jitter(x, params)
-        if params.grayscale.any():
-            gray_mask = _to_device(params.grayscale, device).view(-1, 1, 1, 1)
-            x = torch.where(gray_mask, _gray(x).expand_as(x), x)
+        grayed = params.grayscale.nonzero().flatten()
+        if len(grayed):
+            index = _to_device(grayed, device)
+            x.index_copy_(0, index, _gray(x.index_select(0, index)).expand(-1, 3, -1, -1))
         blurred = params.blur.nonzero().flatten()
         if len(blurred):
             index, sigma = _to_device(blurred, device), _to_device(params.sigma[blurred], device)
