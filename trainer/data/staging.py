@@ -1,12 +1,16 @@
-"""`unmix-swav stage`: validate every image of an ImageFolder tree and pack it into tar shards + manifest.
+"""`unmix-swav stage`: validate every image of an ImageFolder tree (or of tar archives of one: see
+trainer/data/archives.py) and pack it into tar shards + manifest.
 
 Layout written under --dest (any fsspec URL):
   <split>/shard-00000.tar   original image bytes, members named by their path in the source
   <split>/shard-00000.json  what went into the shard (offsets, sizes, labels, skipped files): resume record
   <split>/index.npz         per sample: shard, offset, size, label, name (what StagedSource reads)
   manifest.json             classes, per-split counts and shards with sha256, skipped files and reasons
-The manifest is written last, so its presence means a complete dataset. Samples are shuffled across
-shards (fixed seed) so that every shard holds a mix of classes: the sampler reads shard by shard.
+  archive-index/*.json      per source archive: its members' offsets and sizes (resume without re-reading)
+The manifest is written last, so its presence means a complete dataset. Every shard holds a mix of
+classes (the sampler reads shard by shard): files of a folder are shuffled across shards (fixed seed);
+members of archives are striped, each shard taking one contiguous run of every class of every archive,
+so that shard writers read archives in a few long byte ranges.
 Re-running with the same source and options reuses every shard whose record matches the plan.
 """
 
@@ -26,11 +30,21 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from trainer import storage
+from trainer.data.archives import (
+    INDEX_FOLDER,
+    ArchiveListing,
+    is_tar_name,
+    list_class_tars,
+    list_single_tar,
+    read_members,
+    refuse_compressed,
+)
 from trainer.data.decode import BadImage, decode, open_image_bytes
 from trainer.data.sources import MANIFEST, SPLITS, STAGED_FORMAT, list_folder
 from trainer.data.synthetic import make_shapes
@@ -40,6 +54,16 @@ BUILTIN_SHAPES = "builtin:shapes"
 READ_BATCH = 32  # files fetched concurrently by one worker (s3fs issues the GETs in parallel)
 MAX_IGNORED_LISTED = 1000
 Progress = Callable[[str], None]
+
+
+@dataclass
+class FolderListing:
+    """One split's samples as files of an ImageFolder tree, names relative to `root`."""
+
+    root: str
+    names: list[str]
+    sizes: list[int]
+    ignored: list[str]
 
 
 def _print_progress(message: str) -> None:
@@ -61,7 +85,26 @@ def plan_shards(sizes: list[int], shard_bytes: int, seed: int) -> list[list[int]
     return shards if shards[0] else []
 
 
-def _plan_digest(members: list[tuple[str, int]]) -> str:
+def plan_striped_shards(groups: list[Any], sizes: list[int], shard_bytes: int,
+                        seed: int) -> list[list[int]]:
+    """Sample indices per shard: every group (samples in read order) cut into one contiguous run per shard.
+
+    Shards get about `shard_bytes` each and a share of every group; a seeded rotation per group spreads
+    groups smaller than the shard count over different shards.
+    """
+    count = max(1, -(-sum(size + 1024 for size in sizes) // shard_bytes))
+    members: dict[Any, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    rotation = np.random.default_rng(seed).integers(count, size=len(members)).tolist()
+    shards: list[list[int]] = [[] for _ in range(count)]
+    for start, indices in zip(rotation, members.values(), strict=True):
+        for number, run in enumerate(np.array_split(np.array(indices), count)):
+            shards[(start + number) % count] += run.tolist()
+    return [shard for shard in shards if shard]
+
+
+def _plan_digest(members: list[Any]) -> str:
     return hashlib.sha256(json.dumps(members, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
@@ -81,21 +124,39 @@ def _validate(data: bytes | Exception) -> str:
     return mode
 
 
+def _fetch_members(task: dict[str, Any], members: list[list[Any]]) -> dict[str, bytes | Exception]:
+    if "archives" in task:
+        return read_members(task["archives"], members)
+    return _fetch(task["source"], [member[0] for member in members])
+
+
+def _skip_entry(task: dict[str, Any], member: list[Any], reason: str) -> list[str]:
+    """[path, reason] of a bad file; [member path, reason, archive URL] of a bad archive member."""
+    if "archives" in task:
+        return [member[3], reason, task["archives"][member[2]]]
+    return [member[0], reason]
+
+
 def write_shard(task: dict[str, Any]) -> dict[str, Any]:
-    """Validate and pack one shard's files; upload the tar, then its record. Runs in a worker process."""
-    members: list[tuple[str, int]] = task["members"]
+    """Validate and pack one shard's files; upload the tar, then its record. Runs in a worker process.
+
+    Members are [path, label] (files under task["source"]) or [path, label, archive number, member path,
+    offset, size] (members of task["archives"]).
+    """
+    members: list[list[Any]] = task["members"]
     buffer = io.BytesIO()
     packed, skipped, modes = [], [], Counter()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for start in range(0, len(members), READ_BATCH):
             chunk = members[start:start + READ_BATCH]
-            contents = _fetch(task["source"], [path for path, _ in chunk])
-            for path, label in chunk:
+            contents = _fetch_members(task, chunk)
+            for member in chunk:
+                path, label = member[0], member[1]
                 data = contents[path]
                 try:
                     modes[_validate(data)] += 1
                 except BadImage as error:
-                    skipped.append([path, str(error)])
+                    skipped.append(_skip_entry(task, member, str(error)))
                     continue
                 assert isinstance(data, bytes)
                 info = tarfile.TarInfo(path)
@@ -127,17 +188,40 @@ def _reusable_record(task: dict[str, Any]) -> dict[str, Any] | None:
     return record
 
 
-def _split_roots(source: str) -> dict[str, str]:
-    """Split name -> ImageFolder root: train/ and val/ when the source holds them, else the source as train."""
+def _split_listing(root: str, index_dir: str, workers: int) -> FolderListing | ArchiveListing:
+    """A folder holding .tar files is a folder of per-class tars; any other folder an ImageFolder tree."""
+    fs, path = storage.filesystem(root)
+    entries = storage.with_retries(lambda: fs.ls(path, detail=True), f"listing {root}")
+    files = sorted(os.path.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "file")
+    tars = [storage.join(root, name) for name in files if is_tar_name(name)]
+    if tars:
+        return list_class_tars(root, tars, workers, index_dir)
+    listing = FolderListing(root, *list_folder(root))
+    if not listing.names:
+        for name in files:
+            refuse_compressed(storage.join(root, name))
+    return listing
+
+
+def _split_listings(source: str, dest: str, workers: int) -> dict[str, FolderListing | ArchiveListing]:
+    """Split name -> its samples: train/ and val/ when the source holds them, else the source as train."""
     fs, root = storage.filesystem(source)
+    index_dir = storage.join(dest, INDEX_FOLDER)
+    if fs.isfile(root):
+        refuse_compressed(source)
+        if not is_tar_name(source):
+            raise UserError(f"--source {source} is a file but not a .tar archive; pass a tar of an "
+                            "ImageFolder tree, a folder, or a folder of per-class .tar files")
+        return list_single_tar(source, index_dir)
     if not fs.isdir(root):
         raise UserError(f"--source {source} does not exist or is not a folder; pass an ImageFolder tree "
-                        f"(class folders), a folder holding train/ and val/, or {BUILTIN_SHAPES}")
+                        f"(class folders), a folder holding train/ and val/, a .tar of either, a folder of "
+                        f"per-class .tar files, or {BUILTIN_SHAPES}")
     if fs.exists(f"{root.rstrip('/')}/{MANIFEST}"):
         raise UserError(f"--source {source} is already a staged dataset; pass it as --data_path directly")
     names = {os.path.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)}
-    present = [split for split in SPLITS if split in names]
-    return {split: storage.join(source, split) for split in present} or {"train": source}
+    roots = {split: storage.join(source, split) for split in SPLITS if split in names} or {"train": source}
+    return {split: _split_listing(split_root, index_dir, workers) for split, split_root in roots.items()}
 
 
 def _run_tasks(tasks: list[dict[str, Any]], workers: int, split: str, total_images: int,
@@ -176,16 +260,28 @@ def _run_tasks(tasks: list[dict[str, Any]], workers: int, split: str, total_imag
     return [records[number] for number in range(len(tasks))]
 
 
-def _stage_split(split: str, root: str, listing: tuple[list[str], list[int], list[str]], classes: list[str],
-                 dest: str, shard_bytes: int, workers: int, seed: int,
+def _stage_split(split: str, listing: FolderListing | ArchiveListing, classes: list[str], dest: str,
+                 shard_bytes: int, workers: int, seed: int,
                  progress: Progress) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    images, sizes, _ = listing
     label_of = {name: label for label, name in enumerate(classes)}
-    members = [(path, label_of[path.split("/", 1)[0]]) for path in images]
+    labels = [label_of[path.split("/", 1)[0]] for path in listing.names]
+    if isinstance(listing, ArchiveListing):
+        members = [[path, label, *location, size] for path, label, location, size
+                   in zip(listing.names, labels, listing.locations, listing.sizes, strict=True)]
+        groups = [(location[0], label) for location, label in zip(listing.locations, labels, strict=True)]
+        plan = plan_striped_shards(groups, listing.sizes, shard_bytes, seed)
+        reads: dict[str, Any] = {"archives": listing.archives}
+    else:
+        members = [[path, label] for path, label in zip(listing.names, labels, strict=True)]
+        plan = plan_shards(listing.sizes, shard_bytes, seed)
+        reads = {"source": listing.root}
     tasks = []
-    for number, indices in enumerate(plan_shards(sizes, shard_bytes, seed)):
+    for number, indices in enumerate(plan):
         shard_members = [members[i] for i in indices]
-        tasks.append({"source": root, "dest": dest, "members": shard_members, "plan": _plan_digest(shard_members),
+        # Archive keys (size, version) in the plan: a changed archive invalidates the shards read from it.
+        versions = sorted({listing.keys[m[2]] for m in shard_members}) if "archives" in reads else []
+        tasks.append({**reads, "dest": dest, "members": shard_members,
+                      "plan": _plan_digest([*shard_members, *versions]),
                       "path": f"{split}/shard-{number:05d}.tar", "record": f"{split}/shard-{number:05d}.json"})
     records = _run_tasks(tasks, workers, split, len(members), progress)
 
@@ -211,31 +307,32 @@ def _stage_split(split: str, root: str, listing: tuple[list[str], list[int], lis
         "shards": [{"path": r["path"], "size": r["size"], "sha256": r["sha256"], "count": len(r["members"])}
                    for r in records],
     }
-    skipped = [{"split": split, "path": path, "reason": reason} for r in records for path, reason in r["skipped"]]
+    skipped = [{"split": split, "path": entry[0], "reason": entry[1],
+                **({"archive": entry[2]} if entry[2:] else {})} for r in records for entry in r["skipped"]]
     return info, skipped
 
 
 def stage_folder(source: str, dest: str, shard_size_mb: float = 256, workers: int = 1,
                  max_bad_fraction: float = 0.01, seed: int = 0,
                  progress: Progress = _print_progress) -> dict[str, Any]:
-    roots = _split_roots(source)
-    listings = {split: list_folder(root) for split, root in roots.items()}
-    classes = sorted({path.split("/", 1)[0] for images, _, _ in listings.values() for path in images})
+    listings = _split_listings(source, dest, workers)
+    classes = sorted({path.split("/", 1)[0] for listing in listings.values() for path in listing.names})
     if not classes:
-        raise UserError(f"no images in class folders under {source}; expected <class>/<image>.jpg files")
-    ignored = [storage.join(split, path) for split, (_, _, paths) in listings.items() for path in paths]
-    total = sum(len(images) for images, _, _ in listings.values())
+        raise UserError(f"no images in class folders under {source}; expected <class>/<image>.jpg files "
+                        "(in a folder or a .tar) or a folder of per-class .tar files")
+    ignored = [storage.join(split, path) for split, listing in listings.items() for path in listing.ignored]
+    total = sum(len(listing.names) for listing in listings.values())
 
     splits, skipped = {}, []
-    for split, root in roots.items():
-        splits[split], split_skipped = _stage_split(split, root, listings[split], classes, dest,
-                                                    int(shard_size_mb * 2**20), workers, seed, progress)
+    for split, listing in listings.items():
+        splits[split], split_skipped = _stage_split(split, listing, classes, dest, int(shard_size_mb * 2**20),
+                                                    workers, seed, progress)
         skipped += split_skipped
     bad_fraction = len(skipped) / max(total, 1)
     report = {"source": source, "images": total, "skipped": skipped, "bad_fraction": bad_fraction}
     if bad_fraction > max_bad_fraction:
         storage.write_text(storage.join(dest, "staging-report.json"), json.dumps(report, indent=1))
-        first = "; ".join(f"{s['split']}/{s['path']}: {s['reason']}" for s in skipped[:3])
+        first = "; ".join(f"{s.get('archive', s['split'])}/{s['path']}: {s['reason']}" for s in skipped[:3])
         raise UserError(f"{len(skipped)} of {total} files ({bad_fraction:.1%}) under {source} are not "
                         f"decodable images, over --max_bad_fraction {max_bad_fraction}; fix or remove them "
                         f"(all listed in {storage.join(dest, 'staging-report.json')}), e.g. {first}")
@@ -282,7 +379,8 @@ def stage_dataset(source: str, dest: str, shard_size_mb: float = 256, workers: i
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True,
-                        help=f"ImageFolder tree (or a folder holding train/ and val/), local or s3://; "
+                        help=f"ImageFolder tree (or a folder holding train/ and val/), a plain .tar of "
+                             f"either, or a folder of per-class .tar files (ImageNet's), local or s3://; "
                              f"or {BUILTIN_SHAPES} to generate the synthetic dataset")
     parser.add_argument("--dest", required=True, help="where to write shards and manifest.json (any fsspec URL)")
     parser.add_argument("--shard_size_mb", type=float, default=256, help="target size of one tar shard")
