@@ -65,11 +65,12 @@ def _classes_per_shard(staged: StagedSource) -> list[int]:
 
 def test_one_tar_with_splits_and_a_bad_member_stages_and_trains(shapes_dir: Path, tmp_path: Path) -> None:
     archive = tmp_path / "shapes.tar"
-    truncated = (shapes_dir / "train" / "circle").iterdir().__next__().read_bytes()[:200]
+    square = sorted((shapes_dir / "train" / "square").iterdir())[0]
     with tarfile.open(archive, "w") as tar:
         tar.add(shapes_dir, arcname=".")  # members `./train/<class>/<image>`, as `tar -C dir .` writes them
-        _add_bytes(tar, "train/circle/broken.jpg", truncated)
+        _add_bytes(tar, "train/circle/broken.jpg", square.read_bytes()[:200])
         _add_bytes(tar, "train/circle/notes.txt", b"not an image")
+        _add_bytes(tar, f"train/square/{square.name}", square.read_bytes())  # appended again, as `tar -r` does
     dest = tmp_path / "staged"
     manifest = stage_dataset(str(archive), str(dest), shard_size_mb=2 * SMALL_SHARD_MB, workers=2,
                              max_bad_fraction=0.05, progress=_quiet)
@@ -80,7 +81,9 @@ def test_one_tar_with_splits_and_a_bad_member_stages_and_trains(shapes_dir: Path
     [bad] = manifest["skipped"]
     assert (bad["split"], bad["path"], bad["archive"]) == ("train", "train/circle/broken.jpg", str(archive))
     assert "Truncated" in bad["reason"]
-    assert manifest["ignored"]["paths"] == ["train/shapes.tar/train/circle/notes.txt"]
+    assert manifest["ignored"]["paths"] == [
+        "train/shapes.tar/train/circle/notes.txt",
+        f"train/shapes.tar/train/square/{square.name} (replaced by shapes.tar/train/square/{square.name})"]
     for split in ("train", "val"):
         staged = open_source(str(dest), split=split)
         assert len(staged.shards) >= 3

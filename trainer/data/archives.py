@@ -52,8 +52,18 @@ class ArchiveListing:
     sizes: list[int] = field(default_factory=list)
     locations: list[tuple[int, str, int]] = field(default_factory=list)  # (archive number, member, offset)
     ignored: list[str] = field(default_factory=list)  # `<archive name>/<member>` of non-image members
+    _position: dict[str, int] = field(default_factory=dict)
 
-    def add(self, archive: int, member: Member, name: str) -> None:
+    def add(self, archive: int, member: Member, name: str, where: str) -> None:
+        """Add a sample; a later member of the same name replaces it, as when the tar is extracted."""
+        if name in self._position:
+            replaced = self._position[name]
+            old_archive, old_member, _ = self.locations[replaced]
+            self.ignored.append(f"{posixpath.basename(self.archives[old_archive])}/{old_member} "
+                                f"(replaced by {where})")
+            self.sizes[replaced], self.locations[replaced] = member.size, (archive, member.path, member.offset)
+            return
+        self._position[name] = len(self.names)
         self.names.append(name)
         self.sizes.append(member.size)
         self.locations.append((archive, member.path, member.offset))
@@ -166,7 +176,7 @@ def list_single_tar(url: str, index_dir: str) -> dict[str, ArchiveListing]:
             if _is_sample(path):
                 flat[split or "train"] = flat.get(split or "train", 0) + 1
             continue
-        listing.add(0, member, "/".join(parsed))
+        listing.add(0, member, "/".join(parsed), f"{archive_name}/{member.path}")
     for split, listing in listings.items():
         if flat.get(split) and not listing.names:
             where = f"{split}/ of {url}" if splits != [None] else url
@@ -189,7 +199,7 @@ def list_class_tars(root: str, tar_urls: list[str], workers: int, index_dir: str
         for member in members:
             if _is_sample(member.path):
                 image = member.path.removeprefix(class_name + "/")
-                listing.add(number, member, f"{class_name}/{image}")
+                listing.add(number, member, f"{class_name}/{image}", f"{archive_name}/{member.path}")
             else:
                 listing.ignored.append(f"{archive_name}/{member.path}")
     return listing
