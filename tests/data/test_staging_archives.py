@@ -70,7 +70,7 @@ def test_one_tar_with_splits_and_a_bad_member_stages_and_trains(shapes_dir: Path
         tar.add(shapes_dir, arcname=".")  # members `./train/<class>/<image>`, as `tar -C dir .` writes them
         _add_bytes(tar, "train/circle/broken.jpg", square.read_bytes()[:200])
         _add_bytes(tar, "train/circle/notes.txt", b"not an image")
-        _add_bytes(tar, f"train/square/{square.name}", square.read_bytes())  # appended again, as `tar -r` does
+        _add_bytes(tar, f"train/square/{square.name}", square.read_bytes())  # appended again, like `tar -r`
     dest = tmp_path / "staged"
     manifest = stage_dataset(str(archive), str(dest), shard_size_mb=2 * SMALL_SHARD_MB, workers=2,
                              max_bad_fraction=0.05, progress=_quiet)
@@ -138,7 +138,8 @@ def test_imagenet_train_tar_of_class_tars(shapes_dir: Path, tmp_path: Path) -> N
     _same_samples(open_source(str(tmp_path / "staged")), open_source(str(shapes_dir)))
 
 
-def test_archives_stage_cannot_read_are_refused_with_the_fix(shapes_dir: Path, tmp_path: Path, capsys) -> None:
+def test_archives_stage_cannot_read_are_refused_with_the_fix(shapes_dir: Path, tmp_path: Path,
+                                                             capsys) -> None:
     flat = tmp_path / "ILSVRC2012_img_val.tar"
     with tarfile.open(flat, "w") as tar:
         for image in sorted((shapes_dir / "val" / "star").iterdir()):

@@ -61,7 +61,8 @@ class ArchiveListing:
             old_archive, old_member, _ = self.locations[replaced]
             self.ignored.append(f"{posixpath.basename(self.archives[old_archive])}/{old_member} "
                                 f"(replaced by {where})")
-            self.sizes[replaced], self.locations[replaced] = member.size, (archive, member.path, member.offset)
+            self.sizes[replaced] = member.size
+            self.locations[replaced] = (archive, member.path, member.offset)
             return
         self._position[name] = len(self.names)
         self.names.append(name)
