@@ -51,24 +51,12 @@ def training_images_per_s(args: argparse.Namespace, folder: str) -> tuple[float,
 class LoopLARC(LARC):
     """The seed's apex LARC(clip=False): one Python branch per parameter on its norms (a host sync each)."""
 
-    @torch.no_grad()
-    def step(self) -> None:
-        saved_decay = []
-        for group in self.optimizer.param_groups:
-            weight_decay = group["weight_decay"]
-            saved_decay.append(weight_decay)
-            group["weight_decay"] = 0.0
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                param_norm, grad_norm = torch.norm(p), torch.norm(p.grad)
-                if param_norm != 0 and grad_norm != 0:
-                    adaptive = self.trust_coefficient * param_norm / (
-                        grad_norm + param_norm * weight_decay + self.eps)
-                    p.grad.add_(p, alpha=weight_decay).mul_(adaptive)
-        self.optimizer.step()
-        for group, weight_decay in zip(self.optimizer.param_groups, saved_decay, strict=True):
-            group["weight_decay"] = weight_decay
+    def rescale_gradients(self, params: list[torch.Tensor], weight_decay: float) -> None:
+        for p in params:
+            param_norm, grad_norm = torch.norm(p), torch.norm(p.grad)
+            if param_norm != 0 and grad_norm != 0:
+                adaptive = self.trust_coefficient * param_norm / (grad_norm + param_norm * weight_decay + self.eps)
+                p.grad.add_(p, alpha=weight_decay).mul_(adaptive)
 
 
 def lars_comparison(rounds: int) -> dict[str, float]:

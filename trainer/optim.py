@@ -37,26 +37,28 @@ class LARC:
     def step(self) -> None:
         saved_decay = []
         for group in self.optimizer.param_groups:
-            weight_decay = group["weight_decay"]
-            saved_decay.append(weight_decay)
-            group["weight_decay"] = 0.0
+            saved_decay.append(group["weight_decay"])
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            param_norms = torch.stack(torch._foreach_norm(params))
-            grad_norms = torch.stack(torch._foreach_norm(grads))
-            adaptive = self.trust_coefficient * param_norms / (grad_norms + param_norms * weight_decay + self.eps)
-            # Decay is added to every gradient in place (no temporary copy of the parameters); apex skips
-            # parameters with a zero norm: a zero parameter adds no decay (scale 1 keeps its gradient) and a
-            # zero gradient must stay zero (scale 0 removes the decay just added).
-            scale = torch.where(param_norms > 0, torch.where(grad_norms > 0, adaptive, 0.0), 1.0)
-            if weight_decay:
-                torch._foreach_add_(grads, params, alpha=weight_decay)
-            torch._foreach_mul_(grads, list(scale.unbind()))
+            if params:
+                self.rescale_gradients(params, group["weight_decay"])
+            group["weight_decay"] = 0.0
         self.optimizer.step()
         for group, weight_decay in zip(self.optimizer.param_groups, saved_decay, strict=True):
             group["weight_decay"] = weight_decay
+
+    def rescale_gradients(self, params: list[torch.Tensor], weight_decay: float) -> None:
+        """grad <- (grad + wd * p) * adaptive rate, for all `params` at once."""
+        grads = [p.grad for p in params]
+        param_norms = torch.stack(torch._foreach_norm(params))
+        grad_norms = torch.stack(torch._foreach_norm(grads))
+        adaptive = self.trust_coefficient * param_norms / (grad_norms + param_norms * weight_decay + self.eps)
+        # Decay is added to every gradient in place (no temporary copy of the parameters); apex skips
+        # parameters with a zero norm: a zero parameter adds no decay (scale 1 keeps its gradient) and a
+        # zero gradient must stay zero (scale 0 removes the decay just added).
+        scale = torch.where(param_norms > 0, torch.where(grad_norms > 0, adaptive, 0.0), 1.0)
+        if weight_decay:
+            torch._foreach_add_(grads, params, alpha=weight_decay)
+        torch._foreach_mul_(grads, list(scale.unbind()))
 
 
 def learning_rate(iteration: int, iters_per_epoch: int, epochs: int, base_lr: float, final_lr: float,
