@@ -4,7 +4,8 @@ Read top to bottom: configuration, distributed set-up (environment variables onl
 optimizer, resume, then the loop. Every random draw is derived from (seed, epoch, index, rank) for data
 and (seed, rank, step) for the step, so a run resumed from any checkpoint repeats exactly what an
 uninterrupted run would have done. Exit codes: 0 done, 2 bad input or divergence, 143 preempted
-(SIGTERM: a checkpoint was written; a PyTorchJob restart resumes it).
+(SIGTERM: a checkpoint was written; a PyTorchJob restart resumes it), 138 object storage down through
+every retry or another rank dead or stalled (a restart resumes from the last checkpoint).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from trainer.unmix import draw_mix, mix_crops, unmix_loss_inputs
 
 log = logging.getLogger("trainer.pretrain")
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "retryable" for the Training Operator's ExitCode policy
+RESTARTABLE_EXIT_CODE = 138  # 128 + SIGUSR1: the ExitCode policy's code for "user-defined retryable"
 
 
 class TrainingDiverged(UserError):
@@ -60,10 +62,39 @@ def run(args: argparse.Namespace) -> None:
     setup_logging(env.rank)
     try:
         code = train(cfg, env)
+    except storage.StorageUnavailable as error:
+        code = stop_for_restart(env, f"object storage unavailable: {last_line(error)}")
+    except RuntimeError as error:
+        if not (env.is_distributed and is_collective_failure(error)):
+            raise
+        code = stop_for_restart(env, f"a collective operation failed ({last_line(error)}): another rank died or "
+                                "stalled past UNMIX_COLLECTIVE_TIMEOUT_MIN; its own log says why")
     finally:
         cleanup()
     if code:
         raise SystemExit(code)
+
+
+def stop_for_restart(env: DistEnv, reason: str) -> int:
+    """One line on stderr for a failure that a restart can cure; the exit code that asks for the restart."""
+    print(f"error: rank {env.rank}: {reason}; exiting {RESTARTABLE_EXIT_CODE} so that the job restarts and "
+          "resumes from the last checkpoint", file=sys.stderr, flush=True)
+    return RESTARTABLE_EXIT_CODE
+
+
+def is_collective_failure(error: RuntimeError) -> bool:
+    """NCCL and the rendezvous store raise torch's DistError; gloo raises plain RuntimeErrors from its transport."""
+    return isinstance(error, dist.DistError) or any(
+        mark in str(error) for mark in ("gloo", "Gloo", "NCCL", "Connection closed by peer", "Connection reset"))
+
+
+def last_line(error: BaseException) -> str:
+    """The message of `error` on one line; for an error re-raised from a DataLoader worker (whose message is
+    the worker's traceback) its last line, which holds the original message."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[-1] if lines[0].startswith("Caught ") else lines[0]
 
 
 def setup_logging(rank: int) -> None:
@@ -184,9 +215,63 @@ def save_checkpoint(url: str, model: SwAVModel, optimizer: LARC, scaler: torch.a
         storage.save_torch({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "iteration": iteration,
-            "world_size": env.world_size, "queues": queues, "rng": rngs, "args": vars(cfg),
+            "world_size": env.world_size, "iters_per_epoch": schedule.iters_per_epoch, "queues": queues,
+            "rng": rngs, "args": vars(cfg),
         }, url)
     barrier()
+
+
+def restore_checkpoint(url: str, model: SwAVModel, optimizer: LARC, scaler: torch.amp.GradScaler,
+                       queue: EmbeddingQueue | None, schedule: Schedule, env: DistEnv) -> int:
+    """Load `url` into the training state; the step to continue at.
+
+    Same world size: every rank gets back its own queue and RNG state and the run continues exactly.
+    Another world size (or batch size) changes the steps per epoch: the epoch is kept and the part of it
+    already done is rescaled (rounded down: a few samples are seen twice rather than skipped), and the
+    queue is re-split across the new ranks when it was full, else it restarts empty.
+    """
+    state = storage.load_torch(url, map_location=env.device)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise UserError(f"checkpoint {url} does not fit this run ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:200]}); resume with the flags it was written with "
+                        "(see its params.json) or use another --dump_path") from error
+    step = int(state["step"])
+    # Checkpoints written before iters_per_epoch was recorded: assume the same batch size.
+    saved_iters = state.get("iters_per_epoch") or schedule.iters_per_epoch * env.world_size // state["world_size"]
+    same_layout = state["world_size"] == env.world_size and saved_iters == schedule.iters_per_epoch
+    if same_layout:
+        torch.set_rng_state(state["rng"][env.rank]["torch"].cpu())
+        if "cuda" in state["rng"][env.rank] and env.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"][env.rank]["cuda"].cpu())
+        if queue is not None and state["queues"][env.rank] is not None:
+            queue.load_state_dict(state["queues"][env.rank])
+    else:
+        epoch, iteration = int(state["epoch"]), int(state["iteration"])
+        step = epoch * schedule.iters_per_epoch + iteration * schedule.iters_per_epoch // saved_iters
+        log.warning("the checkpoint was written by %d processes with %d steps per epoch, this run has %d with %d: "
+                    "epoch %d continues at iteration %d; %s", state["world_size"], saved_iters,
+                    env.world_size, schedule.iters_per_epoch, epoch, step - epoch * schedule.iters_per_epoch,
+                    resplit_queue(queue, state["queues"], env) if queue is not None else "no queue")
+    log.info("resumed from %s at step %d (epoch %d, iteration %d)", url, step,
+             *divmod(step, schedule.iters_per_epoch))
+    return step
+
+
+def resplit_queue(queue: EmbeddingQueue, saved: list[dict | None], env: DistEnv) -> str:
+    """Share the saved ranks' full queues among this run's ranks; what the log says about the queue."""
+    if any(part is None or part["filled"] < part["embeddings"].shape[1] for part in saved):
+        return "the queue restarts empty"
+    embeddings = torch.cat([part["embeddings"] for part in saved], dim=1)
+    length = queue.embeddings.shape[1]
+    if embeddings.shape[1] != length * env.world_size:
+        return "the queue restarts empty (its length changed)"
+    queue.load_state_dict({"embeddings": embeddings[:, env.rank * length:(env.rank + 1) * length],
+                           "filled": length})
+    return "the queue was re-split across the new ranks"
 
 
 def write_params(cfg: argparse.Namespace, env: DistEnv) -> None:
@@ -248,21 +333,9 @@ def train(cfg: argparse.Namespace, env: DistEnv) -> int:
     checkpoint_url = storage.join(cfg.dump_path, "checkpoint.pth.tar")
     step = 0
     if storage.exists(checkpoint_url):
-        state = storage.load_torch(checkpoint_url, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        step = int(state["step"])
-        if queue is not None and state["queues"][0] is not None:
-            if state["world_size"] == env.world_size:
-                queue.load_state_dict(state["queues"][env.rank])
-            else:
-                log.warning("resuming with %d processes instead of %d: the queue restarts empty",
-                            env.world_size, state["world_size"])
-        log.info("resumed from %s at step %d (epoch %d, iteration %d)", checkpoint_url, step,
-                 *divmod(step, schedule.iters_per_epoch))
+        step = restore_checkpoint(checkpoint_url, model, optimizer, scaler, queue, schedule, env)
 
-    runlog = RunLog(cfg.dump_path) if env.is_main else None
+    runlog = RunLog(cfg.dump_path, start_step=step) if env.is_main else None
     skipped_since_log, skipped_total = 0, 0
     preemption = PreemptionFlag()
 

@@ -3,12 +3,17 @@
 Files are written locally (in dump_path itself when it is local, else in a staging folder) and copied to
 the remote dump_path by `sync()`, which the trainer calls with every checkpoint and at the end, so that
 `tensorboard --logdir <dump_path>/tb` shows the run wherever it lives.
+
+A run restarted from a checkpoint at step S passes `start_step=S`: metric lines after S (logged by the
+killed process after its last checkpoint, and about to be logged again) are dropped, and TensorBoard is
+told to purge its events after S, so no step appears twice.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -18,7 +23,7 @@ from trainer import storage
 
 
 class RunLog:
-    def __init__(self, dump_path: str, metrics_name: str = "metrics.jsonl"):
+    def __init__(self, dump_path: str, metrics_name: str = "metrics.jsonl", start_step: int | None = None):
         self.dump_path = dump_path
         self.remote = not storage.is_local(dump_path)
         self.local_dir = tempfile.mkdtemp(prefix="unmix-runlog-") if self.remote else \
@@ -26,11 +31,24 @@ class RunLog:
         os.makedirs(self.local_dir, exist_ok=True)
         self.metrics_name = metrics_name
         self.metrics_file = os.path.join(self.local_dir, metrics_name)
-        remote_metrics = storage.join(dump_path, metrics_name)
-        if self.remote and storage.exists(remote_metrics):  # resuming: keep appending to the old lines
-            with open(self.metrics_file, "wb") as handle:
-                handle.write(storage.read_bytes(remote_metrics))
-        self.writer = SummaryWriter(log_dir=os.path.join(self.local_dir, "tb"))
+        self._restore_metrics(start_step)
+        self.writer = SummaryWriter(log_dir=os.path.join(self.local_dir, "tb"),
+                                    purge_step=None if start_step is None else start_step + 1)
+
+    def _restore_metrics(self, start_step: int | None) -> None:
+        """Bring the earlier lines of this run into the local file, without those after `start_step`."""
+        remote_metrics = storage.join(self.dump_path, self.metrics_name)
+        if self.remote:
+            text = storage.read_text(remote_metrics) if storage.exists(remote_metrics) else ""
+        elif os.path.exists(self.metrics_file):
+            with open(self.metrics_file, encoding="utf-8") as handle:
+                text = handle.read()
+        else:
+            return
+        lines = text.splitlines(keepends=True)
+        if start_step is not None:
+            lines = [line for line in lines if _step_of(line) <= start_step]
+        storage.atomic_write_bytes(self.metrics_file, "".join(lines).encode("utf-8"))
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         """Append one JSON line and write every numeric value as a TensorBoard scalar."""
@@ -46,6 +64,15 @@ class RunLog:
     def sync(self) -> None:
         """Flush TensorBoard and, for a remote dump_path, upload metrics and event files."""
         self.writer.flush()
+        self._upload()
+
+    def close(self) -> None:
+        self.writer.close()
+        self._upload()
+        if self.remote:
+            shutil.rmtree(self.local_dir, ignore_errors=True)
+
+    def _upload(self) -> None:
         if not self.remote:
             return
         with open(self.metrics_file, "rb") as handle:
@@ -55,6 +82,10 @@ class RunLog:
             with open(os.path.join(tb_dir, name), "rb") as handle:
                 storage.atomic_write_bytes(storage.join(self.dump_path, "tb", name), handle.read())
 
-    def close(self) -> None:
-        self.sync()
-        self.writer.close()
+
+def _step_of(line: str) -> int:
+    """The `step` of a metrics line; lines without one (or unreadable, e.g. torn by a kill) sort last."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62

@@ -2,7 +2,8 @@
 
 S3 settings come only from the standard AWS environment (AWS_ENDPOINT_URL[_S3], AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_REGION or an IRSA role); nothing here accepts or prints credentials.
-Writes that must never be seen half-done go through `atomic_write_bytes`.
+Writes that must never be seen half-done go through `atomic_write_bytes`. Transient store errors are
+retried with backoff (`with_retries`); a store that stays down raises `StorageUnavailable`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,31 @@ from trainer.errors import UserError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RETRY_ATTEMPTS = int(os.environ.get("UNMIX_STORAGE_RETRIES", "6"))
+# 8 attempts with 1, 2, 4, ... 30 s between them ride out about 90 s of outage (plus botocore's own
+# quick retries inside each attempt) before the run gives up.
+RETRY_ATTEMPTS = int(os.environ.get("UNMIX_STORAGE_RETRIES", "8"))
 RETRY_FIRST_DELAY_S = float(os.environ.get("UNMIX_STORAGE_RETRY_DELAY", "1.0"))
+RETRY_MAX_DELAY_S = 30.0
+
+
+class StorageUnavailable(OSError):
+    """The store kept failing through every retry. Transient by nature: a restarted job may succeed."""
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors worth retrying: OS-level I/O errors (s3fs maps 5xx and SlowDown to OSError) and botocore's
+    connection and HTTP-client errors (endpoint down, connection reset, timeouts), which are not OSErrors."""
+    errors: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:  # no S3 support installed: only local and other fsspec errors
+        return errors
+    return (*errors, BotoConnectionError, HTTPClientError)
+
+
+PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+                    UserError, StorageUnavailable)
 
 
 def _s3_options() -> dict[str, Any]:
@@ -53,20 +77,32 @@ def join(base: str, *parts: str) -> str:
 
 
 def with_retries(action: Callable[[], T], what: str) -> T:
-    """Run `action`, retrying transient storage errors with exponential backoff."""
+    """Run `action`, retrying transient storage errors with exponential backoff.
+
+    Raises StorageUnavailable (one line naming `what` and the last error) when every attempt failed.
+    """
     delay = RETRY_FIRST_DELAY_S
+    started = time.monotonic()
     for attempt in range(1, RETRY_ATTEMPTS + 1):
         try:
             return action()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, UserError):
+        except PERMANENT_ERRORS:
             raise
-        except (OSError, ConnectionError, TimeoutError) as error:
+        except _transient_errors() as error:
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             if attempt == RETRY_ATTEMPTS:
-                raise OSError(f"{what} failed after {attempt} attempts: {error}") from error
-            log.warning("%s failed (%s: %s); retry %d/%d in %.0fs", what, type(error).__name__, error,
-                        attempt, RETRY_ATTEMPTS - 1, delay)
+                raise StorageUnavailable(
+                    f"{what} failed {attempt} times over {time.monotonic() - started:.0f}s ({reason}); "
+                    "the store is down or failing: check AWS_ENDPOINT_URL and the store, then rerun the same "
+                    "command to resume") from error
+            log.warning("%s failed (%s); retry %d/%d in %.1fs", what, reason, attempt, RETRY_ATTEMPTS - 1, delay)
             time.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, RETRY_MAX_DELAY_S)
+        except Exception as error:
+            if type(error).__name__ == "NoCredentialsError":  # botocore's, without importing botocore here
+                raise UserError(f"{what}: no S3 credentials were found; set AWS_ACCESS_KEY_ID and "
+                                "AWS_SECRET_ACCESS_KEY, or give the pod an IAM role (IRSA)") from error
+            raise
     raise AssertionError("unreachable")
 
 
