@@ -1,0 +1,309 @@
+"""`unmix-swav detr`: fine-tune DETR on COCO-format data with the pretrained trunk, report COCO box AP.
+
+The DETR recipe: AdamW (lr 1e-4, backbone 5e-5 here as in the SwAV transfer, weight decay 1e-4), gradient
+clipping at 0.1, the lr divided by 10 after `--lr_drop` epochs, auxiliary decoding losses, evaluation
+after every epoch. `--batch_size` is per process, as in DETR. One process, or one per GPU/CPU rank under
+torchrun or a PyTorchJob (trainer.distributed). After every epoch: `<dump_path>/checkpoint.pth` (resumed
+from automatically), `metrics.json` and TensorBoard scalars under `tb/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from transformers import DetrForObjectDetection
+
+from trainer import storage
+from trainer.detr.dataset import CocoDetection, collate, load_annotations, num_classes_of
+from trainer.detr.evaluator import box_ap, detections
+from trainer.detr.loss import mean_boxes_per_rank, set_loss
+from trainer.detr.model import NO_PRETRAINED, build_detr
+from trainer.detr.tb import ScalarLog
+from trainer.distributed import DistEnv, all_reduce_sum, barrier, cleanup, init_distributed
+from trainer.errors import UserError
+from trainer.models.pretrained import LoadReport
+from trainer.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+LOGGED_TERMS = ("loss_ce", "loss_bbox", "loss_giou", "cardinality_error")
+# Flags that shape the network: a checkpoint written with other values cannot be resumed.
+MODEL_FLAGS = ("arch", "hidden_dim", "enc_layers", "dec_layers", "dim_feedforward", "nheads", "num_queries")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data and weights")
+    data.add_argument("--coco_path", required=True,
+                      help="fsspec URL holding train2017/, val2017/, annotations/instances_{train,val}2017.json")
+    data.add_argument("--pretrained", required=True,
+                      help="trunk weights (any format the evaluation commands accept), or 'none' for random")
+    data.add_argument("--arch", default="resnet50", help="trunk architecture (resnet_tiny for CPU tests)")
+    data.add_argument("--num_classes", type=int, default=0,
+                      help="classifier size; 0: largest category id + 1 from the annotations (91 for COCO)")
+    data.add_argument("--image_size", type=int, default=800,
+                      help="shorter image side; every augmentation size scales with it (recipe: 800)")
+    data.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per rank")
+    optim = parser.add_argument_group("optimisation (DETR recipe)")
+    optim.add_argument("--batch_size", type=int, default=2, help="images per process and step")
+    optim.add_argument("--lr", type=float, default=1e-4)
+    optim.add_argument("--lr_backbone", type=float, default=5e-5, help="0 freezes the whole backbone")
+    optim.add_argument("--weight_decay", type=float, default=1e-4)
+    optim.add_argument("--epochs", type=int, default=300)
+    optim.add_argument("--lr_drop", type=int, default=200, help="epochs after which the lr is divided by 10")
+    optim.add_argument("--clip_max_norm", type=float, default=0.1, help="gradient norm clip; 0 disables")
+    model = parser.add_argument_group("transformer")
+    model.add_argument("--num_queries", type=int, default=100)
+    model.add_argument("--hidden_dim", type=int, default=256)
+    model.add_argument("--enc_layers", type=int, default=6)
+    model.add_argument("--dec_layers", type=int, default=6)
+    model.add_argument("--dim_feedforward", type=int, default=2048)
+    model.add_argument("--nheads", type=int, default=8)
+    model.add_argument("--dropout", type=float, default=0.1)
+    run_group = parser.add_argument_group("run")
+    run_group.add_argument("--dump_path", required=True, help="fsspec URL for checkpoints and metrics")
+    run_group.add_argument("--resume", default="",
+                           help="checkpoint URL to resume from (default: <dump_path>/checkpoint.pth if present)")
+    run_group.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run_group.add_argument("--seed", type=int, default=42)
+
+
+def detr_args(**values: Any) -> argparse.Namespace:
+    """The flags as a Namespace (defaults filled in), for callers such as a Kubeflow component."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"unknown DETR option(s) {', '.join(unknown)}; known: {', '.join(sorted(known - {'help'}))}")
+    required = [f"--{key}" for key in ("coco_path", "pretrained", "dump_path") if key not in values]
+    if required:
+        raise UserError(f"DETR needs {', '.join(required)}")
+    args = parser.parse_args([f"--{key}={values[key]}" for key in ("coco_path", "pretrained", "dump_path")])
+    for key, value in values.items():
+        setattr(args, key, value)
+    return args
+
+
+def validate(args: argparse.Namespace) -> None:
+    positive = ("batch_size", "epochs", "lr_drop", "num_queries", "hidden_dim", "enc_layers", "dec_layers",
+                "dim_feedforward", "nheads", "lr")
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name} {getattr(args, name)} must be positive")
+    for name in ("lr_backbone", "weight_decay", "clip_max_norm", "workers", "num_classes"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name} {getattr(args, name)} must not be negative")
+    if args.image_size < 32:
+        raise UserError(f"--image_size {args.image_size} is too small for a stride-32 backbone; use >= 32")
+    if not 0.0 <= args.dropout < 1.0:
+        raise UserError(f"--dropout {args.dropout} must be in [0, 1)")
+
+
+def resolve_num_classes(args: argparse.Namespace, train_annotations: dict[str, Any]) -> int:
+    needed = num_classes_of(train_annotations)
+    if args.num_classes == 0:
+        return needed
+    if args.num_classes < needed:
+        raise UserError(f"--num_classes {args.num_classes} is too small: the annotations use category id "
+                        f"{needed - 1}; pass {needed} or more, or 0 to derive it")
+    return args.num_classes
+
+
+def param_groups(model: DetrForObjectDetection, args: argparse.Namespace) -> list[dict[str, Any]]:
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for name, p in trainable if ".backbone." not in name], "lr": args.lr}]
+    backbone = [p for name, p in trainable if ".backbone." in name]
+    if backbone:
+        groups.append({"params": backbone, "lr": args.lr_backbone})
+    return groups
+
+
+def resume_url(args: argparse.Namespace) -> str | None:
+    if args.resume:
+        if not storage.exists(args.resume):
+            raise UserError(f"--resume {args.resume} does not exist; pass a checkpoint.pth written by detr")
+        return args.resume
+    automatic = storage.join(args.dump_path, "checkpoint.pth")
+    return automatic if storage.exists(automatic) else None
+
+
+def check_resumable(checkpoint: dict[str, Any], args: argparse.Namespace, num_classes: int, url: str) -> None:
+    saved = checkpoint["args"]
+    different = [f"--{key} {saved.get(key)} (now {getattr(args, key)})" for key in MODEL_FLAGS
+                 if saved.get(key) != getattr(args, key)]
+    if checkpoint["num_classes"] != num_classes:
+        different.append(f"{checkpoint['num_classes']} classes (now {num_classes})")
+    if different:
+        raise UserError(f"{url} was written with {', '.join(different)}; use the same model flags or a new "
+                        "--dump_path")
+
+
+def make_loaders(args: argparse.Namespace, env: DistEnv, annotations: dict[str, dict[str, Any]]
+                 ) -> tuple[CocoDetection, DistributedSampler, DataLoader, DataLoader]:
+    train_set = CocoDetection(args.coco_path, "train", annotations["train"], args.image_size, args.seed, True)
+    val_set = CocoDetection(args.coco_path, "val", annotations["val"], args.image_size, args.seed, False)
+    if len(train_set) < args.batch_size * env.world_size:
+        raise UserError(f"the train split has {len(train_set)} images, fewer than --batch_size "
+                        f"{args.batch_size} x {env.world_size} processes; lower --batch_size")
+    sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                 seed=args.seed)
+    common = {"collate_fn": collate, "num_workers": args.workers, "pin_memory": env.device.type == "cuda"}
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **common)
+    # Each rank evaluates a disjoint share, without the duplicates a padding sampler would add.
+    val_share = Subset(val_set, range(env.rank, len(val_set), env.world_size))
+    val_loader = DataLoader(val_share, batch_size=args.batch_size, shuffle=False, **common)
+    return train_set, sampler, train_loader, val_loader
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    labels = [{key: value.to(device) for key, value in target.items()} for target in batch["labels"]]
+    return batch["pixel_values"].to(device), batch["pixel_mask"].to(device), labels
+
+
+def train_one_epoch(model: torch.nn.Module, detr: DetrForObjectDetection, loader: DataLoader,
+                    optimizer: torch.optim.Optimizer, args: argparse.Namespace, env: DistEnv,
+                    scalars: ScalarLog | None, global_step: int) -> tuple[dict[str, float], int]:
+    """Mean loss terms over the epoch (all ranks) and the global step after it."""
+    model.train()
+    sums = torch.zeros(len(LOGGED_TERMS) + 2, dtype=torch.float64)
+    for batch in loader:
+        pixel_values, pixel_mask, labels = _to_device(batch, env.device)
+        outputs = model(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
+        local_boxes = sum(len(target["class_labels"]) for target in labels)
+        loss = set_loss(outputs.loss_dict, detr.config, local_boxes, mean_boxes_per_rank(local_boxes, env.device))
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"loss is {loss.item()} at step {global_step}: lower --lr / --lr_backbone "
+                               "or keep --clip_max_norm > 0")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.clip_max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_max_norm)
+        optimizer.step()
+        global_step += 1
+        terms = [loss.item()] + [outputs.loss_dict[key].item() for key in LOGGED_TERMS]
+        sums += torch.tensor([*terms, 1.0], dtype=torch.float64)
+        if scalars is not None:
+            scalars.add("train/loss", terms[0], global_step)
+    totals = all_reduce_sum(sums.to(env.device)).cpu()
+    steps = max(totals[-1].item(), 1.0)
+    means = {"train_loss": totals[0].item() / steps}
+    means.update({key: totals[1 + n].item() / steps for n, key in enumerate(LOGGED_TERMS)})
+    return means, global_step
+
+
+@torch.no_grad()
+def evaluate(detr: DetrForObjectDetection, loader: DataLoader, annotations: dict[str, Any],
+             env: DistEnv) -> dict[str, float] | None:
+    """COCO box AP on the main rank (None on the others), each rank running its share of images."""
+    detr.eval()
+    results: list[dict[str, Any]] = []
+    for batch in loader:
+        pixel_values, pixel_mask, labels = _to_device(batch, env.device)
+        outputs = detr(pixel_values=pixel_values, pixel_mask=pixel_mask)
+        results.extend(detections(outputs.logits.cpu(), outputs.pred_boxes.cpu(), batch["labels"]))
+    if env.is_distributed:
+        shares: list[list[dict[str, Any]] | None] = [None] * env.world_size
+        dist.all_gather_object(shares, results)
+        results = [record for share in shares for record in share or []]
+    return box_ap(annotations, results) if env.is_main else None
+
+
+def pretrained_summary(args: argparse.Namespace, report: LoadReport | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    return {"url": args.pretrained, "sha256": report.sha256, "loaded": report.loaded,
+            "expected": report.expected, "source_format": report.source_format}
+
+
+def metrics_document(args: argparse.Namespace, report: LoadReport | None, num_classes: int, env: DistEnv,
+                     history: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"command": "detr", "box_ap": history[-1]["box_ap"] if history else None,
+            "epochs_completed": len(history), "num_classes": num_classes, "world_size": env.world_size,
+            "pretrained": pretrained_summary(args, report), "history": history, "args": vars(args)}
+
+
+def _train(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
+    annotations = {split: load_annotations(args.coco_path, split) for split in ("train", "val")}
+    num_classes = resolve_num_classes(args, annotations["train"])
+    torch.manual_seed(args.seed)  # same initial transformer on every rank (DDP broadcasts rank 0's anyway)
+    detr, report = build_detr(args, num_classes)
+    detr.to(env.device)
+    optimizer = torch.optim.AdamW(param_groups(detr, args), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
+    start_epoch, global_step, history = 0, 0, []
+    checkpoint_url = resume_url(args)
+    if checkpoint_url is not None:
+        checkpoint = storage.load_torch(checkpoint_url, map_location=env.device)
+        check_resumable(checkpoint, args, num_classes, checkpoint_url)
+        detr.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        start_epoch, global_step, history = checkpoint["epoch"] + 1, checkpoint["global_step"], checkpoint["history"]
+        log.info("resumed from %s after epoch %d", checkpoint_url, checkpoint["epoch"])
+    model = detr
+    if env.is_distributed:
+        model = DistributedDataParallel(detr, device_ids=[env.device] if env.device.type == "cuda" else None)
+    train_set, sampler, train_loader, val_loader = make_loaders(args, env, annotations)
+    scalars = ScalarLog(args.dump_path) if env.is_main else None
+    if env.is_main:
+        storage.write_text(storage.join(args.dump_path, "params.json"), json.dumps(vars(args), indent=2))
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            sampler.set_epoch(epoch)
+            train_set.set_epoch(epoch)
+            torch.manual_seed(derive_seed(args.seed, env.rank, epoch))  # dropout: reproducible per epoch
+            started = time.perf_counter()
+            steps_before = global_step
+            losses, global_step = train_one_epoch(model, detr, train_loader, optimizer, args, env, scalars,
+                                                  global_step)
+            train_seconds = time.perf_counter() - started
+            lrs = scheduler.get_last_lr()
+            scheduler.step()
+            ap = evaluate(detr, val_loader, annotations["val"], env)
+            if not env.is_main:
+                continue
+            steps = global_step - steps_before
+            history.append({"epoch": epoch, **losses, "lr": lrs[0], "lr_backbone": lrs[-1],
+                            "steps": steps, "train_seconds": train_seconds,
+                            "seconds_per_step": train_seconds / max(steps, 1), "box_ap": ap})
+            log.info("epoch %d/%d: loss %.4f, %.3f s/step, box AP %.4f (AP50 %.4f)", epoch + 1, args.epochs,
+                     losses["train_loss"], train_seconds / max(steps, 1), ap["AP"], ap["AP50"])
+            for key, value in {**losses, **{f"AP/{name}": v for name, v in ap.items()}}.items():
+                scalars.add(f"epoch/{key}", value, epoch)
+            storage.save_torch({"model": detr.state_dict(), "optimizer": optimizer.state_dict(),
+                                "lr_scheduler": scheduler.state_dict(), "epoch": epoch,
+                                "global_step": global_step, "history": history, "num_classes": num_classes,
+                                "args": vars(args)}, storage.join(args.dump_path, "checkpoint.pth"))
+            document = metrics_document(args, report, num_classes, env, history)
+            storage.write_text(storage.join(args.dump_path, "metrics.json"), json.dumps(document, indent=2))
+            scalars.flush()
+    finally:
+        if scalars is not None:
+            scalars.close()
+    barrier()
+    return metrics_document(args, report, num_classes, env, history) if env.is_main else {}
+
+
+def run_detr(args: argparse.Namespace) -> dict[str, Any]:
+    """Fine-tune and evaluate; returns the metrics document on the main rank ({} on the others)."""
+    validate(args)
+    if args.pretrained != NO_PRETRAINED and not storage.exists(args.pretrained):
+        raise UserError(f"--pretrained {args.pretrained} does not exist; pass a backbone.pth / checkpoint URL "
+                        "or 'none'")
+    env = init_distributed(args.device)
+    try:
+        return _train(args, env)
+    finally:
+        cleanup()
+
+
+def run(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_detr(args)
