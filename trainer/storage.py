@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -89,7 +90,7 @@ def with_retries(action: Callable[[], T], what: str) -> T:
         except PERMANENT_ERRORS:
             raise
         except _transient_errors() as error:
-            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            reason = describe(error)
             if attempt == RETRY_ATTEMPTS:
                 raise StorageUnavailable(
                     f"{what} failed {attempt} times over {time.monotonic() - started:.0f}s ({reason}); "
@@ -104,6 +105,12 @@ def with_retries(action: Callable[[], T], what: str) -> T:
                                 "AWS_SECRET_ACCESS_KEY, or give the pod an IAM role (IRSA)") from error
             raise
     raise AssertionError("unreachable")
+
+
+def describe(error: BaseException) -> str:
+    """`Type: first line of the message`, at most 200 characters: for one-line error reports."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()  # torch bolds some words
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 
 
 def exists(url: str) -> bool:
@@ -170,6 +177,5 @@ def load_torch(url: str, map_location: str | torch.device = "cpu") -> Any:
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise UserError(f"checkpoint {url} could not be loaded ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0][:200]}); it is truncated, corrupt or not a "
-                        "PyTorch checkpoint") from error
+        raise UserError(f"checkpoint {url} could not be loaded ({describe(error)}); it is truncated, corrupt, "
+                        "not a PyTorch checkpoint, or holds objects other than tensors and plain values") from error
