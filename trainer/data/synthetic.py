@@ -23,6 +23,11 @@ from trainer.seeding import derive_seed
 SUPERSAMPLE = 2  # draw at 2x then downsample: anti-aliased edges without per-shape care
 JPEG_QUALITY = 90
 WRITE_BATCH = 256  # files per fsspec `pipe` call: concurrent PUTs on S3, bounded memory
+# Nuisance ranges. Shapes fill a good part of the image and the clutter and noise stay mild, so that a small
+# trunk learns the outlines in minutes on a CPU; random colours and positions still defeat raw pixels.
+SHAPE_EXTENT = (0.3, 0.45)  # shape radius as a fraction of the image side
+MAX_CLUTTER_LINES = 2
+MAX_NOISE_STD = 4.0  # pixel noise std (0-255 scale), drawn per image from [0, MAX_NOISE_STD]
 
 Polygon = list[tuple[float, float]]
 
@@ -68,7 +73,7 @@ def _mask(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
     """The shape's silhouette (L mode, 255 inside) at a random scale, rotation, aspect and position."""
     mask = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(mask)
-    extent = rng.uniform(0.2, 0.36)  # radius as a fraction of the image; the shape stays inside it
+    extent = rng.uniform(*SHAPE_EXTENT)  # the shape stays inside the image
     radius = size * extent
     cx, cy = (size * rng.uniform(extent, 1 - extent) for _ in range(2))
     angle = rng.uniform(0, 2 * math.pi)
@@ -122,7 +127,7 @@ def render(class_name: str, image_size: int, rng: np.random.Generator) -> Image.
 
     picture = Image.fromarray(canvas.astype(np.uint8))
     draw = ImageDraw.Draw(picture)
-    for _ in range(rng.integers(0, 5)):  # clutter: thin lines that belong to no class
+    for _ in range(rng.integers(0, MAX_CLUTTER_LINES + 1)):  # clutter: thin lines that belong to no class
         x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, size, size=4))
         draw.line([x0, y0, x1, y1], fill=tuple(int(c) for c in _colour(rng)), width=int(rng.integers(1, 3)))
 
@@ -140,7 +145,7 @@ def render(class_name: str, image_size: int, rng: np.random.Generator) -> Image.
     picture.paste(Image.fromarray(foreground.astype(np.uint8)), (0, 0), mask)
 
     small = np.asarray(picture.resize((image_size, image_size), Image.BILINEAR), dtype=np.float32)
-    noisy = small + rng.normal(0, rng.uniform(0, 12), size=small.shape)
+    noisy = small + rng.normal(0, rng.uniform(0, MAX_NOISE_STD), size=small.shape)
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
