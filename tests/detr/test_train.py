@@ -18,6 +18,7 @@ from trainer.cli import main
 from trainer.detr.evaluator import AP_NAMES
 from trainer.detr.synthetic_coco import make_shapes_coco
 from trainer.detr.train import detr_args, run_detr
+from trainer.errors import UserError
 
 TRUNK = "model.backbone.model.trunk."
 # A learning rate that moves a 1-layer DETR visibly within a few dozen CPU steps (the recipe's 1e-4 does not).
@@ -80,7 +81,7 @@ def test_mismatched_pretrained_is_refused(coco_dir: Path, pretrained_tiny: Path,
 def test_two_processes(coco_dir: Path, pretrained_tiny: Path, tiny_flags: list[str], tmp_path: Path) -> None:
     dump = tmp_path / "ddp"
     command = [sys.executable, "-m", "trainer", "detr", "--coco_path", str(coco_dir), "--pretrained",
-               str(pretrained_tiny), "--dump_path", str(dump), *tiny_flags, *FAST, "--epochs", "2"]
+               str(pretrained_tiny), "--dump_path", str(dump), *tiny_flags, *FAST, "--epochs", "1"]
     port = str(_free_port())
     ranks = []
     for rank in range(2):
@@ -92,7 +93,7 @@ def test_two_processes(coco_dir: Path, pretrained_tiny: Path, tiny_flags: list[s
     assert [process.returncode for process in ranks] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     metrics = json.loads((dump / "metrics.json").read_text())
     assert metrics["world_size"] == 2
-    assert [entry["steps"] for entry in metrics["history"]] == [3, 3]  # 24 images / (batch 4 x 2 ranks)
+    assert [entry["steps"] for entry in metrics["history"]] == [3]  # 24 images / (batch 4 x 2 ranks)
     assert set(metrics["box_ap"]) == set(AP_NAMES)
     # Both ranks' shares reached the evaluator on rank 0: 8 val images x 10 queries.
     assert "evaluation of 80 detections on 8 images" in outputs[0]
@@ -113,3 +114,12 @@ def test_coco_and_outputs_on_s3(s3_server, pretrained_tiny: Path, tiny_values: d
     fs, path = storage.filesystem(f"{bucket}/run/tb")
     assert any("tfevents" in name for name in fs.ls(path))
     assert storage.exists(f"{bucket}/run/checkpoint.pth")
+
+
+def test_detr_args_fills_defaults_and_rejects_unknown_options() -> None:
+    args = detr_args(coco_path="s3://b/coco", pretrained="none", dump_path="s3://b/run", epochs=3)
+    assert (args.epochs, args.lr, args.lr_backbone, args.num_queries, args.arch) == (3, 1e-4, 5e-5, 100, "resnet50")
+    with pytest.raises(UserError, match="unknown DETR option"):
+        detr_args(coco_path="c", pretrained="none", dump_path="d", learning_rate=1.0)
+    with pytest.raises(UserError, match="--dump_path"):
+        detr_args(coco_path="c", pretrained="none")

@@ -16,13 +16,14 @@ from trainer import storage
 
 
 class ScalarLog:
-    def __init__(self, dump_path: str) -> None:
+    def __init__(self, dump_path: str, purge_step: int | None = None) -> None:
+        """`purge_step`: on resume, drop events this run will write again (logged after the checkpoint)."""
         self.remote = None if storage.is_local(dump_path) else storage.join(dump_path, "tb")
         if self.remote is None:
             self.folder = storage.filesystem(storage.join(dump_path, "tb"))[1]
         else:
             self.folder = tempfile.mkdtemp(prefix="detr-tb-")
-        self.writer = SummaryWriter(self.folder)
+        self.writer = SummaryWriter(self.folder, purge_step=purge_step)
 
     def add(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, value, step)

@@ -76,16 +76,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def detr_args(**values: Any) -> argparse.Namespace:
     """The flags as a Namespace (defaults filled in), for callers such as a Kubeflow component."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    known = {action.dest for action in parser._actions}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UserError(f"unknown DETR option(s) {', '.join(unknown)}; known: {', '.join(sorted(known - {'help'}))}")
     required = [f"--{key}" for key in ("coco_path", "pretrained", "dump_path") if key not in values]
     if required:
         raise UserError(f"DETR needs {', '.join(required)}")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
     args = parser.parse_args([f"--{key}={values[key]}" for key in ("coco_path", "pretrained", "dump_path")])
+    unknown = sorted(set(values) - set(vars(args)))
+    if unknown:
+        raise UserError(f"unknown DETR option(s) {', '.join(unknown)}; known: {', '.join(sorted(vars(args)))}")
     for key, value in values.items():
         setattr(args, key, value)
     return args
@@ -251,7 +250,7 @@ def _train(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
     if env.is_distributed:
         model = DistributedDataParallel(detr, device_ids=[env.device] if env.device.type == "cuda" else None)
     train_set, sampler, train_loader, val_loader = make_loaders(args, env, annotations)
-    scalars = ScalarLog(args.dump_path) if env.is_main else None
+    scalars = ScalarLog(args.dump_path, purge_step=global_step or None) if env.is_main else None
     if env.is_main:
         storage.write_text(storage.join(args.dump_path, "params.json"), json.dumps(vars(args), indent=2))
     try:
