@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 
 import torch
@@ -83,9 +84,16 @@ def stop_for_restart(env: DistEnv, reason: str) -> int:
 
 
 def is_collective_failure(error: RuntimeError) -> bool:
-    """NCCL and the rendezvous store raise torch's DistError; gloo raises plain RuntimeErrors from its transport."""
-    return isinstance(error, dist.DistError) or any(
-        mark in str(error) for mark in ("gloo", "Gloo", "NCCL", "Connection closed by peer", "Connection reset"))
+    """NCCL and the rendezvous store raise torch's DistError; gloo raises plain RuntimeErrors, from a
+    torch.distributed call or (DDP's gradient all-reduce) from backward, with transport messages."""
+    if isinstance(error, dist.DistError):
+        return True
+    frames = traceback.extract_tb(error.__traceback__)
+    if any("/torch/distributed/" in frame.filename or frame.filename.endswith("/torch/nn/parallel/distributed.py")
+           for frame in frames):
+        return True
+    return any(mark in str(error) for mark in ("gloo", "NCCL", "Connection closed by peer", "Connection reset",
+                                                "pair closure", "Timed out"))
 
 
 def last_line(error: BaseException) -> str:
