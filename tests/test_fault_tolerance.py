@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from trainer import storage
+
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 TINY = ["--preset", "demo_cpu", "--size_crops", "32", "16", "--batch_size", "8", "--epochs", "2",
         "--nmb_prototypes", "20", "--freeze_prototypes_niters", "3", "--log_freq", "1"]
@@ -225,3 +227,21 @@ def test_a_stalled_rank_times_out_the_others_with_one_line(shapes_dir, tmp_path)
     last = log.strip().splitlines()[-1]
     assert last.startswith("error: rank 0: a collective operation failed (") and re.search("time.? ?out", last, re.I)
     assert "another rank died or stalled" in last and "Traceback" not in log
+
+
+class UnreachableImages(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        raise storage.StorageUnavailable(f"reading s3://b/img{index}.jpg failed 8 times over 90s (boom)")
+
+
+def test_a_store_outage_inside_a_loader_worker_keeps_its_type_and_one_line_message():
+    from trainer.pretrain import last_line
+
+    loader = torch.utils.data.DataLoader(UnreachableImages(), num_workers=1)
+    with pytest.raises(storage.StorageUnavailable) as raised:  # what run() catches to exit 138
+        next(iter(loader))
+    assert last_line(raised.value) == "trainer.storage.StorageUnavailable: reading s3://b/img0.jpg failed 8 times " \
+                                      "over 90s (boom)"
