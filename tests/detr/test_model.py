@@ -81,3 +81,13 @@ def test_set_loss_weights_and_normalises_boxes(pretrained_tiny: Path, tiny_args:
     assert set_loss(terms, model.config, local_boxes=4, mean_boxes=4.0).item() == pytest.approx(1 + 5 + 2 + 10)
     # This rank holds 2 boxes, the ranks' mean is 4: box terms were divided by 2 and must be by 4.
     assert set_loss(terms, model.config, local_boxes=2, mean_boxes=4.0).item() == pytest.approx(1 + 8.5)
+
+
+def test_transformer_starts_from_detr_initialisation(pretrained_tiny: Path, tiny_args: ArgsFactory) -> None:
+    model, _ = build_detr(tiny_args(pretrained_tiny), num_classes=4)
+    # transformers draws queries from N(0, 0.02): every query would decode the same box. DETR uses N(0, 1).
+    assert model.model.query_position_embeddings.weight.std() > 0.8
+    model.eval()
+    with torch.no_grad():
+        out = model(pixel_values=torch.randn(1, 3, 64, 64), pixel_mask=torch.ones(1, 64, 64, dtype=torch.long))
+    assert out.last_hidden_state.std(dim=1).mean() > 1e-3

@@ -71,6 +71,21 @@ def detr_config(args: argparse.Namespace, num_classes: int, feature_dim: int) ->
         dropout=args.dropout, auxiliary_loss=True)
 
 
+def detr_initialisation(model: DetrForObjectDetection) -> None:
+    """Re-draw what transformers initialises as N(0, 0.02) the way DETR does before training from scratch.
+
+    With N(0, 0.02) object queries every query decodes to the same box and training stalls there; DETR
+    draws queries from N(0, 1), transformer matrices Xavier-uniform and heads with PyTorch's defaults.
+    """
+    for stack in (model.model.encoder, model.model.decoder):
+        for parameter in stack.parameters():
+            if parameter.dim() > 1:
+                nn.init.xavier_uniform_(parameter)
+    nn.init.normal_(model.model.query_position_embeddings.weight)
+    for layer in (model.model.input_projection, model.class_labels_classifier, *model.bbox_predictor.layers):
+        layer.reset_parameters()
+
+
 def backbone_trunk(model: DetrForObjectDetection) -> ResNet:
     return model.model.backbone.model.trunk
 
@@ -86,6 +101,7 @@ def build_detr(args: argparse.Namespace, num_classes: int) -> tuple[DetrForObjec
     frozen = freeze_batchnorm(trunk)
     model = DetrForObjectDetection(detr_config(args, num_classes, feature_dim))
     model.model.backbone.model = TrunkFeatures(trunk)
+    detr_initialisation(model)
     train_backbone = args.lr_backbone > 0
     for name, parameter in trunk.named_parameters():
         parameter.requires_grad_(train_backbone and name.startswith(TRAINED_STAGES))
