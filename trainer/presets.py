@@ -36,12 +36,17 @@ PRESETS: dict[str, dict[str, Any]] = {
                          "min_scale_crops": [0.08], "max_scale_crops": [1.0]},
     "swav_200ep_bs256": {**_BATCH_256, "epochs": 200},
     "swav_400ep_bs256": {**_BATCH_256, "epochs": 400},
-    # Small recipe for the generated dataset: CPU demo and tests (not a published run).
+    # Small recipe for the generated dataset: CPU demo and tests (not a published run). At batch 32 SwAV
+    # collapsed to ln(K) within 30 steps: with feat_dim >= nmb_prototypes the embeddings moved into the
+    # prototypes' null space (uniform scores), and learnable prototypes found a direction of equal scores.
+    # Hence feat_dim well below nmb_prototypes (10x the 6 demo classes) and prototypes frozen at their
+    # random initialisation for the whole run. LARC moves each tensor by lr * 0.001 of its norm per step:
+    # a short run needs a base_lr near the ImageNet recipe's, not the batch-256 one.
     "demo_cpu": {
         "arch": "resnet_tiny", "nmb_crops": [2, 2], "size_crops": [48, 24], "min_scale_crops": [0.3, 0.1],
-        "max_scale_crops": [1.0, 0.3], "batch_size": 32, "base_lr": 0.3, "final_lr": 0.003,
-        "warmup_epochs": 1, "start_warmup": 0.03, "freeze_prototypes_niters": 20, "nmb_prototypes": 30,
-        "feat_dim": 64, "hidden_mlp": 256, "queue_length": 0, "epsilon": 0.05, "use_fp16": False,
+        "max_scale_crops": [1.0, 0.3], "batch_size": 32, "base_lr": 2.0, "final_lr": 0.02,
+        "warmup_epochs": 1, "start_warmup": 0.03, "freeze_prototypes_niters": 10**9, "nmb_prototypes": 60,
+        "feat_dim": 16, "hidden_mlp": 256, "queue_length": 0, "epsilon": 0.05, "use_fp16": False,
         "epochs": 10, "workers": 2, "world_size": 1,
     },
 }
