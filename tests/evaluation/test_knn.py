@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import shutil
 from pathlib import Path
@@ -10,8 +12,9 @@ import pytest
 import torch
 
 from trainer.errors import UserError
+from trainer.evaluation import knn
 from trainer.evaluation.knn import knn_evaluate, topk_correct, weighted_knn_votes
-from trainer.models.resnet import build_trunk
+from trainer.models.resnet import build_trunk, trunk_state_dict
 
 
 def test_votes_are_weighted_by_exp_cosine_over_temperature() -> None:
@@ -70,3 +73,24 @@ def test_rejects_bad_k(shapes_dir: Path) -> None:
     trunk, _ = build_trunk("resnet_tiny")
     with pytest.raises(UserError, match="k >= 1"):
         knn_evaluate(trunk, str(shapes_dir), torch.device("cpu"), k=0)
+
+
+def test_eval_knn_command_writes_metrics_and_does_not_redo_a_finished_run(
+        parse, shapes_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = tmp_path / "backbone.pth"
+    torch.save(trunk_state_dict(build_trunk("resnet_tiny")[0]), weights)
+    args = parse("eval-knn", "--data_path", str(shapes_dir), "--pretrained", str(weights), "--k", "5",
+                 "--dump_path", str(tmp_path / "run"))
+    first = knn.run_knn(args)
+
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["command"] == "eval-knn" and metrics["top1"] == first["top1"]
+    assert metrics["best"]["top1"] == first["top1"] and metrics["k"] == 5
+    assert metrics["pretrained"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert any((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished kNN evaluation was recomputed")
+
+    monkeypatch.setattr(knn, "knn_evaluate", must_not_run)
+    assert knn.run_knn(args) == first
