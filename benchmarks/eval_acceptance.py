@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--val_images_per_class", type=int, default=50)
     parser.add_argument("--image_size", type=int, default=48)
     parser.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default: the preset's)")
+    parser.add_argument("--pretrain_flags", default="", help='more pretrain flags, e.g. "--run_swav true"')
     parser.add_argument("--linear_epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images")
     parser.add_argument("--min_gain", type=float, default=10.0,
@@ -87,7 +89,8 @@ def main() -> None:
                 args.seed)
     generate_s = time.perf_counter() - started
     pretrain_argv = ["--preset", "demo_cpu", "--data_path", os.path.join(data, "train"), "--dump_path", dump,
-                     "--device", "cpu"] + (["--epochs", str(args.epochs)] if args.epochs else [])
+                     "--device", "cpu", *(["--epochs", str(args.epochs)] if args.epochs else []),
+                     *shlex.split(args.pretrain_flags)]
     pretrain_s = run_command("pretrain", pretrain_argv, f"{dump}.log")
     run = pretrain_summary(dump)
     results = {"random": evaluate(data, "", "random", args),
@@ -95,7 +98,7 @@ def main() -> None:
 
     print(f"builtin:shapes: {args.num_classes} classes, {args.images_per_class} train + "
           f"{args.val_images_per_class} val images per class, {args.image_size} px ({generate_s:.0f} s)")
-    print(f"pretrain --preset demo_cpu: {run['steps']} steps in {pretrain_s:.0f} s "
+    print(f"pretrain --preset demo_cpu {args.pretrain_flags}: {run['steps']} steps in {pretrain_s:.0f} s "
           f"({run['images_per_s']:.1f} images/s), last loss {run['loss']:.3f}; torch threads "
           f"{os.environ.get('OMP_NUM_THREADS', 'default')}")
     print(f"chance: {100 / args.num_classes:.1f}% top-1\n")
