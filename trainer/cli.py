@@ -12,6 +12,9 @@ import importlib
 import sys
 
 from trainer.errors import UserError
+from trainer.storage import StorageUnavailable
+
+STORAGE_DOWN_EXIT_CODE = 138  # retryable for the Training Operator's ExitCode policy
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("trainer.pretrain", "SwAV + Un-Mix self-supervised pretraining"),
@@ -51,4 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except StorageUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return STORAGE_DOWN_EXIT_CODE
     return 0
