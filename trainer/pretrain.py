@@ -293,7 +293,8 @@ def collapse_warning(mean_loss: float, nmb_prototypes: int, epoch: int) -> str |
     if abs(mean_loss - math.log(nmb_prototypes)) < 0.01 * math.log(nmb_prototypes):
         return (f"epoch {epoch}: the loss {mean_loss:.3f} stayed at ln(nmb_prototypes) = "
                 f"{math.log(nmb_prototypes):.3f}, the signature of collapse. Remedies: --epsilon 0.03, a longer "
-                "--freeze_prototypes_niters, a queue (--queue_length), fewer prototypes (about 10x the classes), "
+                "--freeze_prototypes_niters, a queue (--queue_length), fewer prototypes (about 10x the classes, "
+                "but well above --feat_dim), "
                 "a larger global batch")
     return None
 
