@@ -22,6 +22,8 @@ def run_cli(capsys, *argv):
     (["--arch", "vgg16"], "--arch 'vgg16' is not known"),
     (["--preset", "swav_9000ep"], "--preset 'swav_9000ep' is not known"),
     (["--amp_dtype", "fp8"], "--amp_dtype"),
+    (["--optimizer", "adam"], "--optimizer 'adam' is not known; use one of lars, adamw"),
+    (["--blur_prob", "1.5"], "--blur_prob 1.5 is not a probability"),
 ])
 def test_bad_values_are_refused_with_one_line(capsys, tmp_path, flags, expected):
     code, err = run_cli(capsys, "pretrain", "--data_path", str(tmp_path), "--dump_path", str(tmp_path / "out"),

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from trainer.optim import LARC, learning_rate
+from trainer.optim import LARC, build_optimizer, learning_rate
 
 
 def apex_larc_reference(params, lr, wd, trust=0.001, eps=1e-8, momentum_buffers=None):
@@ -53,3 +53,15 @@ def test_warmup_then_cosine():
 
 def test_no_warmup_starts_at_base_lr():
     assert learning_rate(0, 10, 5, 0.6, 0.0006, 0, 0.0) == pytest.approx(0.6)
+
+
+def test_build_optimizer_lars_is_larc_around_sgd_and_adamw_keeps_its_decay():
+    weight = torch.nn.Parameter(torch.ones(3))
+    lars = build_optimizer([weight], "lars", lr=0.6, weight_decay=1e-6)
+    assert isinstance(lars, LARC) and isinstance(lars.optimizer, torch.optim.SGD)
+    assert (lars.param_groups[0]["lr"], lars.param_groups[0]["momentum"], lars.trust_coefficient) == (0.6, 0.9, 0.001)
+    adamw = build_optimizer([weight], "adamw", lr=1e-3, weight_decay=0.05)
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert (adamw.param_groups[0]["lr"], adamw.param_groups[0]["weight_decay"]) == (1e-3, 0.05)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        build_optimizer([weight], "rmsprop", lr=1.0, weight_decay=0.0)

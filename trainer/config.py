@@ -15,6 +15,7 @@ import yaml
 from trainer import storage
 from trainer.errors import UserError
 from trainer.models.resnet import check_arch
+from trainer.optim import OPTIMIZERS
 from trainer.presets import preset
 
 
@@ -49,6 +50,7 @@ FLAGS: dict[str, tuple[Any, str | None, Any, str]] = {
     "final_lr": (float, None, 0.0, "final learning rate"),
     "freeze_prototypes_niters": (int, None, 313, "iterations during which the prototypes are frozen"),
     "wd": (float, None, 1e-6, "weight decay"),
+    "optimizer": (str, None, "lars", "lars: SGD + LARC (the method); adamw: short small-batch runs (CPU demo)"),
     "warmup_epochs": (int, None, 10, "linear warmup epochs"),
     "start_warmup": (float, None, 0.0, "learning rate at the start of warmup"),
     "dist_url": (str, None, "env://", "accepted for compatibility; the environment decides"),
@@ -67,6 +69,7 @@ FLAGS: dict[str, tuple[Any, str | None, Any, str]] = {
     "run_swav": (bool_flag, None, False, "plain SwAV (no Un-Mix mixtures)"),
     "unmix_prob": (float, None, 0.0, "probability of the global mixture (else region mixture)"),
     "unmix_beta": (float, None, 1.0, "Beta(beta, beta) of the mixing weight"),
+    "blur_prob": (float, None, 0.5, "probability of the Gaussian blur of every crop (0 for small images)"),
     # New in unmix-swav
     "device": (str, None, "auto", "auto|cpu|cuda"),
     "amp_dtype": (str, None, "bf16", "bf16|fp16 autocast dtype on GPUs (bf16 where supported)"),
@@ -162,12 +165,14 @@ def validate(cfg: argparse.Namespace, world_size: int) -> None:
     for name in ("temperature", "epsilon"):
         if not getattr(cfg, name) > 0 or not math.isfinite(getattr(cfg, name)):
             raise UserError(f"--{name} must be a positive number, got {getattr(cfg, name)}")
+    if not 0 <= cfg.blur_prob <= 1:
+        raise UserError(f"--blur_prob {cfg.blur_prob} is not a probability; use a value in [0, 1]")
     if not 0 <= cfg.unmix_prob <= 1 or cfg.unmix_beta <= 0:
         raise UserError("--unmix_prob must lie in [0, 1] and --unmix_beta be positive")
     if cfg.warmup_epochs > cfg.epochs:
         raise UserError(f"--warmup_epochs {cfg.warmup_epochs} exceeds --epochs {cfg.epochs}")
     choices = {"amp_dtype": ("bf16", "fp16"), "aug_backend": ("device", "pil"),
-               "sync_bn": ("pytorch", "apex", "none")}
+               "sync_bn": ("pytorch", "apex", "none"), "optimizer": OPTIMIZERS}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise UserError(f"--{name} {getattr(cfg, name)!r} is not known; use one of {', '.join(allowed)}")

@@ -36,7 +36,7 @@ from trainer.distributed import DistEnv, barrier, cleanup, init_distributed
 from trainer.errors import UserError
 from trainer.models.heads import SwAVHead, SwAVModel
 from trainer.models.resnet import build_trunk, trunk_state_dict
-from trainer.optim import LARC, learning_rate
+from trainer.optim import LARC, build_optimizer, learning_rate
 from trainer.runlog import RunLog
 from trainer.seeding import generator
 from trainer.swav import EmbeddingQueue, swav_loss
@@ -212,7 +212,7 @@ def rng_state() -> dict[str, torch.Tensor]:
     return state
 
 
-def save_checkpoint(url: str, model: SwAVModel, optimizer: LARC, scaler: torch.amp.GradScaler,
+def save_checkpoint(url: str, model: SwAVModel, optimizer: LARC | torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                     queue: EmbeddingQueue | None, step: int, schedule: Schedule, cfg: argparse.Namespace,
                     env: DistEnv) -> None:
     """All ranks contribute their queue and RNG state; rank 0 writes one complete object atomically."""
@@ -229,8 +229,9 @@ def save_checkpoint(url: str, model: SwAVModel, optimizer: LARC, scaler: torch.a
     barrier()
 
 
-def restore_checkpoint(url: str, model: SwAVModel, optimizer: LARC, scaler: torch.amp.GradScaler,
-                       queue: EmbeddingQueue | None, schedule: Schedule, env: DistEnv) -> int:
+def restore_checkpoint(url: str, model: SwAVModel, optimizer: LARC | torch.optim.Optimizer,
+                       scaler: torch.amp.GradScaler, queue: EmbeddingQueue | None, schedule: Schedule,
+                       env: DistEnv) -> int:
     """Load `url` into the training state; the step to continue at.
 
     Same world size: every rank gets back its own queue and RNG state and the run continues exactly.
@@ -309,13 +310,14 @@ def train(cfg: argparse.Namespace, env: DistEnv) -> int:
     source = open_source(cfg.data_path)
     specs = crop_specs(cfg.nmb_crops, cfg.size_crops, cfg.min_scale_crops, cfg.max_scale_crops)
     device_photometric = cfg.aug_backend == "device"
-    dataset = MultiCropDataset(source, specs, cfg.seed, env.rank, device_photometric=device_photometric)
+    dataset = MultiCropDataset(source, specs, cfg.seed, env.rank, device_photometric=device_photometric,
+                               blur_prob=cfg.blur_prob)
     sampler = ResumableSampler([source.shard_of(i) for i in range(len(source))], env.rank, env.world_size,
                                cfg.seed, cfg.batch_size)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         pin_memory=device.type == "cuda", drop_last=True,
                         persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers > 0 else None)
-    photometric = Photometric()
+    photometric = Photometric(blur_prob=cfg.blur_prob)
     schedule = Schedule(sampler.batches_per_epoch, sampler.batches_per_epoch * cfg.epochs)
     last_step = min(schedule.total_steps, cfg.max_steps) if cfg.max_steps else schedule.total_steps
     log.info("%d images, %d classes; %d steps per epoch, global batch %d, %d crops%s", len(source),
@@ -324,8 +326,7 @@ def train(cfg: argparse.Namespace, env: DistEnv) -> int:
 
     # ---- model, optimizer, precision
     model = build_model(cfg, env)
-    optimizer = LARC(torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=0.9, weight_decay=cfg.wd),
-                     trust_coefficient=0.001)
+    optimizer = build_optimizer(model.parameters(), cfg.optimizer, cfg.base_lr, cfg.wd)
     amp_dtype = autocast_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ddp_model: nn.Module = model

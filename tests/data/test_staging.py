@@ -138,9 +138,10 @@ def test_two_ranks_two_workers_read_every_sample_once_per_epoch(s3_server, shape
     assert sorted(next_epoch) == list(range(len(source))) and next_epoch != seen  # reshuffled per epoch
 
 
-def test_cli_stages_builtin_shapes(tmp_path: Path, capsys) -> None:
-    dest = tmp_path / "shapes"
-    command = [sys.executable, "-m", "trainer", "stage", "--source", "builtin:shapes", "--dest", str(dest),
+@pytest.mark.parametrize("source", ["builtin:shapes", "builtin:textures"])
+def test_cli_stages_builtin_datasets(tmp_path: Path, capsys, source: str) -> None:
+    dest = tmp_path / "generated"
+    command = [sys.executable, "-m", "trainer", "stage", "--source", source, "--dest", str(dest),
                "--num_classes", "3", "--images_per_class", "6", "--image_size", "24", "--workers", "1"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -148,7 +149,7 @@ def test_cli_stages_builtin_shapes(tmp_path: Path, capsys) -> None:
     assert "stage train: 1/1 shards, 18/18 images" in result.stderr
     manifest = json.loads((dest / "manifest.json").read_text())
     assert (manifest["source"], manifest["splits"]["train"]["count"], manifest["splits"]["val"]["count"]) == \
-        ("builtin:shapes", 18, 6)
+        (source, 18, 6)
 
     assert main(["stage", "--source", str(tmp_path / "missing"), "--dest", str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err

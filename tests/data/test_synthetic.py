@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.data.synthetic import MAX_CLASSES, class_names, make_shapes
+from trainer.data.synthetic import MAX_CLASSES, TEXTURES, class_names, make_generated, make_shapes
 from trainer.errors import UserError
 
 
@@ -69,3 +69,23 @@ def test_writes_to_s3(s3_server, tmp_path: Path) -> None:
 def test_class_count_out_of_range_is_a_user_error(tmp_path: Path, num_classes: int) -> None:
     with pytest.raises(UserError, match="--num_classes"):
         make_shapes(str(tmp_path), num_classes=num_classes)
+
+
+def test_textures_layout_determinism_and_class_bound(tmp_path: Path) -> None:
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        make_generated("textures", str(tmp_path / name), num_classes=len(TEXTURES), train_per_class=2,
+                       val_per_class=1, image_size=20, seed=seed)
+    first, again, other = (_files(tmp_path / name) for name in "abc")
+    assert first == again and first.keys() == other.keys()
+    assert all(first[key] != other[key] for key in first)
+    assert sorted({key.split("/")[1] for key in first}) == sorted(TEXTURES)
+    assert len(first) == 3 * len(TEXTURES)
+    with Image.open(tmp_path / "a" / "val" / "waves" / "00000.jpg") as image:
+        assert (image.mode, image.size) == ("RGB", (20, 20))
+    with pytest.raises(UserError, match="--num_classes between 2 and 6"):
+        make_generated("textures", str(tmp_path / "d"), num_classes=len(TEXTURES) + 1)
+
+
+def test_unknown_generated_kind_names_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="builtin:shapes, builtin:textures"):
+        make_generated("clouds", str(tmp_path))

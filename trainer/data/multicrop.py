@@ -131,14 +131,14 @@ class PILGaussianBlur:
 class SeedStyleTransform:
     """The seed's per-image PIL multi-crop (every op in float on the CPU): the comparison baseline."""
 
-    def __init__(self, specs: list[CropSpec]):
+    def __init__(self, specs: list[CropSpec], blur_prob: float = 0.5):
         color = transforms.Compose([
             transforms.RandomApply([transforms.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
             transforms.RandomGrayscale(p=0.2),
         ])
         self.pipelines = [transforms.Compose([
             transforms.RandomResizedCrop(spec.size, scale=(spec.min_scale, spec.max_scale)),
-            transforms.RandomHorizontalFlip(p=0.5), color, PILGaussianBlur(),
+            transforms.RandomHorizontalFlip(p=0.5), color, PILGaussianBlur(blur_prob),
             transforms.ToTensor(), transforms.Normalize(MEAN, STD),
         ]) for spec in specs]
 
@@ -153,11 +153,11 @@ class MultiCropDataset(Dataset):
     otherwise the seed-style per-image float path."""
 
     def __init__(self, source: ImageSource, specs: list[CropSpec], seed: int, rank: int,
-                 device_photometric: bool = True):
+                 device_photometric: bool = True, blur_prob: float = 0.5):
         self.source = source
         self.seed, self.rank = seed, rank
         self.geometric = GeometricMultiCrop(specs) if device_photometric else None
-        self.seed_style = None if device_photometric else SeedStyleTransform(specs)
+        self.seed_style = None if device_photometric else SeedStyleTransform(specs, blur_prob)
 
     def __len__(self) -> int:
         return len(self.source)

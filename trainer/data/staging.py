@@ -47,10 +47,11 @@ from trainer.data.archives import (
 )
 from trainer.data.decode import BadImage, decode, open_image_bytes
 from trainer.data.sources import MANIFEST, SPLITS, STAGED_FORMAT, list_folder
-from trainer.data.synthetic import make_shapes
+from trainer.data.synthetic import KINDS, make_generated
 from trainer.errors import UserError
 
-BUILTIN_SHAPES = "builtin:shapes"
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_SOURCES = [f"{BUILTIN_PREFIX}{kind}" for kind in KINDS]  # generated datasets (trainer.data.synthetic)
 READ_BATCH = 32  # files fetched concurrently by one worker (s3fs issues the GETs in parallel)
 MAX_IGNORED_LISTED = 1000
 Progress = Callable[[str], None]
@@ -216,7 +217,7 @@ def _split_listings(source: str, dest: str, workers: int) -> dict[str, FolderLis
     if not fs.isdir(root):
         raise UserError(f"--source {source} does not exist or is not a folder; pass an ImageFolder tree "
                         f"(class folders), a folder holding train/ and val/, a .tar of either, a folder of "
-                        f"per-class .tar files, or {BUILTIN_SHAPES}")
+                        f"per-class .tar files, or one of {', '.join(BUILTIN_SOURCES)}")
     if fs.exists(f"{root.rstrip('/')}/{MANIFEST}"):
         raise UserError(f"--source {source} is already a staged dataset; pass it as --data_path directly")
     names = {os.path.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)}
@@ -357,22 +358,23 @@ def stage_dataset(source: str, dest: str, shard_size_mb: float = 256, workers: i
                   max_bad_fraction: float = 0.01, seed: int = 0, num_classes: int = 10,
                   images_per_class: int = 60, val_images_per_class: int | None = None, image_size: int = 64,
                   progress: Progress = _print_progress) -> dict[str, Any]:
-    """Stage `source` (an ImageFolder URL or `builtin:shapes`) into `dest`; returns the manifest."""
+    """Stage `source` (an ImageFolder URL or a generated `builtin:<kind>`) into `dest`; returns the manifest."""
     if shard_size_mb <= 0:
         raise UserError(f"--shard_size_mb must be positive, not {shard_size_mb}")
     if not 0 <= max_bad_fraction <= 1:
         raise UserError(f"--max_bad_fraction is a fraction between 0 and 1, not {max_bad_fraction}")
     workers = workers or min(8, os.cpu_count() or 1)
-    if source != BUILTIN_SHAPES:
+    if not source.startswith(BUILTIN_PREFIX):
         return stage_folder(source, dest, shard_size_mb, workers, max_bad_fraction, seed, progress)
-    generated = tempfile.mkdtemp(prefix="unmix-shapes-")
+    kind = source.removeprefix(BUILTIN_PREFIX)
+    generated = tempfile.mkdtemp(prefix=f"unmix-{kind}-")
     try:
         val_count = images_per_class // 3 if val_images_per_class is None else val_images_per_class
-        make_shapes(generated, num_classes, images_per_class, val_count, image_size, seed, progress)
+        make_generated(kind, generated, num_classes, images_per_class, val_count, image_size, seed, progress)
         manifest = stage_folder(generated, dest, shard_size_mb, workers, max_bad_fraction, seed, progress)
     finally:
         shutil.rmtree(generated, ignore_errors=True)
-    manifest["source"] = BUILTIN_SHAPES
+    manifest["source"] = source
     storage.write_text(storage.join(dest, MANIFEST), json.dumps(manifest, indent=1, ensure_ascii=False))
     return manifest
 
@@ -381,14 +383,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True,
                         help=f"ImageFolder tree (or a folder holding train/ and val/), a plain .tar of "
                              f"either, or a folder of per-class .tar files (ImageNet's), local or s3://; "
-                             f"or {BUILTIN_SHAPES} to generate the synthetic dataset")
+                             f"or {' or '.join(BUILTIN_SOURCES)} to generate a small labelled dataset")
     parser.add_argument("--dest", required=True, help="where to write shards and manifest.json (any fsspec URL)")
     parser.add_argument("--shard_size_mb", type=float, default=256, help="target size of one tar shard")
     parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: CPUs, max 8)")
     parser.add_argument("--max_bad_fraction", type=float, default=0.01,
                         help="fail instead of staging when more than this fraction of files is undecodable")
-    parser.add_argument("--seed", type=int, default=0, help="shuffle of samples across shards; shapes seed")
-    shapes = parser.add_argument_group(f"{BUILTIN_SHAPES} options")
+    parser.add_argument("--seed", type=int, default=0, help="shuffle of samples across shards; generated images' seed")
+    shapes = parser.add_argument_group(f"{', '.join(BUILTIN_SOURCES)} options")
     shapes.add_argument("--num_classes", type=int, default=10)
     shapes.add_argument("--images_per_class", type=int, default=60, help="training images per class")
     shapes.add_argument("--val_images_per_class", type=int, default=None, help="default: a third of the above")
