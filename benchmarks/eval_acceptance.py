@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=2 python benchmarks/eval_acceptance.py [--output DIR] [--epochs N] [--min_gain 10]
 
-1. Generates `builtin:shapes` (trainer.data.synthetic.make_shapes) with train/ and val/ splits.
+1. Generates `builtin:textures` (trainer.data.synthetic) with train/ and val/ splits: the class is a
+   pattern that fills every crop, its colours vary across each image (see the module's docstring).
 2. Pretrains resnet_tiny with `unmix-swav pretrain --preset demo_cpu` on train/ (SwAV + Un-Mix).
 3. Scores the pretrained backbone.pth and a randomly initialised trunk with `unmix-swav eval-knn` and
    `unmix-swav eval-linear --cached_features` (labels of train/, accuracy on val/).
@@ -23,7 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from trainer.data.synthetic import make_shapes  # noqa: E402
+from trainer.data.synthetic import make_generated  # noqa: E402
 
 ARCH = "resnet_tiny"
 
@@ -73,7 +74,7 @@ def main() -> None:
     parser.add_argument("--num_classes", type=int, default=6)
     parser.add_argument("--images_per_class", type=int, default=100, help="training images per class")
     parser.add_argument("--val_images_per_class", type=int, default=50)
-    parser.add_argument("--image_size", type=int, default=48)
+    parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default: the preset's)")
     parser.add_argument("--pretrain_flags", default="", help='more pretrain flags, e.g. "--run_swav true"')
     parser.add_argument("--linear_epochs", type=int, default=30)
@@ -82,11 +83,11 @@ def main() -> None:
                         help="top-1 points by which pretrained must beat random in kNN and in linear")
     args = parser.parse_args()
     args.output = args.output or tempfile.mkdtemp(prefix="eval-acceptance-")
-    data, dump = os.path.join(args.output, "shapes"), os.path.join(args.output, "pretrain")
+    data, dump = os.path.join(args.output, "textures"), os.path.join(args.output, "pretrain")
 
     started = time.perf_counter()
-    make_shapes(data, args.num_classes, args.images_per_class, args.val_images_per_class, args.image_size,
-                args.seed)
+    make_generated("textures", data, args.num_classes, args.images_per_class, args.val_images_per_class,
+                   args.image_size, args.seed)
     generate_s = time.perf_counter() - started
     pretrain_argv = ["--preset", "demo_cpu", "--data_path", os.path.join(data, "train"), "--dump_path", dump,
                      "--device", "cpu", *(["--epochs", str(args.epochs)] if args.epochs else []),
@@ -96,7 +97,7 @@ def main() -> None:
     results = {"random": evaluate(data, "", "random", args),
                "pretrained": evaluate(data, os.path.join(dump, "backbone.pth"), "pretrained", args)}
 
-    print(f"builtin:shapes: {args.num_classes} classes, {args.images_per_class} train + "
+    print(f"builtin:textures: {args.num_classes} classes, {args.images_per_class} train + "
           f"{args.val_images_per_class} val images per class, {args.image_size} px ({generate_s:.0f} s)")
     print(f"pretrain --preset demo_cpu {args.pretrain_flags}: {run['steps']} steps in {pretrain_s:.0f} s "
           f"({run['images_per_s']:.1f} images/s), last loss {run['loss']:.3f}; torch threads "

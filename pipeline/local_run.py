@@ -33,12 +33,12 @@ SIZES: dict[str, dict[str, Any]] = {
     },
     "demo": {
         "stage_args": ["--num_classes", "6", "--images_per_class", "60", "--val_images_per_class", "20",
-                       "--image_size", "48", "--workers", "2"],
+                       "--image_size", "32", "--workers", "2"],
         "detection_options": {"train_images": 48, "val_images": 12, "image_size": 64},
         "pretrain_args": ["--epochs", "8", "--batch_size", "32", "--workers", "0", "--log_freq", "2"],
-        "linear_args": ["--epochs", "30", "--batch_size", "32", "--workers", "0", "--image_size", "48",
+        "linear_args": ["--epochs", "30", "--batch_size", "32", "--workers", "0", "--image_size", "32",
                         "--cached_features"],
-        "semisup_args": ["--epochs", "3", "--batch_size", "32", "--workers", "0", "--image_size", "48"],
+        "semisup_args": ["--epochs", "3", "--batch_size", "32", "--workers", "0", "--image_size", "32"],
         "detr_args": ["--epochs", "3", "--batch_size", "4", "--image_size", "64", "--num_queries", "10",
                       "--hidden_dim", "64", "--enc_layers", "2", "--dec_layers", "2", "--dim_feedforward", "128",
                       "--nheads", "4", "--workers", "0"],
@@ -52,7 +52,7 @@ def pipeline_arguments(size: str, storage_root: str, num_nodes: int | None = Non
     chosen = SIZES[size]
     return {
         "storage_root": storage_root,
-        "data_source": "builtin:shapes",
+        "data_source": "builtin:textures",
         "detection_source": "builtin:shapes-coco",
         "arch": "resnet_tiny",
         "preset": "demo_cpu",

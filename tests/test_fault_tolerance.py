@@ -20,7 +20,8 @@ import torch
 from trainer import storage
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
-TINY = ["--preset", "demo_cpu", "--size_crops", "32", "16", "--batch_size", "8", "--epochs", "2",
+TINY = ["--preset", "demo_cpu", "--nmb_crops", "2", "2", "--size_crops", "32", "16", "--min_scale_crops", "0.3",
+        "0.1", "--max_scale_crops", "1", "0.3", "--batch_size", "8", "--epochs", "2",
         "--nmb_prototypes", "20", "--freeze_prototypes_niters", "3", "--log_freq", "1"]
 MAX_STEPS = 10  # 64 images / batch 8: 8 steps per epoch, so the runs below cross an epoch boundary
 QUEUE = ["--queue_length", "16", "--epoch_queue_starts", "0"]  # full after 2 steps, then used: part of the state

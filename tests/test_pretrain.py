@@ -16,7 +16,8 @@ from trainer.cli import main
 from trainer.models.resnet import build_reference
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
-TINY = ["--preset", "demo_cpu", "--size_crops", "32", "16", "--batch_size", "8", "--epochs", "8",
+TINY = ["--preset", "demo_cpu", "--nmb_crops", "2", "2", "--size_crops", "32", "16", "--min_scale_crops", "0.3",
+        "0.1", "--max_scale_crops", "1", "0.3", "--batch_size", "8", "--epochs", "8",
         "--workers", "0", "--log_freq", "2", "--nmb_prototypes", "20", "--freeze_prototypes_niters", "4"]
 
 

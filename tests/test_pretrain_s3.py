@@ -19,7 +19,8 @@ from trainer import storage
 
 BUCKET = "pretrain-s3"
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzEXAMPLEKEY"  # distinctive, so that any leak is found by a search
-TINY = ["--preset", "demo_cpu", "--size_crops", "32", "16", "--batch_size", "8", "--epochs", "2",
+TINY = ["--preset", "demo_cpu", "--nmb_crops", "2", "2", "--size_crops", "32", "16", "--min_scale_crops", "0.3",
+        "0.1", "--max_scale_crops", "1", "0.3", "--batch_size", "8", "--epochs", "2",
         "--nmb_prototypes", "20", "--freeze_prototypes_niters", "3", "--log_freq", "2",
         "--checkpoint_every_steps", "2"]
 

@@ -36,20 +36,21 @@ PRESETS: dict[str, dict[str, Any]] = {
                          "min_scale_crops": [0.08], "max_scale_crops": [1.0]},
     "swav_200ep_bs256": {**_BATCH_256, "epochs": 200},
     "swav_400ep_bs256": {**_BATCH_256, "epochs": 400},
-    # Small recipe for the generated dataset: CPU demo and tests (not a published run). At batch 32 SwAV
-    # collapsed to ln(K) within 30 steps: with feat_dim >= nmb_prototypes the embeddings moved into the
-    # prototypes' null space (uniform scores), and learnable prototypes found a direction of equal scores.
-    # Hence feat_dim well below nmb_prototypes (10x the 6 demo classes) and prototypes frozen at their
-    # random initialisation for the whole run (embeddings then stay spread: mean pairwise cosine 0.6 after
-    # 180 steps, against 0.99 with learnable ones). LARC moves each tensor by lr * 0.001 of its norm per step,
-    # so a short run uses a base_lr near the ImageNet recipe's. Open: 180 steps on builtin:shapes still
-    # score below a random trunk (benchmarks/eval_acceptance.py).
+    # Small recipe for the generated builtin:textures at 32 px: CPU demo and tests (not a published run).
+    # Measured on 6 classes x 100 images, 2 CPU threads (benchmarks/eval_acceptance.py, README):
+    # - SGD + LARC moved the trunk too little at lr 0.15 and, at lr 2, drove kNN below a random trunk;
+    #   AdamW at 2e-3 learns in a few hundred steps.
+    # - Learnable prototypes collapsed to ln(K) at batch 32 (also with 300 of them); prototypes frozen at
+    #   their random initialisation, with feat_dim well below nmb_prototypes, keep the codes spread.
+    # - Two 32 px crops beat 2x32 + 2x16 multi-crop (16 px crops hold one or two periods of the pattern),
+    #   and SwAV's blur (sigma up to 2 px, sized for 224 px crops) would wash out a pattern whose period is
+    #   6 to 10 px: blur_prob 0, as small-image recipes do (not measured separately).
     "demo_cpu": {
-        "arch": "resnet_tiny", "nmb_crops": [2, 2], "size_crops": [48, 24], "min_scale_crops": [0.3, 0.1],
-        "max_scale_crops": [1.0, 0.3], "batch_size": 32, "base_lr": 2.0, "final_lr": 0.02,
-        "warmup_epochs": 1, "start_warmup": 0.03, "freeze_prototypes_niters": 10**9, "nmb_prototypes": 60,
-        "feat_dim": 16, "hidden_mlp": 256, "queue_length": 0, "epsilon": 0.05, "use_fp16": False,
-        "epochs": 10, "workers": 2, "world_size": 1,
+        "arch": "resnet_tiny", "nmb_crops": [2], "size_crops": [32], "min_scale_crops": [0.3],
+        "max_scale_crops": [1.0], "batch_size": 32, "optimizer": "adamw", "base_lr": 0.002, "final_lr": 1e-5,
+        "warmup_epochs": 1, "start_warmup": 1e-4, "freeze_prototypes_niters": 10**9, "nmb_prototypes": 60,
+        "feat_dim": 16, "hidden_mlp": 256, "queue_length": 0, "epsilon": 0.05, "blur_prob": 0.0,
+        "use_fp16": False, "epochs": 40, "workers": 2, "world_size": 1,
     },
 }
 

@@ -17,8 +17,9 @@ from trainer.data.staging import stage_dataset
 from trainer.errors import UserError
 
 SMALL_SHARD_MB = 12 * 1024 / 2**20  # about a dozen 32 px JPEGs per shard, so tests see many shards
-TINY_PRETRAIN = ["--preset", "demo_cpu", "--size_crops", "32", "16", "--batch_size", "8", "--workers", "0",
-                 "--nmb_prototypes", "20", "--max_steps", "2", "--log_freq", "1"]
+TINY_PRETRAIN = ["--preset", "demo_cpu", "--nmb_crops", "2", "2", "--size_crops", "32", "16",
+                 "--min_scale_crops", "0.3", "0.1", "--max_scale_crops", "1", "0.3", "--batch_size", "8",
+                 "--workers", "0", "--nmb_prototypes", "20", "--max_steps", "2", "--log_freq", "1"]
 
 
 def _quiet(message: str) -> None:
