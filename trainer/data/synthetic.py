@@ -122,6 +122,13 @@ def _contrasting(rng: np.random.Generator, against: np.ndarray) -> np.ndarray:
     return 255.0 - against
 
 
+def _downsample_with_noise(picture: Image.Image, image_size: int, rng: np.random.Generator) -> Image.Image:
+    """The supersampled drawing at `image_size`, plus pixel noise of a std drawn from [0, MAX_NOISE_STD]."""
+    small = np.asarray(picture.resize((image_size, image_size), Image.BILINEAR), dtype=np.float32)
+    noisy = small + rng.normal(0, rng.uniform(0, MAX_NOISE_STD), size=small.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
 def render(class_name: str, image_size: int, rng: np.random.Generator) -> Image.Image:
     """One RGB image of `class_name` with every nuisance drawn from `rng`."""
     size = image_size * SUPERSAMPLE
@@ -152,9 +159,7 @@ def render(class_name: str, image_size: int, rng: np.random.Generator) -> Image.
     mask = _mask(shape, size, rng)
     picture.paste(Image.fromarray(foreground.astype(np.uint8)), (0, 0), mask)
 
-    small = np.asarray(picture.resize((image_size, image_size), Image.BILINEAR), dtype=np.float32)
-    noisy = small + rng.normal(0, rng.uniform(0, MAX_NOISE_STD), size=small.shape)
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    return _downsample_with_noise(picture, image_size, rng)
 
 
 TEXTURES = ["blobs", "stripes", "checks", "dots", "grid", "waves"]
@@ -207,9 +212,7 @@ def render_texture(texture: str, image_size: int, rng: np.random.Generator) -> I
     light = _smooth_field(size, COLOUR_GRID, *LIGHT, 3, rng)
     dark = _smooth_field(size, COLOUR_GRID, *DARK, 3, rng)
     picture = np.where(_pattern(texture, size, rng)[..., None], light, dark).astype(np.uint8)
-    small = np.asarray(Image.fromarray(picture).resize((image_size, image_size), Image.BILINEAR), dtype=np.float32)
-    noisy = small + rng.normal(0, rng.uniform(0, MAX_NOISE_STD), size=small.shape)
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    return _downsample_with_noise(Image.fromarray(picture), image_size, rng)
 
 
 Renderer = Callable[[str, int, np.random.Generator], Image.Image]
