@@ -47,11 +47,9 @@ from trainer.data.archives import (
 )
 from trainer.data.decode import BadImage, decode, open_image_bytes
 from trainer.data.sources import MANIFEST, SPLITS, STAGED_FORMAT, list_folder
-from trainer.data.synthetic import KINDS, make_generated
+from trainer.data.synthetic import BUILTIN_PREFIX, BUILTIN_SOURCES, make_generated
 from trainer.errors import UserError
 
-BUILTIN_PREFIX = "builtin:"
-BUILTIN_SOURCES = [f"{BUILTIN_PREFIX}{kind}" for kind in KINDS]  # generated datasets (trainer.data.synthetic)
 READ_BATCH = 32  # files fetched concurrently by one worker (s3fs issues the GETs in parallel)
 MAX_IGNORED_LISTED = 1000
 Progress = Callable[[str], None]

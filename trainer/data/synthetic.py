@@ -221,6 +221,8 @@ KINDS: dict[str, tuple[Callable[[int], list[str]], Renderer]] = {
     "shapes": (class_names, render),
     "textures": (texture_names, render_texture),
 }
+BUILTIN_PREFIX = "builtin:"  # `--source builtin:<kind>` generates the dataset instead of reading one
+BUILTIN_SOURCES = [f"{BUILTIN_PREFIX}{kind}" for kind in KINDS]
 
 
 def _images(render_image: Renderer, dest_url: str, split: str, classes: list[str], per_class: int,
@@ -256,8 +258,8 @@ def make_generated(kind: str, dest_url: str, num_classes: int = 10, train_per_cl
                    progress: Callable[[str], None] | None = None) -> None:
     """Write `builtin:<kind>` as `dest/train/<class>/<n>.jpg` and `dest/val/<class>/<n>.jpg` to any fsspec URL."""
     if kind not in KINDS:
-        raise UserError(f"builtin:{kind} is not a generated dataset; choose one of: "
-                        f"{', '.join(f'builtin:{name}' for name in KINDS)}")
+        raise UserError(f"{BUILTIN_PREFIX}{kind} is not a generated dataset; choose one of: "
+                        f"{', '.join(BUILTIN_SOURCES)}")
     if image_size < 16:
         raise UserError(f"builtin:{kind} needs --image_size of at least 16 px, not {image_size}")
     if train_per_class < 1 or val_per_class < 0:
