@@ -1,12 +1,11 @@
-"""`python -m pipeline compile | submit | run-local`."""
+"""`python -m pipeline compile | submit | run-local`, behind the same error boundary as `unmix-swav`."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
-from trainer.errors import UserError
+from trainer.cli import guarded_main
 
 COMMANDS = {
     "compile": ("pipeline.compile", "write the pipeline IR YAML"),
@@ -15,21 +14,18 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+def _run(command: str, argv: list[str], where: dict) -> None:
+    module_name, help_text = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"python -m pipeline {command}", description=help_text)
+    module.add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        args.run(args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    where["report_dir"] = str(args.output) if command == "run-local" else None
+    module.run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return guarded_main(COMMANDS, "python -m pipeline", argv, _run)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pipeline.compile import COMPILED_PATH
 from trainer.errors import UserError
+from trainer.run.boundary import one_line
 
 
 def parse_params(pairs: list[str]) -> dict[str, object]:
@@ -37,11 +38,18 @@ def add_arguments(parser) -> None:
 
 def run(args) -> None:
     import kfp
+    import urllib3
 
     if not args.package.exists():
         raise UserError(f"{args.package} does not exist; run `python -m pipeline compile` first")
-    client = kfp.Client(host=args.host, namespace=args.namespace)
-    result = client.create_run_from_pipeline_package(
-        str(args.package), arguments=parse_params(args.param), run_name=args.run_name,
-        experiment_name=args.experiment, namespace=args.namespace, service_account=args.service_account)
+    arguments = parse_params(args.param)
+    try:
+        client = kfp.Client(host=args.host, namespace=args.namespace)
+        result = client.create_run_from_pipeline_package(
+            str(args.package), arguments=arguments, run_name=args.run_name, experiment_name=args.experiment,
+            namespace=args.namespace, service_account=args.service_account)
+    except (OSError, urllib3.exceptions.HTTPError) as error:  # refused, unknown host, timeout, TLS
+        raise UserError(f"could not reach Kubeflow Pipelines at --host {args.host} ({one_line(error)}); check the "
+                        "URL, e.g. `kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80` and "
+                        "--host http://localhost:8080") from error
     print(f"created run {result.run_id} on {args.host}")

@@ -1,8 +1,8 @@
-"""`unmix-swav <command>`: one console script, one module per command.
+"""`unmix-swav <command>`: one console script, one module per command, one error boundary.
 
 Each command module exposes `add_arguments(parser)` and `run(args)`. Modules are imported lazily so
-that `unmix-swav stage` does not pay for importing DETR. A `UserError` becomes one line on stderr and
-exit code 2, never a traceback.
+that `unmix-swav stage` does not pay for importing DETR. Errors become one line on stderr and an exit
+code (trainer.run.boundary): 2 bad input, 138 retryable, 143 preempted, 1 unexpected (with a crash report).
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
-from trainer.errors import UserError
-from trainer.storage import StorageUnavailable
-
-STORAGE_DOWN_EXIT_CODE = 138  # retryable for the Training Operator's ExitCode policy
+from trainer.run.boundary import run_guarded
+from trainer.run.logs import setup_logging
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("trainer.pretrain", "SwAV + Un-Mix self-supervised pretraining"),
@@ -34,27 +33,48 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run_command(command: str, argv: list[str]) -> None:
-    """Parse `argv` for `command` and run it (raises UserError on bad input)."""
+def parse(command: str, argv: list[str]) -> tuple[object, argparse.Namespace]:
+    """The module of `command` and `argv` parsed by its flags (argparse exits 2 on a bad flag)."""
     module = importlib.import_module(COMMANDS[command][0])
-    args = build_parser(command).parse_args(argv)
+    return module, build_parser(command).parse_args(argv)
+
+
+def run_command(command: str, argv: list[str]) -> None:
+    """Parse `argv` for `command` and run it (raises on failure; `main` turns that into an exit code)."""
+    module, args = parse(command, argv)
+    module.run(args)
+
+
+def usage(commands: dict[str, tuple[str, str]], prog: str, argv: list[str]) -> int | None:
+    """The exit code when `argv` names no known command (after printing the usage), else None."""
+    if argv and argv[0] in commands:
+        return None
+    names = "\n".join(f"  {name:<13} {help_text}" for name, (_, help_text) in commands.items())
+    print(f"usage: {prog} <command> [flags]\n\ncommands:\n{names}", file=sys.stderr)
+    if argv and argv[0] in ("-h", "--help"):
+        return 0
+    if argv:
+        print(f"error: unknown command {argv[0]!r}; choose one of: {', '.join(commands)}", file=sys.stderr)
+    return 2
+
+
+def guarded_main(commands: dict[str, tuple[str, str]], prog: str, argv: list[str] | None,
+                 run: Callable[[str, list[str], dict], None]) -> int:
+    """The shared entry point of `unmix-swav` and `python -m pipeline`: usage, logging, the boundary."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    code = usage(commands, prog, argv)
+    if code is not None:
+        return code
+    setup_logging()
+    where: dict[str, str | None] = {"report_dir": None}  # filled in once the flags name a dump path
+    return run_guarded(lambda: run(argv[0], argv[1:], where), lambda: where["report_dir"])
+
+
+def _run_trainer_command(command: str, argv: list[str], where: dict) -> None:
+    module, args = parse(command, argv)
+    where["report_dir"] = getattr(args, "dump_path", None) or getattr(args, "dest", None)
     module.run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        names = "\n".join(f"  {name:<13} {help_text}" for name, (_, help_text) in COMMANDS.items())
-        print(f"usage: unmix-swav <command> [flags]\n\ncommands:\n{names}", file=sys.stderr)
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"error: unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    try:
-        run_command(argv[0], argv[1:])
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except StorageUnavailable as error:
-        print(f"error: {error}", file=sys.stderr)
-        return STORAGE_DOWN_EXIT_CODE
-    return 0
+    return guarded_main(COMMANDS, "unmix-swav", argv, _run_trainer_command)

@@ -1,25 +1,24 @@
 """`unmix-swav pretrain`: SwAV + Un-Mix pretraining, from one CPU process to a multinode PyTorchJob.
 
-Read top to bottom: configuration, distributed set-up (environment variables only), data, model,
-optimizer, resume, then the loop. Every random draw is derived from (seed, epoch, index, rank) for data
-and (seed, rank, step) for the step, so a run resumed from any checkpoint repeats exactly what an
-uninterrupted run would have done. Exit codes: 0 done, 2 bad input or divergence, 143 preempted
-(SIGTERM: a checkpoint was written; a PyTorchJob restart resumes it), 138 object storage down through
-every retry or another rank dead or stalled (a restart resumes from the last checkpoint).
+Read top to bottom: `run` checks the flags and sets up the distributed group; `train` builds data, model
+and the training state, resumes it, and runs the loop; `train_step` is one optimisation step. Every random
+draw is derived from (seed, epoch, index, rank) for data and (seed, rank, step) for the step, so a run
+resumed from any checkpoint repeats exactly what an uninterrupted run would have done. The run kit
+(trainer.run) owns the error boundary, the run lock, the resume check and the metrics: a SIGTERM ends
+the run with 143 after a checkpoint, a store outage or a dead rank with 138, bad input with 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import math
 import os
 import signal
-import sys
 import time
-import traceback
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -31,20 +30,25 @@ from trainer import config, storage
 from trainer.data.multicrop import MultiCropDataset, crop_specs
 from trainer.data.photometric import Photometric
 from trainer.data.sampler import ResumableSampler
-from trainer.data.sources import open_source
+from trainer.data.sources import ImageSource, loader_timeout, open_source
 from trainer.distributed import DistEnv, barrier, cleanup, init_distributed
-from trainer.errors import UserError
+from trainer.errors import Preempted, UserError
 from trainer.models.heads import SwAVHead, SwAVModel
 from trainer.models.resnet import build_trunk, trunk_state_dict
-from trainer.optim import LARC, build_optimizer, learning_rate
-from trainer.runlog import RunLog
+from trainer.optim import build_optimizer, learning_rate
+from trainer.run.metrics import MetricsLog
+from trainer.run.resume import identity_of
+from trainer.run.session import RunSession
 from trainer.seeding import generator
 from trainer.swav import EmbeddingQueue, swav_loss
 from trainer.unmix import draw_mix, mix_crops, unmix_loss_inputs
 
 log = logging.getLogger("trainer.pretrain")
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "retryable" for the Training Operator's ExitCode policy
-RESTARTABLE_EXIT_CODE = 138  # 128 + SIGUSR1: the ExitCode policy's code for "user-defined retryable"
+CHECKPOINT = "checkpoint.pth.tar"
+# Flags a restart may change without changing the run: the rest make up its identity.
+RESUME_CHANGEABLE = ("workers", "log_freq", "checkpoint_freq", "checkpoint_every_steps", "knn_eval_path",
+                     "knn_freq", "dump_path", "device", "use_fp16", "amp_dtype", "compile", "channels_last",
+                     "max_steps", "batch_size", "dist_url", "world_size", "rank", "local_rank", "config", "preset")
 
 
 class TrainingDiverged(UserError):
@@ -57,69 +61,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     cfg = config.resolve(args)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    config.validate(cfg, world_size)
+    config.validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     env = init_distributed(cfg.device)
-    setup_logging(env.rank)
     try:
-        code = train(cfg, env)
-    except storage.StorageUnavailable as error:
-        code = stop_for_restart(env, f"object storage unavailable: {last_line(error)}")
-    except RuntimeError as error:
-        if not (env.is_distributed and is_collective_failure(error)):
-            raise
-        code = stop_for_restart(env, f"a collective operation failed ({last_line(error)}): another rank died or "
-                                "stalled past UNMIX_COLLECTIVE_TIMEOUT_MIN; its own log says why")
+        with RunSession("pretrain", cfg.dump_path, env) as session:
+            train(cfg, env, session)
     finally:
         cleanup()
-    if code:
-        raise SystemExit(code)
-
-
-def stop_for_restart(env: DistEnv, reason: str) -> int:
-    """One line on stderr for a failure that a restart can cure; the exit code that asks for the restart."""
-    print(f"error: rank {env.rank}: {reason}; exiting {RESTARTABLE_EXIT_CODE} so that the job restarts and "
-          "resumes from the last checkpoint", file=sys.stderr, flush=True)
-    return RESTARTABLE_EXIT_CODE
-
-
-def is_collective_failure(error: RuntimeError) -> bool:
-    """NCCL and the rendezvous store raise torch's DistError; gloo raises plain RuntimeErrors, from a
-    torch.distributed call or (DDP's gradient all-reduce) from backward, with transport messages."""
-    if isinstance(error, dist.DistError):
-        return True
-    frames = traceback.extract_tb(error.__traceback__)
-    if any("/torch/distributed/" in frame.filename or frame.filename.endswith("/torch/nn/parallel/distributed.py")
-           for frame in frames):
-        return True
-    return any(mark in str(error) for mark in ("gloo", "NCCL", "Connection closed by peer", "Connection reset",
-                                                "pair closure", "Timed out"))
-
-
-def last_line(error: BaseException) -> str:
-    """The message of `error` on one line; for an error re-raised from a DataLoader worker (whose message is
-    the worker's traceback) its last line, which holds the original message."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    return lines[-1] if lines[0].startswith("Caught ") else lines[0]
-
-
-def setup_logging(rank: int) -> None:
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
-                        format=f"%(asctime)s rank{rank} %(levelname)s %(message)s", force=True)
 
 
 class PreemptionFlag:
-    """Set by SIGTERM (Kubernetes eviction); the loop checkpoints and exits at the next check."""
+    """Set by SIGTERM (Kubernetes eviction). The loop checkpoints and exits at its next check; while it
+    waits for data (a slow or stalled read) the signal ends the wait at once."""
 
     def __init__(self) -> None:
         self.requested = False
+        self._waiting = False
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum: int, frame: object) -> None:
         self.requested = True
+        if self._waiting:
+            raise Preempted("SIGTERM while waiting for data")
 
+    @contextlib.contextmanager
+    def waiting_for_data(self) -> Iterator[None]:
+        self._waiting = True
+        try:
+            if self.requested:
+                raise Preempted("SIGTERM while waiting for data")
+            yield
+        finally:
+            self._waiting = False
 
 
 @dataclass
@@ -212,62 +185,60 @@ def rng_state() -> dict[str, torch.Tensor]:
     return state
 
 
-def save_checkpoint(url: str, model: SwAVModel, optimizer: LARC | torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                    queue: EmbeddingQueue | None, step: int, schedule: Schedule, cfg: argparse.Namespace,
-                    env: DistEnv) -> None:
-    """All ranks contribute their queue and RNG state; rank 0 writes one complete object atomically."""
-    queues = gather_objects(queue.state_dict() if queue is not None else None)
-    rngs = gather_objects(rng_state())
-    if env.is_main:
-        epoch, iteration = divmod(step, schedule.iters_per_epoch)
-        storage.save_torch({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "iteration": iteration,
-            "world_size": env.world_size, "iters_per_epoch": schedule.iters_per_epoch, "queues": queues,
-            "rng": rngs, "args": vars(cfg),
-        }, url)
-    barrier()
+@dataclass
+class TrainingState:
+    """Everything a checkpoint holds; saved and restored whole."""
 
+    model: SwAVModel
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    queue: EmbeddingQueue | None
+    schedule: Schedule
+    step: int = 0
+    skipped_files: int = 0
+    epoch_loss: list[torch.Tensor] = field(default_factory=list)  # this epoch's L_ori per step, on the device
 
-def restore_checkpoint(url: str, model: SwAVModel, optimizer: LARC | torch.optim.Optimizer,
-                       scaler: torch.amp.GradScaler, queue: EmbeddingQueue | None, schedule: Schedule,
-                       env: DistEnv) -> int:
-    """Load `url` into the training state; the step to continue at.
+    def checkpoint(self, env: DistEnv, args: argparse.Namespace) -> dict | None:
+        """The checkpoint, on the main rank (None elsewhere): every rank contributes its queue and RNG."""
+        queues = gather_objects(self.queue.state_dict() if self.queue is not None else None)
+        rngs = gather_objects(rng_state())
+        if not env.is_main:
+            return None
+        epoch, iteration = divmod(self.step, self.schedule.iters_per_epoch)
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.step, "epoch": epoch, "iteration": iteration,
+                "world_size": env.world_size, "iters_per_epoch": self.schedule.iters_per_epoch,
+                "queues": queues, "rng": rngs, "skipped_files": self.skipped_files, "args": vars(args)}
 
-    Same world size: every rank gets back its own queue and RNG state and the run continues exactly.
-    Another world size (or batch size) changes the steps per epoch: the epoch is kept and the part of it
-    already done is rescaled (rounded down: a few samples are seen twice rather than skipped), and the
-    queue is re-split across the new ranks when it was full, else it restarts empty.
-    """
-    state = storage.load_torch(url, map_location=env.device)
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-    except (KeyError, RuntimeError, ValueError) as error:
-        raise UserError(f"checkpoint {url} does not fit this run ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0][:200]}); resume with the flags it was written with "
-                        "(see its params.json) or use another --dump_path") from error
-    step = int(state["step"])
-    # Checkpoints written before iters_per_epoch was recorded: assume the same batch size.
-    saved_iters = state.get("iters_per_epoch") or schedule.iters_per_epoch * env.world_size // state["world_size"]
-    same_layout = state["world_size"] == env.world_size and saved_iters == schedule.iters_per_epoch
-    if same_layout:
-        torch.set_rng_state(state["rng"][env.rank]["torch"].cpu())
-        if "cuda" in state["rng"][env.rank] and env.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"][env.rank]["cuda"].cpu())
-        if queue is not None and state["queues"][env.rank] is not None:
-            queue.load_state_dict(state["queues"][env.rank])
-    else:
-        epoch, iteration = int(state["epoch"]), int(state["iteration"])
-        step = epoch * schedule.iters_per_epoch + iteration * schedule.iters_per_epoch // saved_iters
-        log.warning("the checkpoint was written by %d processes with %d steps per epoch, this run has %d with %d: "
-                    "epoch %d continues at iteration %d; %s", state["world_size"], saved_iters,
-                    env.world_size, schedule.iters_per_epoch, epoch, step - epoch * schedule.iters_per_epoch,
-                    resplit_queue(queue, state["queues"], env) if queue is not None else "no queue")
-    log.info("resumed from %s at step %d (epoch %d, iteration %d)", url, step,
-             *divmod(step, schedule.iters_per_epoch))
-    return step
+    def restore(self, saved: dict, env: DistEnv) -> None:
+        """Continue from `saved` (a checkpoint of this run: its identity was checked).
+
+        Same world size: every rank gets back its own queue and RNG state and the run continues exactly.
+        Another world size (or batch size) changes the steps per epoch: the epoch is kept and the part of it
+        already done is rescaled (rounded down: a few samples are seen twice rather than skipped), and the
+        queue is re-split across the new ranks when it was full, else it restarts empty.
+        """
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.skipped_files = int(saved.get("skipped_files", 0))
+        iters = self.schedule.iters_per_epoch
+        saved_iters = saved.get("iters_per_epoch") or iters * env.world_size // saved["world_size"]
+        if saved["world_size"] == env.world_size and saved_iters == iters:
+            self.step = int(saved["step"])
+            torch.set_rng_state(saved["rng"][env.rank]["torch"].cpu())
+            if "cuda" in saved["rng"][env.rank] and env.device.type == "cuda":
+                torch.cuda.set_rng_state(saved["rng"][env.rank]["cuda"].cpu())
+            if self.queue is not None and saved["queues"][env.rank] is not None:
+                self.queue.load_state_dict(saved["queues"][env.rank])
+        else:
+            epoch, iteration = int(saved["epoch"]), int(saved["iteration"])
+            self.step = epoch * iters + iteration * iters // saved_iters
+            log.warning("the checkpoint was written by %d processes with %d steps per epoch, this run has %d with "
+                        "%d: epoch %d continues at iteration %d; %s", saved["world_size"], saved_iters,
+                        env.world_size, iters, epoch, self.step - epoch * iters,
+                        resplit_queue(self.queue, saved["queues"], env) if self.queue is not None else "no queue")
+        log.info("resumed at step %d (epoch %d, iteration %d)", self.step, *divmod(self.step, iters))
 
 
 def resplit_queue(queue: EmbeddingQueue, saved: list[dict | None], env: DistEnv) -> str:
@@ -283,10 +254,18 @@ def resplit_queue(queue: EmbeddingQueue, saved: list[dict | None], env: DistEnv)
     return "the queue was re-split across the new ranks"
 
 
-def write_params(cfg: argparse.Namespace, env: DistEnv) -> None:
-    if env.is_main:
-        params = {**vars(cfg), "world_size": env.world_size}
-        storage.write_text(storage.join(cfg.dump_path, "params.json"), json.dumps(params, indent=2) + "\n")
+def run_identity(cfg: argparse.Namespace) -> dict:
+    return identity_of({"command": "pretrain", **vars(cfg)}, RESUME_CHANGEABLE)
+
+
+def legacy_identity(current: dict):
+    """A checkpoint written before identities were recorded: compare the flags its `args` hold."""
+    def derive(saved: dict) -> dict | None:
+        if not isinstance(saved.get("args"), dict):
+            return None
+        old = identity_of({"command": "pretrain", **saved["args"]}, RESUME_CHANGEABLE)
+        return {key: old.get(key, value) for key, value in current.items()}
+    return derive
 
 
 def collapse_warning(mean_loss: float, nmb_prototypes: int, epoch: int) -> str | None:
@@ -300,167 +279,233 @@ def collapse_warning(mean_loss: float, nmb_prototypes: int, epoch: int) -> str |
     return None
 
 
-def train(cfg: argparse.Namespace, env: DistEnv) -> int:
-    device = env.device
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop shapes: tune conv kernels once
-    storage.makedirs(cfg.dump_path)
-    write_params(cfg, env)
-
-    # ---- data: uint8 geometric crops from the workers, photometric ops batched on the device
-    source = open_source(cfg.data_path)
+def build_loader(cfg: argparse.Namespace, env: DistEnv, source: ImageSource) -> tuple[DataLoader, ResumableSampler]:
+    """uint8 geometric crops from the workers (the photometric ops run batched on the device)."""
     specs = crop_specs(cfg.nmb_crops, cfg.size_crops, cfg.min_scale_crops, cfg.max_scale_crops)
-    device_photometric = cfg.aug_backend == "device"
-    dataset = MultiCropDataset(source, specs, cfg.seed, env.rank, device_photometric=device_photometric,
+    dataset = MultiCropDataset(source, specs, cfg.seed, env.rank, device_photometric=cfg.aug_backend == "device",
                                blur_prob=cfg.blur_prob)
     sampler = ResumableSampler([source.shard_of(i) for i in range(len(source))], env.rank, env.world_size,
                                cfg.seed, cfg.batch_size)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                        pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers > 0 else None)
-    photometric = Photometric(blur_prob=cfg.blur_prob)
-    schedule = Schedule(sampler.batches_per_epoch, sampler.batches_per_epoch * cfg.epochs)
-    last_step = min(schedule.total_steps, cfg.max_steps) if cfg.max_steps else schedule.total_steps
-    log.info("%d images, %d classes; %d steps per epoch, global batch %d, %d crops%s", len(source),
-             len(source.classes), schedule.iters_per_epoch, cfg.batch_size * env.world_size, len(specs),
-             "" if cfg.run_swav else f" + {len(specs) // 2} Un-Mix mixtures")
+                        pin_memory=env.device.type == "cuda", drop_last=True,
+                        persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers > 0 else None,
+                        timeout=loader_timeout(cfg.workers))
+    return loader, sampler
 
-    # ---- model, optimizer, precision
+
+def build_state(cfg: argparse.Namespace, env: DistEnv, schedule: Schedule) -> TrainingState:
     model = build_model(cfg, env)
     optimizer = build_optimizer(model.parameters(), cfg.optimizer, cfg.base_lr, cfg.wd)
-    amp_dtype = autocast_dtype(cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ddp_model: nn.Module = model
-    if env.is_distributed:
-        ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    forward_model = torch.compile(ddp_model) if cfg.compile else ddp_model
-
+    scaler = torch.amp.GradScaler(env.device.type, enabled=autocast_dtype(cfg, env.device) == torch.float16)
     queue = None
     if cfg.queue_length:
         queue = EmbeddingQueue(len(cfg.crops_for_assign), cfg.queue_length // env.world_size, cfg.feat_dim,
-                               device)
+                               env.device)
+    return TrainingState(model, optimizer, scaler, queue, schedule)
 
-    # ---- resume: the same command with the same --dump_path continues at the next step
-    checkpoint_url = storage.join(cfg.dump_path, "checkpoint.pth.tar")
-    step = 0
-    if storage.exists(checkpoint_url):
-        step = restore_checkpoint(checkpoint_url, model, optimizer, scaler, queue, schedule, env)
 
-    runlog = RunLog(cfg.dump_path, start_step=step) if env.is_main else None
-    skipped_since_log, skipped_total = 0, 0
-    preemption = PreemptionFlag()
+@dataclass
+class StepContext:
+    """What every step needs besides the state: the wrapped model and the fixed settings."""
 
-    # ---- the loop
-    while step < last_step:
-        epoch, first_iteration = divmod(step, schedule.iters_per_epoch)
-        sampler.set_epoch(epoch, first_iteration)
-        queue_on = queue is not None and epoch >= cfg.epoch_queue_starts
-        epoch_loss_sum = torch.zeros((), device=device)
-        epoch_steps = 0
-        window_start, data_time = time.perf_counter(), 0.0
-        fetch_start = time.perf_counter()
-        for crops, skipped in loader:
-            data_time += time.perf_counter() - fetch_start
-            skipped_since_log += int(skipped.sum())
-            lr = learning_rate(step, schedule.iters_per_epoch, cfg.epochs, cfg.base_lr, cfg.final_lr,
-                               cfg.warmup_epochs, cfg.start_warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            model.head.normalize_prototypes()
+    cfg: argparse.Namespace
+    env: DistEnv
+    forward_model: nn.Module
+    photometric: Photometric | None
+    amp_dtype: torch.dtype | None
 
-            step_generator = generator(cfg.seed, env.rank, step)
-            crops = [crop.to(device, non_blocking=True) for crop in crops]
-            if device_photometric:
-                crops = augment_on_device(crops, photometric, step_generator)
-            if cfg.channels_last and device.type == "cuda":
-                crops = [crop.contiguous(memory_format=torch.channels_last) for crop in crops]
 
-            queue_scores = queue.scores(model.head.prototypes.weight) if queue_on else None
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss, parts, embeddings = forward_loss(forward_model, crops, cfg, queue_scores, step_generator)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if step < cfg.freeze_prototypes_niters:
-                model.head.prototypes.weight.grad = None
-            scaler.step(optimizer)
-            scaler.update()
-            if queue_on:
-                queue.push([embeddings[crop_id] for crop_id in cfg.crops_for_assign])
-            epoch_loss_sum += parts["loss_ori"]
-            epoch_steps += 1
-            step += 1
+def train_step(state: TrainingState, ctx: StepContext, crops: list[torch.Tensor], epoch: int
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float], float]:
+    """One optimisation step on a batch of crops: (loss, its parts, lr), the loss still on the device."""
+    cfg, device, model = ctx.cfg, ctx.env.device, state.model
+    lr = learning_rate(state.step, state.schedule.iters_per_epoch, cfg.epochs, cfg.base_lr, cfg.final_lr,
+                       cfg.warmup_epochs, cfg.start_warmup)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    model.head.normalize_prototypes()
+    step_generator = generator(cfg.seed, ctx.env.rank, state.step)
+    crops = [crop.to(device, non_blocking=True) for crop in crops]
+    if ctx.photometric is not None:
+        crops = augment_on_device(crops, ctx.photometric, step_generator)
+    if cfg.channels_last and device.type == "cuda":
+        crops = [crop.contiguous(memory_format=torch.channels_last) for crop in crops]
+    queue_on = state.queue is not None and epoch >= cfg.epoch_queue_starts
+    queue_scores = state.queue.scores(model.head.prototypes.weight) if queue_on else None
+    with torch.autocast(device.type, dtype=ctx.amp_dtype or torch.float32, enabled=ctx.amp_dtype is not None):
+        loss, parts, embeddings = forward_loss(ctx.forward_model, crops, cfg, queue_scores, step_generator)
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if state.step < cfg.freeze_prototypes_niters:
+        model.head.prototypes.weight.grad = None
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    if queue_on:
+        state.queue.push([embeddings[crop_id] for crop_id in cfg.crops_for_assign])
+    state.epoch_loss.append(parts["loss_ori"])
+    state.step += 1
+    return loss, parts, lr
 
-            if step % cfg.log_freq == 0 or step == last_step:
-                loss_value = loss.item()  # the only host sync of the step, once every log_freq steps
-                if not math.isfinite(loss_value):
-                    raise TrainingDiverged(
-                        f"the loss became {loss_value} at step {step} (lr {lr:.4g}); stopped without saving, "
-                        f"so {checkpoint_url} still holds the last good state. Lower --base_lr, keep "
-                        "--amp_dtype bf16, or check the data")
-                preempted, skipped_now = sum_across_ranks([float(preemption.requested), skipped_since_log],
-                                                           device)
-                skipped_since_log, skipped_total = 0, skipped_total + int(skipped_now)
-                if skipped_now:
-                    log.warning("%d undecodable files skipped since the last log line (%d in this run); their "
-                                "paths are in the log above", skipped_now, skipped_total)
-                elapsed = time.perf_counter() - window_start
-                steps_in_window = (step - 1) % cfg.log_freq + 1
-                values = {"epoch": epoch, "iteration": step - epoch * schedule.iters_per_epoch, "step": step,
-                          "loss": loss_value, "lr": lr,
-                          "images_per_s": steps_in_window * cfg.batch_size * env.world_size / elapsed,
-                          "data_time": data_time / steps_in_window, "skipped_files": skipped_total}
-                values.update({k: float(v) for k, v in parts.items()})
-                if runlog is not None:
-                    runlog.log(step, values)
-                log.info("epoch %d step %d/%d loss %.4f lr %.4g %.1f img/s data %.3fs", epoch, step, last_step,
-                         loss_value, lr, values["images_per_s"], values["data_time"])
-                window_start, data_time = time.perf_counter(), 0.0
-                if preempted:
-                    save_checkpoint(checkpoint_url, model, optimizer, scaler, queue, step, schedule, cfg, env)
-                    log.warning("SIGTERM received: checkpoint written at step %d; exiting %d for a restart",
-                                step, PREEMPTED_EXIT_CODE)
-                    if runlog is not None:
-                        runlog.close()
-                    return PREEMPTED_EXIT_CODE
-            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-                save_checkpoint(checkpoint_url, model, optimizer, scaler, queue, step, schedule, cfg, env)
-                if runlog is not None:
-                    runlog.sync()
-            if step >= last_step:
-                break
+
+class Trainer:
+    """The loop of one pretraining run: steps, log lines, checkpoints, the end of each epoch."""
+
+    def __init__(self, cfg: argparse.Namespace, env: DistEnv, session: RunSession, state: TrainingState,
+                 ctx: StepContext, metrics: MetricsLog, last_step: int) -> None:
+        self.cfg, self.env, self.session, self.state, self.ctx = cfg, env, session, state, ctx
+        self.metrics, self.last_step = metrics, last_step
+        self.preemption = PreemptionFlag()
+        self.skipped_since_log = 0
+        self.window_start, self.data_time = time.perf_counter(), 0.0
+
+    def save(self) -> None:
+        """Checkpoint (all ranks take part, the main rank writes) and publish the metrics with it."""
+        self.session.check_lock()
+        saved = self.state.checkpoint(self.env, self.cfg)
+        if saved is not None:
+            self.session.save(CHECKPOINT, saved)
+        barrier()
+        self.metrics.sync()
+
+    def run(self, loader: DataLoader, sampler: ResumableSampler) -> None:
+        state = self.state
+        while state.step < self.last_step:
+            epoch, first_iteration = divmod(state.step, state.schedule.iters_per_epoch)
+            sampler.set_epoch(epoch, first_iteration)
+            state.epoch_loss = []
+            self.window_start, self.data_time = time.perf_counter(), 0.0
+            for crops, skipped in self.batches(loader):
+                self.skipped_since_log += int(skipped.sum())
+                loss, parts, lr = train_step(state, self.ctx, crops, epoch)
+                if state.step % self.cfg.log_freq == 0 or state.step == self.last_step:
+                    self.log_step(epoch, loss, parts, lr)
+                elif self.preemption.requested and not self.env.is_distributed:
+                    self.stop_for_preemption()
+                if self.cfg.checkpoint_every_steps and state.step % self.cfg.checkpoint_every_steps == 0:
+                    self.save()
+                if state.step >= self.last_step:
+                    break
+            self.end_epoch(epoch)
+
+    def batches(self, loader: DataLoader) -> Iterator:
+        """The loader's batches, with the time spent waiting for them. A SIGTERM while waiting ends the wait:
+        one process checkpoints (its state is between two steps); ranks of a group cannot agree on a
+        checkpoint while the others are mid-step, so they keep the last one."""
+        iterator = iter(loader)
+        while True:
             fetch_start = time.perf_counter()
+            try:
+                with self.preemption.waiting_for_data():
+                    batch = next(iterator, None)
+            except Preempted:
+                if self.env.is_distributed:
+                    raise Preempted("SIGTERM while waiting for data; the last checkpoint is kept") from None
+                self.stop_for_preemption()
+            self.data_time += time.perf_counter() - fetch_start
+            if batch is None:
+                return
+            yield batch
 
-        # ---- end of an epoch (or of a --max_steps run)
-        epoch_done = step % schedule.iters_per_epoch == 0
-        mean_loss = (epoch_loss_sum / max(epoch_steps, 1)).item()
-        if not math.isfinite(mean_loss):
-            raise TrainingDiverged(f"the loss became non-finite in epoch {epoch}; {checkpoint_url} keeps the "
-                                   "last good state. Lower --base_lr or keep --amp_dtype bf16")
-        save_checkpoint(checkpoint_url, model, optimizer, scaler, queue, step, schedule, cfg, env)
-        if env.is_main and (epoch_done and (epoch % cfg.checkpoint_freq == 0 or epoch == cfg.epochs - 1)
-                            or step >= last_step):
-            storage.save_torch(model.state_dict(),
-                               storage.join(cfg.dump_path, "checkpoints", f"ckp-{epoch}.pth"))
-        if epoch_done and epoch_steps == schedule.iters_per_epoch:
+    def log_step(self, epoch: int, loss: torch.Tensor, parts: dict, lr: float) -> None:
+        """Every log_freq steps: the one host sync of the step, one small all-reduce, a train_step record."""
+        state, cfg = self.state, self.cfg
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"the loss became {loss_value} at step {state.step} (lr {lr:.4g}); stopped without saving, so "
+                f"{self.session.url(CHECKPOINT)} still holds the last good state. Lower --base_lr, keep "
+                "--amp_dtype bf16, or check the data")
+        preempted, skipped_now = sum_across_ranks([float(self.preemption.requested), self.skipped_since_log],
+                                                   self.env.device)
+        self.skipped_since_log = 0
+        state.skipped_files += int(skipped_now)
+        if skipped_now:
+            log.warning("%d undecodable files skipped since the last log line (%d in this run); their paths are "
+                        "in the log above", skipped_now, state.skipped_files)
+        steps_in_window = (state.step - 1) % cfg.log_freq + 1
+        elapsed = time.perf_counter() - self.window_start
+        values = {"epoch": epoch, "iteration": state.step - epoch * state.schedule.iters_per_epoch,
+                  "loss": loss_value, "lr": lr,
+                  "images_per_s": steps_in_window * cfg.batch_size * self.env.world_size / elapsed,
+                  "data_time": self.data_time / steps_in_window, "skipped_files": state.skipped_files,
+                  **{k: float(v) for k, v in parts.items()}}
+        self.metrics.record("train_step", state.step, values)
+        log.info("epoch %d step %d/%d loss %.4f lr %.4g %.1f img/s data %.3fs", epoch, state.step, self.last_step,
+                 loss_value, lr, values["images_per_s"], values["data_time"])
+        self.window_start, self.data_time = time.perf_counter(), 0.0
+        if preempted:
+            self.stop_for_preemption()
+
+    def stop_for_preemption(self) -> None:
+        self.save()
+        raise Preempted(f"SIGTERM received: checkpoint written at step {self.state.step}; a restart of the same "
+                        "command resumes from it")
+
+    def end_epoch(self, epoch: int) -> None:
+        """Checkpoint, keep ckp-<epoch>.pth every checkpoint_freq epochs, collapse check, kNN monitor."""
+        state, cfg = self.state, self.cfg
+        steps = len(state.epoch_loss)
+        mean_loss = torch.stack(state.epoch_loss).mean().item() if steps else float("nan")
+        if steps and not math.isfinite(mean_loss):
+            raise TrainingDiverged(f"the loss became non-finite in epoch {epoch}; {self.session.url(CHECKPOINT)} "
+                                   "keeps the last good state. Lower --base_lr or keep --amp_dtype bf16")
+        epoch_done = state.step % state.schedule.iters_per_epoch == 0
+        if self.env.is_main and (epoch_done and (epoch % cfg.checkpoint_freq == 0 or epoch == cfg.epochs - 1)
+                                 or state.step >= self.last_step):
+            storage.save_torch(state.model.state_dict(),
+                               self.session.url(f"checkpoints/ckp-{epoch}.pth"))
+        if epoch_done and steps == state.schedule.iters_per_epoch:
             warning = collapse_warning(mean_loss, cfg.nmb_prototypes, epoch)
             if warning:
                 log.warning(warning)
-        if runlog is not None:
-            runlog.scalar("train/epoch_loss_ori", mean_loss, step)
+        if steps:
+            self.metrics.record("epoch", state.step, {"epoch": epoch, "loss_ori": mean_loss, "steps": steps})
         if cfg.knn_eval_path and epoch_done and (epoch + 1) % cfg.knn_freq == 0:
-            run_knn_monitor(model.trunk, cfg, env, runlog, step)
-        if runlog is not None:
-            runlog.sync()
+            run_knn_monitor(state.model.trunk, cfg, self.env, self.metrics, state.step)
+        self.save()
 
+
+def train(cfg: argparse.Namespace, env: DistEnv, session: RunSession) -> None:
+    torch.backends.cudnn.benchmark = env.device.type == "cuda"  # fixed crop shapes: tune conv kernels once
+    identity = run_identity(cfg)
+    saved = session.resume(CHECKPOINT, identity, env.device, legacy_identity(identity))
+    session.write_params({**vars(cfg), "world_size": env.world_size})
+
+    source = open_source(cfg.data_path)
+    warning = config.prototype_count_warning(cfg.nmb_prototypes, len(source.classes))
+    if warning:
+        log.warning(warning)
+    loader, sampler = build_loader(cfg, env, source)
+    schedule = Schedule(sampler.batches_per_epoch, sampler.batches_per_epoch * cfg.epochs)
+    last_step = min(schedule.total_steps, cfg.max_steps) if cfg.max_steps else schedule.total_steps
+    log.info("%d images, %d classes; %d steps per epoch, global batch %d, %d crops%s", len(source),
+             len(source.classes), schedule.iters_per_epoch, cfg.batch_size * env.world_size, sum(cfg.nmb_crops),
+             "" if cfg.run_swav else f" + {sum(cfg.nmb_crops) // 2} Un-Mix mixtures")
+
+    state = build_state(cfg, env, schedule)
+    if saved is not None:
+        state.restore(saved, env)
+        del saved
+    forward_model: nn.Module = state.model
+    if env.is_distributed:
+        forward_model = DistributedDataParallel(state.model,
+                                                device_ids=[env.device] if env.device.type == "cuda" else None)
+    if cfg.compile:
+        forward_model = torch.compile(forward_model)
+    photometric = Photometric(blur_prob=cfg.blur_prob) if cfg.aug_backend == "device" else None
+    ctx = StepContext(cfg, env, forward_model, photometric, autocast_dtype(cfg, env.device))
+    # On an exception the metrics are left as the last checkpoint published them: a resume continues there.
+    metrics = session.metrics(resume_step=state.step)
+    Trainer(cfg, env, session, state, ctx, metrics, last_step).run(loader, sampler)
     if env.is_main:
-        storage.save_torch(trunk_state_dict(model.trunk), storage.join(cfg.dump_path, "backbone.pth"))
+        storage.save_torch(trunk_state_dict(state.model.trunk), session.url("backbone.pth"))
+        metrics.record("final", state.step, {"steps": state.step, "skipped_files": state.skipped_files})
         log.info("done: %s holds checkpoint.pth.tar, backbone.pth, metrics.jsonl, tb/", cfg.dump_path)
-    if runlog is not None:
-        runlog.close()
+    metrics.close()
     barrier()
-    return 0
 
 
-def run_knn_monitor(trunk: nn.Module, cfg: argparse.Namespace, env: DistEnv, runlog: RunLog | None,
+def run_knn_monitor(trunk: nn.Module, cfg: argparse.Namespace, env: DistEnv, metrics: MetricsLog,
                     step: int) -> None:
     """Rank 0 scores the current trunk with weighted kNN on a held-out folder; the others wait."""
     if env.is_main:
@@ -469,8 +514,5 @@ def run_knn_monitor(trunk: nn.Module, cfg: argparse.Namespace, env: DistEnv, run
         result = knn_evaluate(trunk, cfg.knn_eval_path, env.device, image_size=cfg.size_crops[0],
                               workers=min(cfg.workers, 4))
         log.info("kNN monitor at step %d: top-1 %.2f top-5 %.2f", step, result["top1"], result["top5"])
-        if runlog is not None:
-            runlog.scalar("knn/top1", result["top1"], step)
-            runlog.scalar("knn/top5", result["top5"], step)
-            runlog.log(step, {"step": step, "knn_top1": result["top1"], "knn_top5": result["top5"]})
+        metrics.record("knn", step, {"top1": result["top1"], "top5": result["top5"]})
     barrier()

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import fsspec
 import torch
 
-from trainer.errors import UserError
+from trainer.errors import RetryableError, UserError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,7 +32,7 @@ RETRY_FIRST_DELAY_S = float(os.environ.get("UNMIX_STORAGE_RETRY_DELAY", "1.0"))
 RETRY_MAX_DELAY_S = 30.0
 
 
-class StorageUnavailable(OSError):
+class StorageUnavailable(RetryableError, OSError):
     """The store kept failing through every retry. Transient by nature: a restarted job may succeed."""
 
 

@@ -15,7 +15,7 @@ from torchvision import transforms
 
 from trainer.distributed import DistEnv, all_reduce_sum
 from trainer.errors import UserError
-from trainer.evaluation.progress import progress
+from trainer.run.logs import progress
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,9 @@
-"""Progress for long loops: a tqdm bar on a terminal, plain periodic log lines in a pod log."""
+"""The one logging set-up: rank-aware lines on stderr, progress bars on a terminal and plain lines in a pod.
+
+Rank 0 logs INFO, the other ranks only warnings and errors (their problems still reach the pod log). The
+rank comes from the RANK variable that torchrun and the Training Operator set, so it is known before the
+process group exists.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOG_EVERY_S = float(os.environ.get("UNMIX_PROGRESS_EVERY_S", "30"))
+
+
+def setup_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
+                        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s", force=True)
 
 
 def progress(items: Iterable[T], total: int, desc: str, enabled: bool = True) -> Iterator[T]:

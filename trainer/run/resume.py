@@ -1,0 +1,78 @@
+"""The one resume mechanism: a checkpoint records the identity of its run, and only the same run resumes it.
+
+The identity is every flag that shapes the saved state or the result (architecture, head and prototype
+sizes, optimizer, queue, crops, schedule, seed, ...): all flags but the few a restart may change (workers,
+log frequency, device, ...). Resuming compares identities before any state is loaded and refuses a
+mismatch with one line listing each differing flag, old -> new. The caller writes params.json only after
+this check, so a refused run never overwrites the record of the run it refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+
+from trainer import storage
+from trainer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IDENTITY_KEY = "identity"
+
+
+def identity_of(values: Mapping[str, Any], changeable: Iterable[str] = ()) -> dict[str, Any]:
+    """`values` without the `changeable` keys, as plain JSON values (tuples become lists)."""
+    skip = set(changeable)
+    return json.loads(json.dumps({k: v for k, v in values.items() if k not in skip}, sort_keys=True, default=str))
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value) if len(value) <= 8 else f"[{len(value)} values]"
+    return "(unset)" if value is None else str(value)
+
+
+def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """`--name old -> new` for every key whose value differs (a key missing on one side counts)."""
+    return [f"--{key} {_shown(saved.get(key))} -> {_shown(current.get(key))}"
+            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+
+
+def check_identity(url: str, saved: Mapping[str, Any] | None, current: Mapping[str, Any]) -> None:
+    """Refuse to resume `url` unless it was written by a run with the identity `current`."""
+    if saved is None:
+        raise UserError(f"{url} records no run identity (written by another program or an old version); use a "
+                        "new --dump_path, or delete the checkpoint to start over")
+    changed = differences(saved, current)
+    if changed:
+        params = storage.join(url.rsplit("/", 1)[0], "params.json")
+        raise UserError(f"{url} belongs to a run with other settings ({'; '.join(changed)}); rerun with the "
+                        f"flags it was written with (see {params}) or use a new --dump_path")
+
+
+def load_for_resume(url: str, identity: Mapping[str, Any], map_location: str | torch.device = "cpu",
+                    legacy_identity: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+                    ) -> dict[str, Any] | None:
+    """The checkpoint at `url` if it exists and belongs to this run, else None (a fresh start).
+
+    `legacy_identity` derives the identity of a checkpoint written before identities were recorded.
+    """
+    if not storage.exists(url):
+        return None
+    state = storage.load_torch(url, map_location=map_location)
+    if not isinstance(state, dict):
+        raise UserError(f"{url} is not a checkpoint of this program; use a new --dump_path or delete it")
+    saved = state.get(IDENTITY_KEY)
+    if saved is None and legacy_identity is not None:
+        saved = legacy_identity(state)
+    check_identity(url, saved, identity)
+    return state
+
+
+def save_checkpoint(url: str, state: dict[str, Any], identity: Mapping[str, Any]) -> None:
+    """Write `state` with the run's identity, atomically."""
+    storage.save_torch({**state, IDENTITY_KEY: dict(identity)}, url)
