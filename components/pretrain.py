@@ -34,7 +34,7 @@ def pretrain(
     """`launcher` is `pytorchjob` (Kubernetes) or `local` (this machine, same command and env)."""
     from collections import namedtuple
 
-    from components.runtime import log_metrics, read_metrics_log, record_url, step_url
+    from components.runtime import log_metrics, read_train_steps, record_url, step_url
     from pipeline.pretrain_launch import PretrainRequest, launch_pretraining
 
     dump_url = step_url(run_root, "pretrain")
@@ -46,7 +46,7 @@ def pretrain(
         tolerations=tolerations, s3_secret_name=s3_secret_name, timeout_s=timeout_hours * 3600)
     launch_pretraining(request, launcher)
 
-    records = read_metrics_log(dump_url)
+    records = read_train_steps(dump_url)
     last = records[-1]
     log_metrics(metrics, {"final_loss": last["loss"], "epochs": last["epoch"] + 1,
                           "images_per_s": last.get("images_per_s", 0.0)}, dump_url)

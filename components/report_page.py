@@ -7,7 +7,7 @@ import html
 import io
 from typing import Any
 
-from components.runtime import read_metrics_log, step_url
+from components.runtime import read_train_steps, step_url
 from trainer import storage
 
 
@@ -55,7 +55,7 @@ def render_html(sections: dict[str, dict[str, Any]], png: bytes) -> str:
 
 def build_report(run_root: str, pretrain_dump_url: str, sections: dict[str, dict[str, Any]],
                  html_artifact: Any) -> str:
-    png = loss_curve_png(read_metrics_log(pretrain_dump_url))
+    png = loss_curve_png(read_train_steps(pretrain_dump_url))
     page = render_html(sections, png)
     report_url = step_url(run_root, "report/report.html")
     storage.write_text(report_url, page)

@@ -11,7 +11,8 @@ import logging
 from typing import Any
 
 from trainer import storage
-from trainer.cli import run_command
+from trainer.cli import main
+from trainer.run.metrics import read_document, read_records
 
 log = logging.getLogger(__name__)
 
@@ -22,20 +23,22 @@ def step_url(run_root: str, step: str) -> str:
 
 
 def run_trainer(command: str, argv: list[str]) -> None:
-    """Run `unmix-swav <command> <argv>` in this process; a UserError fails the step with its message."""
-    log.info("unmix-swav %s %s", command, " ".join(argv))
-    run_command(command, [str(arg) for arg in argv])
+    """Run `unmix-swav <command> <argv>` in this process, behind the trainer's error boundary: a failure ends
+    the step with the command's one-line error and exit code."""
+    log.info("unmix-swav %s %s", command, " ".join(map(str, argv)))
+    code = main([command, *map(str, argv)])
+    if code:
+        raise SystemExit(code)
 
 
 def read_metrics(dump_url: str) -> dict[str, Any]:
     """The metrics.json a trainer command wrote under `dump_url`."""
-    return json.loads(storage.read_text(storage.join(dump_url, "metrics.json")))
+    return read_document(dump_url)
 
 
-def read_metrics_log(dump_url: str) -> list[dict[str, Any]]:
-    """The per-log-step records of pretraining (metrics.jsonl), oldest first."""
-    text = storage.read_text(storage.join(dump_url, "metrics.jsonl"))
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+def read_train_steps(dump_url: str) -> list[dict[str, Any]]:
+    """The `train_step` records of a run's metrics.jsonl, oldest first (kNN and epoch records left out)."""
+    return read_records(dump_url, "train_step")
 
 
 def numeric_items(metrics: dict[str, Any]) -> dict[str, float]:

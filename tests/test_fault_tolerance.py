@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from trainer import storage
+from trainer.run.metrics import read_records
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 TINY = ["--preset", "demo_cpu", "--nmb_crops", "2", "2", "--size_crops", "32", "16", "--min_scale_crops", "0.3",
@@ -133,8 +134,8 @@ def test_sigterm_then_sigkill_then_resume_equals_an_uninterrupted_run(shapes_dir
                         torch.load(reference / "backbone.pth", weights_only=True))
     assert_same_tensors(optimizer_tensors(final), optimizer_tensors(expected))  # AdamW moments and step count
     # Steps logged after the last checkpoint by the killed process were dropped and logged again, once.
-    lines = [json.loads(line) for line in (dump / "metrics.jsonl").read_text().splitlines()]
-    expected_lines = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    lines = read_records(str(dump), "train_step")
+    expected_lines = read_records(str(reference), "train_step")
     assert [line["step"] for line in lines] == list(range(1, MAX_STEPS + 1))
     assert [line["loss"] for line in lines] == [line["loss"] for line in expected_lines]
     assert final["queues"][0]["filled"] == 16

@@ -14,6 +14,7 @@ import torch
 
 from trainer.cli import main
 from trainer.models.resnet import build_reference
+from trainer.run.metrics import read_records
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 TINY = ["--preset", "demo_cpu", "--nmb_crops", "2", "2", "--size_crops", "32", "16", "--min_scale_crops", "0.3",
@@ -47,7 +48,7 @@ def two_process_run(shapes_dir, tmp_path_factory):
 
 def test_two_process_run_learns_and_writes_its_outputs(two_process_run):
     dump, _, _ = two_process_run
-    lines = [json.loads(line) for line in (dump / "metrics.jsonl").read_text().splitlines()]
+    lines = read_records(str(dump), "train_step")
     losses = [line["loss"] for line in lines if "loss" in line]
     assert len(losses) == 12
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2, losses
@@ -65,7 +66,7 @@ def test_second_invocation_resumes_at_the_next_step(two_process_run):
     dump, first_checkpoint, second_log = two_process_run
     assert first_checkpoint["step"] == 12 and first_checkpoint["world_size"] == 2
     assert "resumed from" in second_log and "at step 12" in second_log
-    steps = [json.loads(line)["step"] for line in (dump / "metrics.jsonl").read_text().splitlines()]
+    steps = [record["step"] for record in read_records(str(dump), "train_step")]
     assert steps == list(range(2, 25, 2))  # no step repeated, none skipped
     final = torch.load(dump / "checkpoint.pth.tar", weights_only=True)
     assert final["step"] == 24 and final["epoch"] == 6 and final["iteration"] == 0

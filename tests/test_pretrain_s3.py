@@ -16,6 +16,7 @@ import time
 import pytest
 
 from trainer import storage
+from trainer.run.metrics import read_records
 
 BUCKET = "pretrain-s3"
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzEXAMPLEKEY"  # distinctive, so that any leak is found by a search
@@ -164,7 +165,7 @@ def test_every_output_lands_on_s3_and_the_run_resumes_from_there(s3_run, tmp_pat
     names = {path.removeprefix(f"{BUCKET}/run/") for path in fs.find(f"{BUCKET}/run")}
     assert {"checkpoint.pth.tar", "backbone.pth", "params.json", "metrics.jsonl", "checkpoints/ckp-0.pth"} <= names
     assert storage.load_torch(f"{dump}/checkpoint.pth.tar")["step"] == 6
-    steps = [json.loads(line)["step"] for line in storage.read_text(f"{dump}/metrics.jsonl").splitlines()]
+    steps = [record["step"] for record in read_records(dump, "train_step")]
     assert steps == [2, 4, 6]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -174,7 +175,7 @@ def test_every_output_lands_on_s3_and_the_run_resumes_from_there(s3_run, tmp_pat
     for event_file in sorted((tmp_path / "tb").iterdir()):
         events = EventAccumulator(str(event_file))
         events.Reload()
-        losses += [scalar.step for scalar in events.Scalars("train/loss")]
+        losses += [scalar.step for scalar in events.Scalars("train_step/loss")]
     assert sorted(losses) == [2, 4, 6]
 
 

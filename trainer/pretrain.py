@@ -37,7 +37,7 @@ from trainer.models.heads import SwAVHead, SwAVModel
 from trainer.models.resnet import build_trunk, trunk_state_dict
 from trainer.optim import build_optimizer, learning_rate
 from trainer.run.metrics import MetricsLog
-from trainer.run.resume import identity_of
+from trainer.run.resume import identity_of, legacy_identity
 from trainer.run.session import RunSession
 from trainer.seeding import generator
 from trainer.swav import EmbeddingQueue, swav_loss
@@ -238,7 +238,6 @@ class TrainingState:
                         "%d: epoch %d continues at iteration %d; %s", saved["world_size"], saved_iters,
                         env.world_size, iters, epoch, self.step - epoch * iters,
                         resplit_queue(self.queue, saved["queues"], env) if self.queue is not None else "no queue")
-        log.info("resumed at step %d (epoch %d, iteration %d)", self.step, *divmod(self.step, iters))
 
 
 def resplit_queue(queue: EmbeddingQueue, saved: list[dict | None], env: DistEnv) -> str:
@@ -258,14 +257,9 @@ def run_identity(cfg: argparse.Namespace) -> dict:
     return identity_of({"command": "pretrain", **vars(cfg)}, RESUME_CHANGEABLE)
 
 
-def legacy_identity(current: dict):
-    """A checkpoint written before identities were recorded: compare the flags its `args` hold."""
-    def derive(saved: dict) -> dict | None:
-        if not isinstance(saved.get("args"), dict):
-            return None
-        old = identity_of({"command": "pretrain", **saved["args"]}, RESUME_CHANGEABLE)
-        return {key: old.get(key, value) for key, value in current.items()}
-    return derive
+def _legacy_values(saved: dict) -> dict | None:
+    """What a checkpoint written before identities were recorded says about its run."""
+    return {"command": "pretrain", **saved["args"]} if isinstance(saved.get("args"), dict) else None
 
 
 def collapse_warning(mean_loss: float, nmb_prototypes: int, epoch: int) -> str | None:
@@ -468,7 +462,8 @@ class Trainer:
 def train(cfg: argparse.Namespace, env: DistEnv, session: RunSession) -> None:
     torch.backends.cudnn.benchmark = env.device.type == "cuda"  # fixed crop shapes: tune conv kernels once
     identity = run_identity(cfg)
-    saved = session.resume(CHECKPOINT, identity, env.device, legacy_identity(identity))
+    saved = session.resume(CHECKPOINT, identity, env.device,
+                           legacy_identity(identity, _legacy_values, RESUME_CHANGEABLE))
     session.write_params({**vars(cfg), "world_size": env.world_size})
 
     source = open_source(cfg.data_path)
@@ -486,6 +481,8 @@ def train(cfg: argparse.Namespace, env: DistEnv, session: RunSession) -> None:
     if saved is not None:
         state.restore(saved, env)
         del saved
+        log.info("resumed from %s at step %d (epoch %d, iteration %d)", session.url(CHECKPOINT), state.step,
+                 *divmod(state.step, schedule.iters_per_epoch))
     forward_model: nn.Module = state.model
     if env.is_distributed:
         forward_model = DistributedDataParallel(state.model,

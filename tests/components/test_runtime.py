@@ -6,7 +6,7 @@ import json
 
 from kfp.dsl import Dataset, Metrics
 
-from components.runtime import json_ints, log_metrics, numeric_items, read_metrics_log, record_url, step_url
+from components.runtime import json_ints, log_metrics, numeric_items, read_train_steps, record_url, step_url
 
 
 def test_numeric_items_flattens_results_and_leaves_settings_out():
@@ -34,7 +34,11 @@ def test_json_ints_undoes_protobuf_floats_only_for_whole_numbers():
                                                                              "name": "x"}
 
 
-def test_metrics_log_is_read_in_order(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text('{"iteration": 0, "loss": 8.0}\n\n{"iteration": 1, "loss": 7.5}\n')
-    assert [r["loss"] for r in read_metrics_log(str(tmp_path))] == [8.0, 7.5]
+def test_train_steps_are_read_in_order_without_the_knn_monitor_records(tmp_path):
+    """The pipeline's readers once broke on kNN lines without `loss`: records now say their kind."""
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"kind": "train_step", "step": 1, "loss": 8.0}\n\n{"kind": "knn", "step": 1, "top1": 40.0}\n'
+        '{"kind": "train_step", "step": 2, "loss": 7.5}\n{"knn_top1": 41.0, "step": 2}\n'
+        '{"iteration": 3, "loss": 7.0}\n')
+    assert [r["loss"] for r in read_train_steps(str(tmp_path))] == [8.0, 7.5, 7.0]
     assert step_url("s3://b/runs/", "abc") == "s3://b/runs/abc"

@@ -4,11 +4,11 @@ env the Training Operator would inject. Two replicas (Master + Worker) must trai
 from __future__ import annotations
 
 import io
-import json
 
 from pipeline.local_replicas import expand_kubernetes_vars, plan_replicas, run_replicas
 from pipeline.pretrain_launch import PretrainRequest, job_spec
 from pipeline.pytorchjob import build_pytorchjob
+from trainer.run.metrics import read_records
 
 
 def _job(data: str, dump: str, num_nodes: int = 2):
@@ -47,7 +47,7 @@ def test_the_manifests_command_trains_with_two_replicas(shapes_dir, tmp_path):
                  extra_env={"OMP_NUM_THREADS": "1"})
     log = out.getvalue()
     assert "[master-0]" in log  # only rank 0 logs; the worker shows up in the global batch below
-    records = [json.loads(line) for line in (dump / "metrics.jsonl").read_text().splitlines()]
+    records = read_records(str(dump), "train_step")
     assert records and all(record["loss"] > 0 for record in records)
     assert (dump / "backbone.pth").stat().st_size > 0
     assert "global batch 16" in log, log[-2000:]  # 2 replicas x batch 8: both ranks joined one group

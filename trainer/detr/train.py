@@ -10,7 +10,6 @@ from automatically), `metrics.json` and TensorBoard scalars under `tb/`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from typing import Any
@@ -22,20 +21,25 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from transformers import DetrForObjectDetection
 
 from trainer import storage
-from trainer.detr.dataset import CocoDetection, collate, load_annotations, num_classes_of
+from trainer.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, check_ranges
+from trainer.detr.dataset import CocoDetection, check_annotations, collate, load_annotations, num_classes_of
 from trainer.detr.evaluator import box_ap, detections
 from trainer.detr.loss import mean_boxes_per_rank, set_loss
 from trainer.detr.model import NO_PRETRAINED, build_detr
-from trainer.detr.tb import ScalarLog
 from trainer.distributed import DistEnv, all_reduce_sum, barrier, cleanup, init_distributed
 from trainer.errors import UserError
+from trainer.evaluation.common import check_file
 from trainer.models.pretrained import LoadReport
+from trainer.run.metrics import MetricsLog, write_document
+from trainer.run.resume import identity_of, legacy_identity
+from trainer.run.session import RunSession
 from trainer.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 LOGGED_TERMS = ("loss_ce", "loss_bbox", "loss_giou", "cardinality_error")
-# Flags that shape the network: a checkpoint written with other values cannot be resumed.
-MODEL_FLAGS = ("arch", "hidden_dim", "enc_layers", "dec_layers", "dim_feedforward", "nheads", "num_queries")
+CHECKPOINT = "checkpoint.pth"
+# Flags a restart may change without changing the run: the rest make up its identity.
+RESUME_CHANGEABLE = ("workers", "device", "resume", "dump_path")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,19 +94,24 @@ def detr_args(**values: Any) -> argparse.Namespace:
     return args
 
 
+RANGES = {
+    **dict.fromkeys(("batch_size", "epochs", "lr_drop", "num_queries", "hidden_dim", "enc_layers", "dec_layers",
+                     "dim_feedforward", "nheads"), AT_LEAST_1),
+    "lr": POSITIVE, "lr_backbone": Range(0, note="0 freezes the backbone"), "weight_decay": AT_LEAST_0,
+    "clip_max_norm": Range(0, note="0: no clipping"), "workers": Range(0, note="0: load data in the process"),
+    "num_classes": Range(0, note="0: from the annotations"),
+    "image_size": Range(32, note="the backbone downsamples 32x"),
+    "dropout": Range(0, 1, high_open=True),
+}
+
+
 def validate(args: argparse.Namespace) -> None:
-    positive = ("batch_size", "epochs", "lr_drop", "num_queries", "hidden_dim", "enc_layers", "dec_layers",
-                "dim_feedforward", "nheads", "lr")
-    for name in positive:
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name} {getattr(args, name)} must be positive")
-    for name in ("lr_backbone", "weight_decay", "clip_max_norm", "workers", "num_classes"):
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name} {getattr(args, name)} must not be negative")
-    if args.image_size < 32:
-        raise UserError(f"--image_size {args.image_size} is too small for a stride-32 backbone; use >= 32")
-    if not 0.0 <= args.dropout < 1.0:
-        raise UserError(f"--dropout {args.dropout} must be in [0, 1)")
+    """Every flag before any work: ranges, then the weights files."""
+    check_ranges(args, RANGES)
+    if args.pretrained != NO_PRETRAINED:
+        check_file("--pretrained", args.pretrained, f"pass a backbone.pth / checkpoint file, or '{NO_PRETRAINED}'")
+    if args.resume:
+        check_file("--resume", args.resume, "pass a checkpoint.pth written by detr, or leave it empty")
 
 
 def resolve_num_classes(args: argparse.Namespace, train_annotations: dict[str, Any]) -> int:
@@ -124,24 +133,22 @@ def param_groups(model: DetrForObjectDetection, args: argparse.Namespace) -> lis
     return groups
 
 
-def resume_url(args: argparse.Namespace) -> str | None:
-    if args.resume:
-        if not storage.exists(args.resume):
-            raise UserError(f"--resume {args.resume} does not exist; pass a checkpoint.pth written by detr")
-        return args.resume
-    automatic = storage.join(args.dump_path, "checkpoint.pth")
-    return automatic if storage.exists(automatic) else None
+def resume_name(args: argparse.Namespace) -> str:
+    """The checkpoint to resume: --resume (which must exist), else <dump_path>/checkpoint.pth if present."""
+    if args.resume and not storage.exists(args.resume):
+        raise UserError(f"--resume {args.resume} does not exist; pass a checkpoint.pth written by detr")
+    return args.resume or CHECKPOINT
 
 
-def check_resumable(checkpoint: dict[str, Any], args: argparse.Namespace, num_classes: int, url: str) -> None:
-    saved = checkpoint["args"]
-    different = [f"--{key} {saved.get(key)} (now {getattr(args, key)})" for key in MODEL_FLAGS
-                 if saved.get(key) != getattr(args, key)]
-    if checkpoint["num_classes"] != num_classes:
-        different.append(f"{checkpoint['num_classes']} classes (now {num_classes})")
-    if different:
-        raise UserError(f"{url} was written with {', '.join(different)}; use the same model flags or a new "
-                        "--dump_path")
+def run_identity(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
+    return identity_of({"command": "detr", **vars(args), "num_classes": num_classes}, RESUME_CHANGEABLE)
+
+
+def _legacy_values(saved: dict[str, Any]) -> dict[str, Any] | None:
+    """What a checkpoint written before identities were recorded says about its run."""
+    if not isinstance(saved.get("args"), dict):
+        return None
+    return {"command": "detr", **saved["args"], "num_classes": saved.get("num_classes")}
 
 
 def make_loaders(args: argparse.Namespace, env: DistEnv, annotations: dict[str, dict[str, Any]]
@@ -168,7 +175,7 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tenso
 
 def train_one_epoch(model: torch.nn.Module, detr: DetrForObjectDetection, loader: DataLoader,
                     optimizer: torch.optim.Optimizer, args: argparse.Namespace, env: DistEnv,
-                    scalars: ScalarLog | None, global_step: int) -> tuple[dict[str, float], int]:
+                    metrics: MetricsLog, global_step: int, epoch: int) -> tuple[dict[str, float], int]:
     """Mean loss terms over the epoch (all ranks) and the global step after it."""
     model.train()
     sums = torch.zeros(len(LOGGED_TERMS) + 2, dtype=torch.float64)
@@ -178,8 +185,8 @@ def train_one_epoch(model: torch.nn.Module, detr: DetrForObjectDetection, loader
         local_boxes = sum(len(target["class_labels"]) for target in labels)
         loss = set_loss(outputs.loss_dict, detr.config, local_boxes, mean_boxes_per_rank(local_boxes, env.device))
         if not torch.isfinite(loss):
-            raise RuntimeError(f"loss is {loss.item()} at step {global_step}: lower --lr / --lr_backbone "
-                               "or keep --clip_max_norm > 0")
+            raise UserError(f"the DETR loss became {loss.item()} at step {global_step}; the last checkpoint is "
+                            "kept. Lower --lr / --lr_backbone or keep --clip_max_norm > 0")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if args.clip_max_norm > 0:
@@ -188,8 +195,7 @@ def train_one_epoch(model: torch.nn.Module, detr: DetrForObjectDetection, loader
         global_step += 1
         terms = [loss.item()] + [outputs.loss_dict[key].item() for key in LOGGED_TERMS]
         sums += torch.tensor([*terms, 1.0], dtype=torch.float64)
-        if scalars is not None:
-            scalars.add("train/loss", terms[0], global_step)
+        metrics.record("train_step", global_step, {"epoch": epoch, "loss": terms[0]})
     totals = all_reduce_sum(sums.to(env.device)).cpu()
     steps = max(totals[-1].item(), 1.0)
     means = {"train_loss": totals[0].item() / steps}
@@ -228,64 +234,63 @@ def metrics_document(args: argparse.Namespace, report: LoadReport | None, num_cl
             "pretrained": pretrained_summary(args, report), "history": history, "args": vars(args)}
 
 
-def _train(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
+def _train(args: argparse.Namespace, env: DistEnv, session: RunSession) -> dict[str, Any]:
     annotations = {split: load_annotations(args.coco_path, split) for split in ("train", "val")}
     num_classes = resolve_num_classes(args, annotations["train"])
+    identity = run_identity(args, num_classes)
+    checkpoint = session.resume(resume_name(args), identity, env.device,
+                                legacy_identity(identity, _legacy_values, RESUME_CHANGEABLE))
+    session.write_params(vars(args))
     torch.manual_seed(args.seed)  # same initial transformer on every rank (DDP broadcasts rank 0's anyway)
     detr, report = build_detr(args, num_classes)
     detr.to(env.device)
     optimizer = torch.optim.AdamW(param_groups(detr, args), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
     start_epoch, global_step, history = 0, 0, []
-    checkpoint_url = resume_url(args)
-    if checkpoint_url is not None:
-        checkpoint = storage.load_torch(checkpoint_url, map_location=env.device)
-        check_resumable(checkpoint, args, num_classes, checkpoint_url)
+    if checkpoint is not None:
         detr.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["lr_scheduler"])
         start_epoch, global_step, history = checkpoint["epoch"] + 1, checkpoint["global_step"], checkpoint["history"]
-        log.info("resumed from %s after epoch %d", checkpoint_url, checkpoint["epoch"])
+        log.info("resumed after epoch %d", checkpoint["epoch"])
+        del checkpoint
     model = detr
     if env.is_distributed:
         model = DistributedDataParallel(detr, device_ids=[env.device] if env.device.type == "cuda" else None)
     train_set, sampler, train_loader, val_loader = make_loaders(args, env, annotations)
-    scalars = ScalarLog(args.dump_path, purge_step=global_step or None) if env.is_main else None
-    if env.is_main:
-        storage.write_text(storage.join(args.dump_path, "params.json"), json.dumps(vars(args), indent=2))
-    try:
-        for epoch in range(start_epoch, args.epochs):
-            sampler.set_epoch(epoch)
-            train_set.set_epoch(epoch)
-            torch.manual_seed(derive_seed(args.seed, env.rank, epoch))  # dropout: reproducible per epoch
-            started = time.perf_counter()
-            steps_before = global_step
-            losses, global_step = train_one_epoch(model, detr, train_loader, optimizer, args, env, scalars,
-                                                  global_step)
-            train_seconds = time.perf_counter() - started
-            lrs = scheduler.get_last_lr()
-            scheduler.step()
-            ap = evaluate(detr, val_loader, annotations["val"], env)
-            if not env.is_main:
-                continue
-            steps = global_step - steps_before
-            history.append({"epoch": epoch, **losses, "lr": lrs[0], "lr_backbone": lrs[-1],
-                            "steps": steps, "train_seconds": train_seconds,
-                            "seconds_per_step": train_seconds / max(steps, 1), "box_ap": ap})
-            log.info("epoch %d/%d: loss %.4f, %.3f s/step, box AP %.4f (AP50 %.4f)", epoch + 1, args.epochs,
-                     losses["train_loss"], train_seconds / max(steps, 1), ap["AP"], ap["AP50"])
-            for key, value in {**losses, **{f"AP/{name}": v for name, v in ap.items()}}.items():
-                scalars.add(f"epoch/{key}", value, epoch)
-            storage.save_torch({"model": detr.state_dict(), "optimizer": optimizer.state_dict(),
-                                "lr_scheduler": scheduler.state_dict(), "epoch": epoch,
-                                "global_step": global_step, "history": history, "num_classes": num_classes,
-                                "args": vars(args)}, storage.join(args.dump_path, "checkpoint.pth"))
-            document = metrics_document(args, report, num_classes, env, history)
-            storage.write_text(storage.join(args.dump_path, "metrics.json"), json.dumps(document, indent=2))
-            scalars.flush()
-    finally:
-        if scalars is not None:
-            scalars.close()
+    metrics = session.metrics(resume_step=global_step)
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        torch.manual_seed(derive_seed(args.seed, env.rank, epoch))  # dropout: reproducible per epoch
+        started = time.perf_counter()
+        steps_before = global_step
+        losses, global_step = train_one_epoch(model, detr, train_loader, optimizer, args, env, metrics,
+                                              global_step, epoch)
+        train_seconds = time.perf_counter() - started
+        lrs = scheduler.get_last_lr()
+        scheduler.step()
+        ap = evaluate(detr, val_loader, annotations["val"], env)
+        session.check_lock()
+        if not env.is_main:
+            continue
+        steps = global_step - steps_before
+        history.append({"epoch": epoch, **losses, "lr": lrs[0], "lr_backbone": lrs[-1],
+                        "steps": steps, "train_seconds": train_seconds,
+                        "seconds_per_step": train_seconds / max(steps, 1), "box_ap": ap})
+        log.info("epoch %d/%d: loss %.4f, %.3f s/step, box AP %.4f (AP50 %.4f)", epoch + 1, args.epochs,
+                 losses["train_loss"], train_seconds / max(steps, 1), ap["AP"], ap["AP50"])
+        metrics.record("eval_epoch", global_step, {"epoch": epoch, **losses, **ap})
+        session.save(CHECKPOINT, {"model": detr.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "lr_scheduler": scheduler.state_dict(), "epoch": epoch,
+                                  "global_step": global_step, "history": history, "num_classes": num_classes,
+                                  "args": vars(args)})
+        write_document(args.dump_path, metrics_document(args, report, num_classes, env, history))
+        metrics.sync()
+    if history:
+        metrics.record("final", global_step, {"AP": history[-1]["box_ap"]["AP"],
+                                              "AP50": history[-1]["box_ap"]["AP50"]})
+    metrics.close()
     barrier()
     return metrics_document(args, report, num_classes, env, history) if env.is_main else {}
 
@@ -293,16 +298,15 @@ def _train(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
 def run_detr(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune and evaluate; returns the metrics document on the main rank ({} on the others)."""
     validate(args)
-    if args.pretrained != NO_PRETRAINED and not storage.exists(args.pretrained):
-        raise UserError(f"--pretrained {args.pretrained} does not exist; pass a backbone.pth / checkpoint URL "
-                        "or 'none'")
+    for split in ("train", "val"):  # before any process group or model (_train reads them again)
+        check_annotations(load_annotations(args.coco_path, split), args.coco_path, split)
     env = init_distributed(args.device)
     try:
-        return _train(args, env)
+        with RunSession("detr", args.dump_path, env) as session:
+            return _train(args, env, session)
     finally:
         cleanup()
 
 
 def run(args: argparse.Namespace) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_detr(args)

@@ -1,11 +1,10 @@
-"""Flags, trunk set-up and resume checks shared by eval-linear, eval-semisup and eval-knn."""
+"""Flags, their checks and the trunk set-up shared by eval-linear, eval-semisup and eval-knn."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import sys
 from dataclasses import asdict
 from typing import Any
 
@@ -13,22 +12,13 @@ import torch
 from torch import nn
 
 from trainer import storage
+from trainer.config import Range, check_ranges
 from trainer.errors import UserError
 from trainer.models.pretrained import load_pretrained_trunk
 from trainer.models.resnet import ARCHS, build_trunk
 from trainer.seeding import derive_seed
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_NAME = "checkpoint.pth.tar"
-
-
-def setup_logging() -> None:
-    """INFO lines on stderr from rank 0, warnings only from the other ranks (read before init)."""
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
-                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
-
 
 def training_settings(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     """The settings that shape the optimisation: a checkpoint is only resumed when they all agree."""
@@ -61,11 +51,40 @@ def add_common_arguments(parser: argparse.ArgumentParser, batch_size: int, worke
     group.add_argument("--seed", type=int, default=31)
 
 
+# --pretrained values that mean "no weights": a randomly initialised trunk, the baseline.
+NO_PRETRAINED = ("", "random", "none")
+COMMON_RANGES = {"image_size": Range(32, note="a ResNet downsamples 32x"), "batch_size": Range(1),
+                 "workers": Range(0, note="0: load data in the evaluating process")}
+
+
+def check_file(flag: str, url: str, fix: str) -> None:
+    """Refuse `--flag url` unless it names an existing, readable file (not a folder); `fix` says what to pass."""
+    fs, path = storage.filesystem(url)
+    if not storage.with_retries(lambda: fs.exists(path), f"checking {url}"):
+        raise UserError(f"{flag} {url} does not exist; {fix}")
+    if not storage.with_retries(lambda: fs.isfile(path), f"checking {url}"):
+        raise UserError(f"{flag} {url} is a folder, not a file; {fix}")
+    if storage.is_local(url) and not os.access(path, os.R_OK):
+        raise UserError(f"{flag} {url} is not readable (permission denied); {fix}")
+
+
+def check_pretrained(url: str) -> None:
+    if url.lower() not in NO_PRETRAINED:
+        check_file("--pretrained", url, "pass a checkpoint file (checkpoint.pth.tar, backbone.pth, a SwAV or "
+                                        "torchvision state dict), or leave it empty for a random trunk")
+
+
+def check_milestones(epochs: list[int]) -> None:
+    """The step schedule's --decay_epochs: positive and increasing, as MultiStepLR reads them."""
+    if min(epochs) < 1 or epochs != sorted(set(epochs)):
+        raise UserError(f"--decay_epochs {' '.join(map(str, epochs))} must be positive epochs in increasing "
+                        "order, e.g. 60 80")
+
+
 def check_common(args: argparse.Namespace) -> None:
-    if args.image_size < 32:
-        raise UserError(f"--image_size {args.image_size} is too small for a ResNet; use 32 or more")
-    if args.batch_size < 1 or args.workers < 0:
-        raise UserError("--batch_size must be >= 1 and --workers >= 0")
+    """The flags of add_common_arguments, before any work."""
+    check_ranges(args, COMMON_RANGES)
+    check_pretrained(args.pretrained)
 
 
 def prepare_trunk(arch: str, pretrained: str, seed: int, device: torch.device
@@ -84,26 +103,3 @@ def prepare_trunk(arch: str, pretrained: str, seed: int, device: torch.device
     else:
         log.warning("no --pretrained given: evaluating a RANDOMLY INITIALISED %s trunk (a baseline)", arch)
     return trunk.to(device), feature_dim, record
-
-
-def checkpoint_url(dump_path: str) -> str:
-    return storage.join(dump_path, CHECKPOINT_NAME)
-
-
-def load_resume_state(dump_path: str, identity: dict[str, Any]) -> dict[str, Any] | None:
-    """The checkpoint of an interrupted run of the same evaluation, or None when starting fresh.
-
-    `identity` (command, arch, pretrained checksum, classes, ...) must match the checkpoint's, so a reused
-    --dump_path never continues a different run.
-    """
-    url = checkpoint_url(dump_path)
-    if not storage.exists(url):
-        return None
-    state = storage.load_torch(url)
-    if not isinstance(state, dict) or state.get("identity") != identity:
-        found = state.get("identity") if isinstance(state, dict) else None
-        differing = sorted(k for k in identity if not found or found.get(k) != identity[k])
-        raise UserError(f"{url} belongs to a different run (differs in {', '.join(differing) or 'format'}); "
-                        "use a new --dump_path or delete the old checkpoint")
-    log.info("resuming from %s (epoch %d done)", url, state.get("epoch", 0))
-    return state

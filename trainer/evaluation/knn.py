@@ -15,20 +15,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.config import Range, check_range
 from trainer.data.sources import open_source
 from trainer.distributed import DistEnv, all_reduce_sum, cleanup, init_distributed
-from trainer.errors import UserError
-from trainer.evaluation.common import (
-    add_common_arguments,
-    check_common,
-    checkpoint_url,
-    load_resume_state,
-    prepare_trunk,
-    setup_logging,
-)
+from trainer.evaluation.common import add_common_arguments, check_common, prepare_trunk
 from trainer.evaluation.features import SourceDataset, aligned_targets, eval_transform, extract_features
-from trainer.evaluation.reporting import TensorBoard, summary, write_metrics
-from trainer.storage import save_torch
+from trainer.evaluation.reporting import CHECKPOINT, finish
+from trainer.run.session import RunSession
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +49,12 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
     return int(hits[:, 0].sum()), int(hits.any(dim=1).sum())
 
 
+def check_knn(k: int, temperature: float) -> None:
+    """The vote's settings (also the pretraining monitor's), before any feature is computed."""
+    check_range("k", k, Range(1, note="the default is 20"))
+    check_range("temperature", temperature, Range(0, low_open=True, note="the default is 0.07"))
+
+
 def knn_evaluate(trunk: nn.Module, data_path: str, device: torch.device, image_size: int = 224, k: int = 20,
                  temperature: float = 0.07, batch_size: int = 256, workers: int = 4,
                  env: DistEnv | None = None) -> dict[str, float]:
@@ -64,8 +63,7 @@ def knn_evaluate(trunk: nn.Module, data_path: str, device: torch.device, image_s
     `trunk` must already be on `device`. With `env` of several ranks, every rank must call this: each
     encodes a share of both splits and the counts are all-reduced.
     """
-    if k < 1 or temperature <= 0:
-        raise UserError(f"kNN needs k >= 1 and temperature > 0 (got k={k}, T={temperature}); use 20 and 0.07")
+    check_knn(k, temperature)
     train_source = open_source(data_path, split="train")
     val_source = open_source(data_path, split="val")
     transform = eval_transform(image_size)
@@ -102,35 +100,40 @@ def run_knn(args: argparse.Namespace) -> dict[str, Any]:
     A finished run found under --dump_path (same trunk checksum and settings) is reported, not redone.
     """
     check_common(args)
+    check_knn(args.k, args.temperature)
     owns_group = not (dist.is_available() and dist.is_initialized())
     env = init_distributed(args.device)
     try:
-        trunk, _, pretrained = prepare_trunk(args.arch, args.pretrained, args.seed, env.device)
-        identity = {"command": "eval-knn", "arch": args.arch, "data_path": args.data_path,
-                    "pretrained_sha256": pretrained["sha256"] if pretrained else None,
-                    "image_size": args.image_size, "k": args.k, "temperature": args.temperature}
-        state = load_resume_state(args.dump_path, identity)
-        if state is not None and "results" in state:
-            log.info("kNN already evaluated under %s; reporting the stored result", args.dump_path)
-            results = state["results"]
-        else:
-            results = knn_evaluate(trunk, args.data_path, env.device, args.image_size, args.k,
-                                   args.temperature, args.batch_size, args.workers, env)
-        log.info("kNN (k=%d, T=%g): top-1 %.2f%%, top-5 %.2f%% on %d val images", results["k"],
-                 args.temperature, results["top1"], results["top5"], results["val_samples"])
-        if env.is_main:
-            save_torch({"identity": identity, "epoch": 0, "results": results}, checkpoint_url(args.dump_path))
-            row = {"epoch": 0, "top1": results["top1"], "top5": results["top5"]}
-            write_metrics(args.dump_path, "eval-knn", vars(args), pretrained, {**results, **summary([row])})
-            board = TensorBoard(args.dump_path)
-            board.scalars({"knn/top1": results["top1"], "knn/top5": results["top5"]}, 0)
-            board.close()
-        return results
+        with RunSession("eval-knn", args.dump_path, env) as session:
+            return _knn_run(args, env, session)
     finally:
         if owns_group:
             cleanup()
 
 
+def _knn_run(args: argparse.Namespace, env: DistEnv, session: RunSession) -> dict[str, Any]:
+    trunk, _, pretrained = prepare_trunk(args.arch, args.pretrained, args.seed, env.device)
+    identity = {"command": "eval-knn", "arch": args.arch, "data_path": args.data_path,
+                "pretrained_sha256": pretrained["sha256"] if pretrained else None,
+                "image_size": args.image_size, "k": args.k, "temperature": args.temperature}
+    state = session.resume(CHECKPOINT, identity)
+    session.write_params(vars(args))
+    if state is not None and "results" in state:
+        log.info("kNN already evaluated under %s; reporting the stored result", args.dump_path)
+        results = state["results"]
+    else:
+        results = knn_evaluate(trunk, args.data_path, env.device, args.image_size, args.k,
+                               args.temperature, args.batch_size, args.workers, env)
+    log.info("kNN (k=%d, T=%g): top-1 %.2f%%, top-5 %.2f%% on %d val images", results["k"],
+             args.temperature, results["top1"], results["top5"], results["val_samples"])
+    if env.is_main:
+        session.save(CHECKPOINT, {"epoch": 0, "results": results})
+    metrics = session.metrics()
+    row = {"epoch": 0, "top1": results["top1"], "top5": results["top5"]}
+    metrics.record("knn", 0, row)
+    extra = {key: value for key, value in results.items() if key not in ("top1", "top5")}
+    return {**results, **finish(session, metrics, "eval-knn", pretrained, [row], extra)}
+
+
 def run(args: argparse.Namespace) -> None:
-    setup_logging()
     run_knn(args)

@@ -18,15 +18,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import TensorDataset
 
+from trainer.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_ranges
 from trainer.data.sources import open_source
-from trainer.distributed import cleanup, init_distributed
+from trainer.distributed import DistEnv, cleanup, init_distributed
 from trainer.errors import UserError
 from trainer.evaluation.common import (
     add_common_arguments,
     bool_flag,
     check_common,
+    check_milestones,
     prepare_trunk,
-    setup_logging,
     training_settings,
 )
 from trainer.evaluation.features import (
@@ -38,6 +39,7 @@ from trainer.evaluation.features import (
     train_transform,
 )
 from trainer.evaluation.loop import TrainingSpec, fit
+from trainer.run.session import RunSession
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +102,13 @@ def make_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, args.decay_epochs, gamma=args.gamma)
 
 
+RANGES = {"epochs": AT_LEAST_1, "lr": POSITIVE, "wd": AT_LEAST_0, "gamma": POSITIVE, "final_lr": AT_LEAST_0}
+
+
 def _check(args: argparse.Namespace) -> None:
     check_common(args)
-    if args.epochs < 1 or args.lr <= 0:
-        raise UserError(f"--epochs {args.epochs} / --lr {args.lr}: both must be positive")
+    check_ranges(args, RANGES)
+    check_milestones(args.decay_epochs)
 
 
 def run_linear(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,56 +117,61 @@ def run_linear(args: argparse.Namespace) -> dict[str, Any]:
     owns_group = not (dist.is_available() and dist.is_initialized())
     env = init_distributed(args.device)
     try:
-        trunk, _, pretrained = prepare_trunk(args.arch, args.pretrained, args.seed, env.device)
-        trunk.requires_grad_(False)
-        trunk.eval()
-        train_source = open_source(args.data_path, split="train")
-        val_source = open_source(args.data_path, split="val")
-        val_targets = aligned_targets(train_source.classes, val_source)
-        pool = build_pool(args.global_pooling)
-        classifier = LinearClassifier(pooled_dim(trunk, pool, args.image_size, env.device),
-                                      len(train_source.classes), args.use_bn).to(env.device)
-        ddp_classifier = classifier
-        if env.is_distributed:
-            ddp_classifier = DistributedDataParallel(
-                classifier, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-
-        if args.cached_features:
-            def encode_split(source, targets, desc: str) -> TensorDataset:
-                dataset = SourceDataset(source, eval_transform(args.image_size), targets=targets)
-                return TensorDataset(*extract_features(trunk, dataset, env.device, args.batch_size,
-                                                       args.workers, env, desc, pool=pool))
-
-            train_set = encode_split(train_source, None, "train features")
-            val_set = encode_split(val_source, val_targets, "val features")
-            logits = ddp_classifier
-        else:
-            train_set = SourceDataset(train_source, train_transform(args.image_size))
-            val_set = SourceDataset(val_source, eval_transform(args.image_size), targets=val_targets)
-
-            def logits(images: torch.Tensor) -> torch.Tensor:
-                with torch.no_grad():
-                    features = pool(feature_map(trunk, images))
-                return ddp_classifier(features)
-
-        optimizer = torch.optim.SGD(classifier.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.wd,
-                                    nesterov=args.nesterov)
-        identity = {"command": "eval-linear", "arch": args.arch, "classes": train_source.classes,
-                    "pretrained_sha256": pretrained["sha256"] if pretrained else None,
-                    "global_pooling": args.global_pooling, "use_bn": args.use_bn,
-                    "cached_features": args.cached_features, "image_size": args.image_size,
-                    **training_settings(args, ["lr", "wd", "nesterov", "scheduler_type", "decay_epochs",
-                                               "gamma", "final_lr"])}
-        spec = TrainingSpec(command="eval-linear", args=args, env=env, identity=identity,
-                            pretrained=pretrained, model=classifier, logits=logits, train_mode=classifier.train,
-                            optimizer=optimizer, scheduler=make_scheduler(args, optimizer),
-                            train_set=train_set, val_set=val_set)
-        return fit(spec)
+        with RunSession("eval-linear", args.dump_path, env) as session:
+            return fit(linear_spec(args, env), session)
     finally:
         if owns_group:
             cleanup()
 
 
+def linear_spec(args: argparse.Namespace, env: DistEnv) -> TrainingSpec:
+    """The trunk, data, classifier and optimizer of a linear evaluation."""
+    trunk, _, pretrained = prepare_trunk(args.arch, args.pretrained, args.seed, env.device)
+    trunk.requires_grad_(False)
+    trunk.eval()
+    train_source = open_source(args.data_path, split="train")
+    val_source = open_source(args.data_path, split="val")
+    val_targets = aligned_targets(train_source.classes, val_source)
+    pool = build_pool(args.global_pooling)
+    classifier = LinearClassifier(pooled_dim(trunk, pool, args.image_size, env.device),
+                                  len(train_source.classes), args.use_bn).to(env.device)
+    ddp_classifier = classifier
+    if env.is_distributed:
+        ddp_classifier = DistributedDataParallel(
+            classifier, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+
+    if args.cached_features:
+        def encode_split(source, targets, desc: str) -> TensorDataset:
+            dataset = SourceDataset(source, eval_transform(args.image_size), targets=targets)
+            return TensorDataset(*extract_features(trunk, dataset, env.device, args.batch_size,
+                                                   args.workers, env, desc, pool=pool))
+
+        train_set = encode_split(train_source, None, "train features")
+        val_set = encode_split(val_source, val_targets, "val features")
+        logits = ddp_classifier
+    else:
+        train_set = SourceDataset(train_source, train_transform(args.image_size))
+        val_set = SourceDataset(val_source, eval_transform(args.image_size), targets=val_targets)
+
+        def logits(images: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                features = pool(feature_map(trunk, images))
+            return ddp_classifier(features)
+
+    optimizer = torch.optim.SGD(classifier.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.wd,
+                                nesterov=args.nesterov)
+    identity = {"command": "eval-linear", "arch": args.arch, "classes": train_source.classes,
+                "pretrained_sha256": pretrained["sha256"] if pretrained else None,
+                "global_pooling": args.global_pooling, "use_bn": args.use_bn,
+                "cached_features": args.cached_features, "image_size": args.image_size,
+                **training_settings(args, ["lr", "wd", "nesterov", "scheduler_type", "decay_epochs",
+                                           "gamma", "final_lr"])}
+    spec = TrainingSpec(command="eval-linear", args=args, env=env, identity=identity,
+                        pretrained=pretrained, model=classifier, logits=logits, train_mode=classifier.train,
+                        optimizer=optimizer, scheduler=make_scheduler(args, optimizer),
+                        train_set=train_set, val_set=val_set)
+    return spec
+
+
 def run(args: argparse.Namespace) -> None:
-    setup_logging()
     run_linear(args)

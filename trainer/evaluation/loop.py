@@ -1,7 +1,8 @@
 """The epoch loop shared by eval-linear and eval-semisup: train, validate, log, checkpoint, resume.
 
-A run resumes from `<dump_path>/checkpoint.pth.tar` at the last finished epoch. Every random draw of an
-epoch (shuffle, data-loader worker seeds, augmentations in the main process) is seeded from
+A run resumes from `<dump_path>/checkpoint.pth.tar` at the last finished epoch (trainer.run.resume checks
+that the checkpoint belongs to this run); every epoch is an `eval_epoch` record of the run's metrics.
+Every random draw of an epoch (shuffle, data-loader worker seeds, augmentations in the main process) is seeded from
 (seed, epoch, rank), so a resumed run repeats exactly what an uninterrupted one would have done.
 """
 
@@ -18,13 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from trainer import storage
 from trainer.distributed import DistEnv, all_reduce_sum
-from trainer.evaluation.common import checkpoint_url, load_resume_state
 from trainer.evaluation.features import shard
-from trainer.evaluation.progress import progress
-from trainer.evaluation.reporting import TensorBoard, summary, write_metrics
+from trainer.evaluation.reporting import CHECKPOINT, finish
+from trainer.run.logs import progress
+from trainer.run.session import RunSession
 from trainer.seeding import derive_seed
-from trainer.storage import save_torch
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class TrainingSpec:
     train_set: Dataset
     val_set: Dataset
     extra_results: dict[str, Any] | None = None
+    outputs: dict[str, str] | None = None  # files the run writes under dump_path once it may (name -> text)
 
 
 def _loader(dataset: Dataset, spec: TrainingSpec, sampler=None, generator=None) -> DataLoader:
@@ -87,24 +89,29 @@ def validate(spec: TrainingSpec, loader: DataLoader, total: int) -> tuple[float,
     return 100.0 * counts[0].item() / total, 100.0 * counts[1].item() / total
 
 
-def fit(spec: TrainingSpec) -> dict[str, Any]:
+def fit(spec: TrainingSpec, session: RunSession) -> dict[str, Any]:
     """Train for args.epochs (resuming if a checkpoint of this run exists) and write the metrics."""
     args, env = spec.args, spec.env
     history: list[dict[str, float]] = []
     start = 0
-    state = load_resume_state(args.dump_path, spec.identity)
+    state = session.resume(CHECKPOINT, spec.identity)
+    session.write_params(vars(args))
+    for name, text in (spec.outputs or {}).items():
+        if env.is_main:
+            storage.write_text(session.url(name), text)
     if state is not None:
         spec.model.load_state_dict(state["model"])
         spec.optimizer.load_state_dict(state["optimizer"])
         spec.scheduler.load_state_dict(state["scheduler"])
         history, start = list(state["history"]), int(state["epoch"])
+        log.info("resumed after epoch %d", start)
 
     sampler = DistributedSampler(spec.train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                  seed=args.seed)
     generator = torch.Generator()
     train_loader = _loader(spec.train_set, spec, sampler=sampler, generator=generator)
     val_loader = _loader(Subset(spec.val_set, shard(len(spec.val_set), env)), spec)
-    board = TensorBoard(args.dump_path, enabled=env.is_main)
+    metrics = session.metrics(resume_step=start)
     for epoch in range(start, args.epochs):
         sampler.set_epoch(epoch)
         generator.manual_seed(derive_seed(args.seed, epoch, env.rank))
@@ -117,14 +124,11 @@ def fit(spec: TrainingSpec) -> dict[str, Any]:
         history.append(row)
         log.info("epoch %d/%d: loss %.4f, val top-1 %.2f%%, top-5 %.2f%% (best top-1 %.2f%%)", epoch + 1,
                  args.epochs, loss, top1, top5, max(r["top1"] for r in history))
-        board.scalars({"val/top1": top1, "val/top5": top5, "train/loss": loss, "train/lr": lr}, epoch + 1)
+        metrics.record("eval_epoch", epoch + 1, row)
+        session.check_lock()
         if env.is_main:
-            save_torch({"identity": spec.identity, "epoch": epoch + 1, "history": history,
-                        "model": spec.model.state_dict(), "optimizer": spec.optimizer.state_dict(),
-                        "scheduler": spec.scheduler.state_dict()}, checkpoint_url(args.dump_path))
-            board.sync()
-    results = {**summary(history), "history": history, **(spec.extra_results or {})}
-    if env.is_main:
-        write_metrics(args.dump_path, spec.command, vars(args), spec.pretrained, results)
-    board.close()
-    return results
+            session.save(CHECKPOINT, {"epoch": epoch + 1, "history": history, "model": spec.model.state_dict(),
+                                      "optimizer": spec.optimizer.state_dict(),
+                                      "scheduler": spec.scheduler.state_dict()})
+        metrics.sync()
+    return finish(session, metrics, spec.command, spec.pretrained, history, spec.extra_results)

@@ -17,20 +17,20 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer import storage
+from trainer.config import AT_LEAST_1, POSITIVE, check_ranges
 from trainer.data.sources import open_source
-from trainer.distributed import cleanup, init_distributed
-from trainer.errors import UserError
+from trainer.distributed import DistEnv, cleanup, init_distributed
 from trainer.evaluation.common import (
     add_common_arguments,
     check_common,
+    check_milestones,
     prepare_trunk,
-    setup_logging,
     training_settings,
 )
 from trainer.evaluation.features import SourceDataset, aligned_targets, eval_transform, train_transform
 from trainer.evaluation.loop import TrainingSpec, fit
-from trainer.evaluation.subsets import balanced_subset, read_subset_file, subset_text
+from trainer.evaluation.subsets import balanced_subset, check_subset_file, read_subset_file, subset_text
+from trainer.run.session import RunSession
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +65,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gamma", type=float, default=0.2)
 
 
+RANGES = {"epochs": AT_LEAST_1, "lr": POSITIVE, "lr_last_layer": POSITIVE, "gamma": POSITIVE}
+
+
 def _resolve(args: argparse.Namespace) -> None:
     check_common(args)
     trunk_lr, head_lr = PROTOCOL_LRS[args.labels_perc]
     args.lr = trunk_lr if args.lr is None else args.lr
     args.lr_last_layer = head_lr if args.lr_last_layer is None else args.lr_last_layer
-    if args.epochs < 1 or args.lr <= 0 or args.lr_last_layer <= 0:
-        raise UserError("--epochs, --lr and --lr_last_layer must be positive")
+    check_ranges(args, RANGES)
+    check_milestones(args.decay_epochs)
+    if args.subset_file:
+        check_subset_file(args.subset_file)
 
 
-def choose_subset(args: argparse.Namespace, source, write: bool) -> tuple[list[int], str]:
-    """The labelled indices and the sha256 of their subset.txt (written to --dump_path when `write`)."""
+def choose_subset(args: argparse.Namespace, source) -> tuple[list[int], str, str]:
+    """The labelled indices, their subset.txt and its sha256."""
     if args.subset_file:
         indices = read_subset_file(source, args.subset_file)
     else:
         indices = balanced_subset(source.targets, len(source.classes), args.labels_perc, args.seed)
     text, digest = subset_text(source, indices)
-    if write:
-        storage.write_text(storage.join(args.dump_path, "subset.txt"), text)
     log.info("labelled subset: %d of %d images (%s)", len(indices), len(source),
              args.subset_file or f"class-balanced {args.labels_perc}%, seed {args.seed}")
-    return indices, digest
+    return indices, text, digest
 
 
 def run_semisup(args: argparse.Namespace) -> dict[str, Any]:
@@ -94,39 +97,45 @@ def run_semisup(args: argparse.Namespace) -> dict[str, Any]:
     owns_group = not (dist.is_available() and dist.is_initialized())
     env = init_distributed(args.device)
     try:
-        trunk, feature_dim, pretrained = prepare_trunk(args.arch, args.pretrained, args.seed, env.device)
-        train_source = open_source(args.data_path, split="train")
-        val_source = open_source(args.data_path, split="val")
-        indices, subset_sha256 = choose_subset(args, train_source, write=env.is_main)
-        model = FineTuneModel(trunk, feature_dim, len(train_source.classes)).to(env.device)
-        forward: nn.Module = model
-        if env.is_distributed:
-            if env.device.type == "cuda":  # SyncBatchNorm has no CPU kernel
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            forward = DistributedDataParallel(
-                model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-        optimizer = torch.optim.SGD([
-            {"params": model.trunk.parameters(), "lr": args.lr},
-            {"params": model.head.parameters(), "lr": args.lr_last_layer},
-        ], lr=args.lr, momentum=0.9, weight_decay=0.0)
-        identity = {"command": "eval-semisup", "arch": args.arch, "classes": train_source.classes,
-                    "pretrained_sha256": pretrained["sha256"] if pretrained else None,
-                    "subset_sha256": subset_sha256, "image_size": args.image_size,
-                    **training_settings(args, ["lr", "lr_last_layer", "decay_epochs", "gamma"])}
-        spec = TrainingSpec(
-            command="eval-semisup", args=args, env=env, identity=identity, pretrained=pretrained,
-            model=model, logits=forward, train_mode=model.train, optimizer=optimizer,
-            scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, args.decay_epochs, gamma=args.gamma),
-            train_set=SourceDataset(train_source, train_transform(args.image_size), indices=indices),
-            val_set=SourceDataset(val_source, eval_transform(args.image_size),
-                                  targets=aligned_targets(train_source.classes, val_source)),
-            extra_results={"labelled_samples": len(indices), "subset_sha256": subset_sha256})
-        return fit(spec)
+        with RunSession("eval-semisup", args.dump_path, env) as session:
+            return fit(semisup_spec(args, env), session)
     finally:
         if owns_group:
             cleanup()
 
 
+def semisup_spec(args: argparse.Namespace, env: DistEnv) -> TrainingSpec:
+    """The trunk + head, labelled subset, data and optimizer of a semi-supervised fine-tuning."""
+    trunk, feature_dim, pretrained = prepare_trunk(args.arch, args.pretrained, args.seed, env.device)
+    train_source = open_source(args.data_path, split="train")
+    val_source = open_source(args.data_path, split="val")
+    indices, subset, subset_sha256 = choose_subset(args, train_source)
+    model = FineTuneModel(trunk, feature_dim, len(train_source.classes)).to(env.device)
+    forward: nn.Module = model
+    if env.is_distributed:
+        if env.device.type == "cuda":  # SyncBatchNorm has no CPU kernel
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        forward = DistributedDataParallel(
+            model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    optimizer = torch.optim.SGD([
+        {"params": model.trunk.parameters(), "lr": args.lr},
+        {"params": model.head.parameters(), "lr": args.lr_last_layer},
+    ], lr=args.lr, momentum=0.9, weight_decay=0.0)
+    identity = {"command": "eval-semisup", "arch": args.arch, "classes": train_source.classes,
+                "pretrained_sha256": pretrained["sha256"] if pretrained else None,
+                "subset_sha256": subset_sha256, "image_size": args.image_size,
+                **training_settings(args, ["lr", "lr_last_layer", "decay_epochs", "gamma"])}
+    spec = TrainingSpec(
+        command="eval-semisup", args=args, env=env, identity=identity, pretrained=pretrained,
+        model=model, logits=forward, train_mode=model.train, optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, args.decay_epochs, gamma=args.gamma),
+        train_set=SourceDataset(train_source, train_transform(args.image_size), indices=indices),
+        val_set=SourceDataset(val_source, eval_transform(args.image_size),
+                              targets=aligned_targets(train_source.classes, val_source)),
+        extra_results={"labelled_samples": len(indices), "subset_sha256": subset_sha256},
+        outputs={"subset.txt": subset})
+    return spec
+
+
 def run(args: argparse.Namespace) -> None:
-    setup_logging()
     run_semisup(args)

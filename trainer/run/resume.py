@@ -30,6 +30,19 @@ def identity_of(values: Mapping[str, Any], changeable: Iterable[str] = ()) -> di
     return json.loads(json.dumps({k: v for k, v in values.items() if k not in skip}, sort_keys=True, default=str))
 
 
+def legacy_identity(current: Mapping[str, Any], old_values: Callable[[dict[str, Any]], Mapping[str, Any] | None],
+                    changeable: Iterable[str] = ()) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    """For `load_for_resume`: the identity of a checkpoint written before identities were recorded, from the
+    flags it kept (`old_values`); flags it predates count as unchanged."""
+    def derive(saved: dict[str, Any]) -> dict[str, Any] | None:
+        values = old_values(saved)
+        if values is None:
+            return None
+        old = identity_of(values, changeable)
+        return {key: old.get(key, value) for key, value in current.items()}
+    return derive
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, list):
         return " ".join(str(v) for v in value) if len(value) <= 8 else f"[{len(value)} values]"

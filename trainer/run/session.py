@@ -34,6 +34,7 @@ class RunSession:
         self.command, self.dump_path, self.env = command, dump_path, env
         self.lock: RunLock | None = None
         self.identity: dict[str, Any] | None = None
+        self.params: dict[str, Any] = {}
 
     def __enter__(self) -> RunSession:
         refusal = None
@@ -74,6 +75,8 @@ class RunSession:
         save_checkpoint(self.url(name), state, self.identity)
 
     def write_params(self, params: Mapping[str, Any]) -> None:
+        """Record the run's flags in params.json (main rank); call it after `resume` accepted the run."""
+        self.params = dict(params)
         if self.env.is_main:
             storage.write_text(self.url(PARAMS), json.dumps(dict(params), indent=2, sort_keys=True, default=str)
                                + "\n")
