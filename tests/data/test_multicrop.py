@@ -53,8 +53,7 @@ def test_draft_decoding_matches_full_decode_closely(tmp_path):
 
     def crops(use_draft):
         image = Image.open(tmp_path / "big.jpg")
-        return GeometricMultiCrop(specs, use_draft=use_draft)(image, np.random.default_rng(1),
-                                                              lambda im: im.convert("RGB"))[0]
+        return GeometricMultiCrop(specs, use_draft=use_draft)(image, np.random.default_rng(1))[0]
 
     fast, full = crops(True), crops(False)
     assert fast.shape == full.shape == (3, 32, 32)

@@ -48,11 +48,9 @@ def test_folder_decodes_every_kind_of_file_and_skips_bad_ones(planted_folder: Pa
     assert np.abs(cmyk - np.asarray(images["cats/rgb.jpg"], dtype=np.float32)).mean() < 12
 
 
-def test_open_image_allows_jpeg_draft_before_decoding(shapes_dir: Path) -> None:
+def test_jpeg_draft_decodes_at_reduced_scale(shapes_dir: Path) -> None:
     source = open_source(str(shapes_dir))
-    image = source.open_image(0)
-    image.draft("RGB", (16, 16))
-    assert source.to_rgb(image, 0).size == (16, 16)  # decoded at half scale from 32 px
+    assert source.decode_with(0, lambda image: to_rgb(image, (16, 16))).size == (16, 16)  # half of 32 px
     assert source.load(0, draft_size=(16, 16)).size == (16, 16)
     assert source.load(0).size == (32, 32)
 

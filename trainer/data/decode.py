@@ -1,18 +1,22 @@
 """The one image decoder of the project: bytes -> lazily opened PIL image -> RGB, or BadImage saying why.
 
 Staging validates every file with exactly these functions, so a staged dataset never holds an image the
-trainer cannot decode. Opening only parses the header; pixels are decoded in `to_rgb`, which lets a caller
-call JPEG `draft()` in between and decode at reduced size.
+trainer cannot decode. Opening only parses the header; pixels are decoded in `to_rgb`, which can first put
+a JPEG in draft mode to decode it at reduced size. Every step that touches the file's data (header,
+EXIF, draft, pixels, mode conversion) runs inside `_guard`, so corrupt data surfaces only as BadImage.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff",
                               ".webp", ".gif"})
@@ -22,6 +26,12 @@ MAX_IMAGE_PIXELS = int(os.environ.get("UNMIX_MAX_IMAGE_PIXELS", Image.MAX_IMAGE_
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels become white, as image viewers show them
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that transpose the axes
+# What PIL's plugins raise on corrupt or truncated data (UnidentifiedImageError is an OSError). MemoryError is
+# left out on purpose: the pixel limit bounds what a file can make PIL allocate, so it means the host is out
+# of memory, which must stop the run rather than pass as a bad file.
+CORRUPT_DATA_ERRORS = (OSError, ValueError, SyntaxError, EOFError, SystemError, struct.error, IndexError,
+                       TypeError, ZeroDivisionError)
 
 
 class BadImage(Exception):
@@ -32,19 +42,26 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+@contextmanager
+def _guard(problem: str) -> Iterator[None]:
+    """Turn whatever PIL raises on bad data into BadImage("<problem> (<error>)")."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
+        try:
+            yield
+        except Image.DecompressionBombError as error:
+            raise BadImage(f"decompression-bomb guard: {error} Raise UNMIX_MAX_IMAGE_PIXELS only if the "
+                           "file is trusted") from error
+        except CORRUPT_DATA_ERRORS as error:
+            raise BadImage(f"{problem} ({type(error).__name__}: {error})") from error
+
+
 def open_image_bytes(data: bytes) -> Image.Image:
     """Parse the header of an encoded image (no pixel decode yet); BadImage when it cannot be one."""
     if not data:
         raise BadImage("empty file")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
-        try:
-            image = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as error:
-            raise BadImage(f"decompression-bomb guard: {error} Raise UNMIX_MAX_IMAGE_PIXELS only if the "
-                           "file is trusted") from error
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-            raise BadImage(f"not a readable image ({type(error).__name__}: {error})") from error
+    with _guard("not a readable image"):
+        image = Image.open(io.BytesIO(data))
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
         raise BadImage(f"decompression-bomb guard: {width}x{height} = {width * height} pixels is over the "
@@ -60,15 +77,30 @@ def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:
     return Image.fromarray((np.minimum(values, 65535) >> 8).astype(np.uint8), mode="L")
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Decode the pixels, apply the EXIF orientation and convert any mode to 8-bit RGB."""
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """The image's size after EXIF orientation. Reading EXIF can decode (PNG keeps it after the pixels)."""
+    with _guard("corrupt EXIF or image data"):
+        orientation = image.getexif().get(0x0112, 1)
+    width, height = image.size
+    return (height, width) if orientation in SWAPPED_ORIENTATIONS else (width, height)
+
+
+def to_rgb(image: Image.Image, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode the pixels, apply the EXIF orientation and convert any mode to 8-bit RGB.
+
+    `draft_size` lets a JPEG decode at the smallest reduced scale that is no smaller than that size.
+    """
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; truncated files would pass as valid")
-    try:
+    if draft_size is not None and image.format == "JPEG":
+        with _guard("corrupt JPEG header"):
+            image.draft("RGB", draft_size)
+    with _guard("truncated or corrupt image data"):
         image.load()
-        image = ImageOps.exif_transpose(image) or image
-    except (OSError, ValueError, SyntaxError, EOFError, SystemError) as error:
-        raise BadImage(f"truncated or corrupt image data ({type(error).__name__}: {error})") from error
+        return _convert_to_rgb(ImageOps.exif_transpose(image) or image)
+
+
+def _convert_to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in SIXTEEN_BIT_MODES:
@@ -84,8 +116,5 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def decode(data: bytes, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Bytes -> RGB image. `draft_size` lets JPEG decode at a reduced scale no smaller than that size."""
-    image = open_image_bytes(data)
-    if draft_size is not None and image.format == "JPEG":
-        image.draft("RGB", draft_size)
-    return to_rgb(image)
+    """Bytes -> RGB image (see `to_rgb` for `draft_size`)."""
+    return to_rgb(open_image_bytes(data), draft_size)

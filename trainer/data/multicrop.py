@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from trainer.data.decode import oriented_size, to_rgb
 from trainer.data.sources import ImageSource
 from trainer.seeding import derive_seed
 
@@ -70,37 +71,26 @@ def random_resized_box(width: int, height: int, spec: CropSpec, rng: np.random.G
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def oriented_size(image: Image.Image) -> tuple[int, int]:
-    """The image's size after EXIF orientation (5-8 swap the axes)."""
-    orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
-    width, height = image.size
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
 class GeometricMultiCrop:
     """Lazily opened image -> list of uint8 (3, size, size) crops with random flips.
 
     The crop boxes are drawn from the header's size first, so that a JPEG can be decoded at the smallest
-    scale that still gives every crop at least its output resolution.
+    scale that still gives every crop at least its output resolution. Corrupt data raises
+    trainer.data.decode.BadImage, from any step.
     """
 
     def __init__(self, specs: list[CropSpec], use_draft: bool = True):
         self.specs = specs
         self.use_draft = use_draft
 
-    def __call__(self, image: Image.Image, rng: np.random.Generator,
-                 to_rgb: Callable[[Image.Image], Image.Image | None]) -> list[torch.Tensor] | None:
-        """The crops, or None when `to_rgb` finds the pixel data corrupt."""
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> list[torch.Tensor]:
         width, height = oriented_size(image)
         boxes = [random_resized_box(width, height, spec, rng) for spec in self.specs]
         flips = rng.random(len(self.specs)) < 0.5
         reduction = min(min(w, h) / spec.size for (_, _, w, h), spec in zip(boxes, self.specs, strict=True))
-        if self.use_draft and reduction >= 2 and image.format == "JPEG":
-            raw_w, raw_h = image.size
-            image.draft("RGB", (math.ceil(raw_w / reduction), math.ceil(raw_h / reduction)))
-        rgb = to_rgb(image)
-        if rgb is None:
-            return None
+        raw_w, raw_h = image.size
+        draft_size = (math.ceil(raw_w / reduction), math.ceil(raw_h / reduction))
+        rgb = to_rgb(image, draft_size if self.use_draft and reduction >= 2 else None)
         # (1, 3, H, W) view of the HWC pixels: channels_last, the layout of torch's vectorised uint8
         # antialiased resize (about 3x faster than PIL's per-crop resize, same pixels within 1-3 levels)
         pixels = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).unsqueeze(0)
@@ -171,16 +161,13 @@ class MultiCropDataset(Dataset):
         epoch, index = key
         for offset in range(len(self.source)):
             current = (index + offset) % len(self.source)
-            image = self.source.open_image(current)
-            if image is None:
-                continue
             sample_seed = derive_seed(self.seed, epoch, current, self.rank)
-            if self.geometric is not None:
-                crops = self.geometric(image, np.random.default_rng(sample_seed),
-                                       lambda img, i=current: self.source.to_rgb(img, i))
-            else:
-                rgb = self.source.to_rgb(image, current)
-                crops = None if rgb is None else self.seed_style(rgb, sample_seed)
+            crops = self.source.decode_with(current, partial(self._crops, sample_seed=sample_seed))
             if crops is not None:
                 return crops, offset
         raise RuntimeError(f"no image of {self.source.url} could be decoded")
+
+    def _crops(self, image: Image.Image, sample_seed: int) -> list[torch.Tensor]:
+        if self.geometric is not None:
+            return self.geometric(image, np.random.default_rng(sample_seed))
+        return self.seed_style(to_rgb(image), sample_seed)

@@ -4,6 +4,10 @@ Both give the `ImageSource` contract of docs/architecture.md. Sources are pickla
 or connection across fork: the filesystem handle is re-made in each process. Per-sample data lives in
 numpy arrays (not lists of Python strings) so that forked DataLoader workers share it instead of copying
 it page by page as reference counts change.
+
+A bad file never stops a run: an undecodable one is skipped and counted per sample, and listing skips
+(and reports) what cannot be read safely: FIFOs, sockets and devices, which block or misbehave when opened.
+File names that are not valid UTF-8 (Linux allows any bytes) are kept as their bytes and read back as such.
 """
 
 from __future__ import annotations
@@ -15,25 +19,46 @@ import json
 import logging
 import os
 import posixpath
+import stat
 import uuid
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import fsspec
 import numpy as np
 from PIL import Image
 
 from trainer import storage
-from trainer.data.decode import BadImage, decode, is_image_name, open_image_bytes
-from trainer.data.decode import to_rgb as decode_to_rgb
+from trainer.data.decode import BadImage, is_image_name, open_image_bytes, to_rgb
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MANIFEST = "manifest.json"
 STAGED_FORMAT = "unmix-swav-staged/1"
 SPLITS = ("train", "val")
 SEQUENTIAL_READAHEAD_BYTES = int(os.environ.get("UNMIX_SHARD_READAHEAD_MB", "8")) * 2**20
 TAR_GAP_BYTES = 4096  # tar header(s) + padding between consecutive members: still a sequential read
+# A read that stalls (a hung NFS or FUSE mount, a store that accepts a request and never answers) would hang
+# the run for good, and a worker blocked in a system call does not even end on SIGTERM. FIFOs, the local
+# case, are skipped at listing (and refused unopened if one appears later); for the rest a DataLoader waits
+# this long for a batch, then raises RuntimeError("DataLoader timed out after N seconds"), which the run's
+# error boundary reports. 0: no limit.
+READ_TIMEOUT_S = float(os.environ.get("UNMIX_READ_TIMEOUT_S", "300"))
+MAX_EXAMPLES_LOGGED = 5
+
+
+def loader_timeout(workers: int) -> float:
+    """`DataLoader(timeout=...)` for `workers` loader processes: READ_TIMEOUT_S, or 0 without workers, where
+    torch allows no timeout (a read in the main process is unbounded: use workers on network filesystems)."""
+    return READ_TIMEOUT_S if workers > 0 else 0.0
+
+
+def printable_name(name: str) -> str:
+    """`name` with each byte that is not valid UTF-8 written as \\xNN: safe to log and to store in JSON."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def is_ignored_name(relative_path: str) -> bool:
@@ -51,7 +76,7 @@ class ImageSource:
         self.url = url
         self.classes = classes
         self.targets = [int(t) for t in targets]
-        self._names = names  # utf-8 bytes, relative to `url`
+        self._names = names  # the names' bytes (utf-8 unless the file system says otherwise), relative to `url`
         self._bad: dict[int, str] = {}
         self._fs_pid: tuple[fsspec.AbstractFileSystem, int] | None = None
 
@@ -78,7 +103,8 @@ class ImageSource:
         return {self.name(i): reason for i, reason in self._bad.items()}
 
     def name(self, index: int) -> str:
-        return self._names[index].decode("utf-8")
+        """Relative path; bytes that are not UTF-8 come back as surrogate escapes, as os.listdir gives them."""
+        return self._names[index].decode("utf-8", "surrogateescape")
 
     def shard_of(self, index: int) -> int:
         return 0
@@ -88,55 +114,54 @@ class ImageSource:
 
     def _mark_bad(self, index: int, reason: str) -> None:
         if index not in self._bad:
-            log.warning("skipping %s: %s", storage.join(self.url, self.name(index)), reason)
+            log.warning("skipping %s: %s", printable_name(storage.join(self.url, self.name(index))), reason)
         self._bad[index] = reason
 
-    def open_image(self, index: int) -> Image.Image | None:
-        """The image with only its header parsed (call `.draft()` then `to_rgb`), or None if unreadable."""
+    def decode_with(self, index: int, transform: Callable[[Image.Image], T]) -> T | None:
+        """`transform(image)` of sample `index`, opened with only its header parsed; None (logged once,
+        counted in `skipped`) when reading it or any decode step of `transform` raises BadImage."""
         try:
-            return open_image_bytes(self._read(index))
-        except BadImage as error:
-            self._mark_bad(index, str(error))
-            return None
-
-    def to_rgb(self, image: Image.Image, index: int | None = None) -> Image.Image | None:
-        """Decode pixels, EXIF-transpose and convert to RGB; None (logged, counted) if the data is corrupt.
-
-        Without `index` a corrupt image raises trainer.data.decode.BadImage instead.
-        """
-        if index is None:
-            return decode_to_rgb(image)
-        try:
-            return decode_to_rgb(image)
+            return transform(open_image_bytes(self._read(index)))
         except BadImage as error:
             self._mark_bad(index, str(error))
             return None
 
     def load(self, index: int, draft_size: tuple[int, int] | None = None) -> Image.Image | None:
         """RGB, EXIF-transposed image, or None when the file cannot be decoded (logged once, counted)."""
-        try:
-            return decode(self._read(index), draft_size)
-        except BadImage as error:
-            self._mark_bad(index, str(error))
-            return None
+        return self.decode_with(index, lambda image: to_rgb(image, draft_size))
+
+
+def _read_regular_file(path: str) -> bytes:
+    """A local file's bytes. O_NONBLOCK: a file turned into a FIFO after listing fails here instead of
+    blocking the open until some writer appears."""
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise BadImage("no longer a regular file (it changed after the folder was listed)")
+        return handle.read()
 
 
 class FolderSource(ImageSource):
     """An ImageFolder tree: `<root>/<class>/**/<image>`; one file per sample."""
 
     def __init__(self, url: str, classes: list[str], names: np.ndarray, targets: np.ndarray,
-                 ignored: list[str]) -> None:
+                 listing: Listing) -> None:
         super().__init__(url, classes, names, targets)
-        self.ignored = ignored  # hidden and non-image files, relative to url
+        self.ignored = listing.ignored
+        self.not_regular = listing.not_regular
+        self.non_utf8_names = [printable_name(name) for name in listing.non_utf8]
         self._root = storage.filesystem(url)[1].rstrip("/")
+        self._local = storage.is_local(url)
 
     def _read(self, index: int) -> bytes:
         path = f"{self._root}/{self.name(index)}"
         fs = self._fs()
+        read = (lambda: _read_regular_file(path)) if self._local else (lambda: fs.cat_file(path))
         try:
-            return storage.with_retries(lambda: fs.cat_file(path), f"reading {self.name(index)}")
+            return storage.with_retries(read, f"reading {printable_name(self.name(index))}")
         except FileNotFoundError as error:
             raise BadImage("file disappeared after the folder was listed") from error
+        except PermissionError as error:
+            raise BadImage(f"no permission to read it ({error.strerror})") from error
 
 
 class StagedSource(ImageSource):
@@ -213,42 +238,99 @@ class StagedSource(ImageSource):
         return data
 
 
-def list_folder(url: str) -> tuple[list[str], list[int], list[str]]:
-    """Every file under `url`, relative to it: (image paths, their sizes in bytes, ignored paths), sorted.
+@dataclass
+class Listing:
+    """What `list_folder` found under a folder; every name is relative to it."""
 
-    Images are the files with an image extension inside a class folder; hidden files, files in hidden
-    folders, stray files at the top and non-image files are ignored.
+    images: list[str]  # samples, sorted: files with an image extension inside a class folder
+    sizes: list[int]  # of each image, in bytes
+    ignored: list[str]  # everything else (printable names): hidden, non-image, stray, and `not_regular`
+    not_regular: dict[str, str]  # printable name -> what it is: FIFOs, sockets, devices, broken links
+    non_utf8: list[str]  # images whose name is not valid UTF-8 (surrogate-escaped, readable as they are)
+
+
+def _is_sample_name(relative: str) -> bool:
+    return "/" in relative and not is_ignored_name(relative) and is_image_name(relative)
+
+
+def _not_regular_kind(path: str) -> str | None:
+    """None for a regular file (or a link to one); else what it is. Never opens it: a FIFO blocks on open."""
+    try:
+        mode = os.stat(path).st_mode  # follows links: a link to a regular file is a file
+    except OSError as error:
+        return "broken symbolic link" if os.path.islink(path) else f"cannot stat it ({error.strerror})"
+    kinds = [(stat.S_ISREG, None), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+             (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+             (stat.S_ISDIR, "link to a folder (not followed)")]
+    return next((kind for test, kind in kinds if test(mode)), "special file")
+
+
+def _entry_kind(path: str, info: dict[str, Any], local: bool) -> str | None:
+    """None for a regular file; else what it is. fsspec calls links and special local files "other"."""
+    if info.get("type") == "file":
+        return None
+    return _not_regular_kind(path) if local else f"not a regular file (type {info.get('type')!r})"
+
+
+def _report_not_regular(url: str, not_regular: dict[str, str]) -> None:
+    if not_regular:
+        examples = ", ".join(f"{name} ({kind})" for name, kind in list(not_regular.items())[:MAX_EXAMPLES_LOGGED])
+        log.warning("%s: skipped %d entries that are not regular files, without opening them: %s",
+                    printable_name(url), len(not_regular), examples)
+
+
+def list_folder(url: str) -> Listing:
+    """Every entry under `url`, sorted, split into images and the rest (see `Listing`).
+
+    Images are the regular files with an image extension inside a class folder; hidden files, files in
+    hidden folders, stray files at the top and non-image files are ignored, and so are entries that are
+    not regular files (checked without opening them, and logged).
     """
     fs, root = storage.filesystem(url)
     root = root.rstrip("/")
-    found = storage.with_retries(lambda: fs.find(root, detail=True), f"listing {url}")
-    images, sizes, ignored = [], [], []
+    local = storage.is_local(url)
+    found = storage.with_retries(lambda: fs.find(root, detail=True), f"listing {printable_name(url)}")
+    listing = Listing([], [], [], {}, [])
     for path in sorted(found):
         relative = path[len(root):].lstrip("/")
-        if "/" in relative and not is_ignored_name(relative) and is_image_name(relative):
-            images.append(relative)
-            sizes.append(int(found[path].get("size") or 0))
+        shown = printable_name(relative)
+        if not _is_sample_name(relative):
+            listing.ignored.append(shown)
+        elif (kind := _entry_kind(path, found[path], local)) is not None:
+            listing.ignored.append(shown)
+            listing.not_regular[shown] = kind
         else:
-            ignored.append(relative)
-    return images, sizes, ignored
+            listing.images.append(relative)
+            listing.sizes.append(int(found[path].get("size") or 0))
+            if shown != relative:
+                listing.non_utf8.append(relative)
+    _report_not_regular(url, listing.not_regular)
+    return listing
 
 
 def open_folder(url: str) -> FolderSource:
     """An ImageFolder tree; classes are its (non-hidden) subfolders holding at least one file, sorted."""
-    images, _, ignored = list_folder(url)
+    listing = list_folder(url)
+    images, ignored = listing.images, listing.ignored
     classes = sorted({path.split("/", 1)[0] for path in images})
     if not classes:
-        raise UserError(f"no images in class folders under {url}; expected <class>/<image>.jpg files "
-                        "(an ImageFolder tree), a folder holding train/ and val/, or a staged dataset")
+        raise UserError(f"no images in class folders under {printable_name(url)}; expected <class>/<image>.jpg "
+                        "files (an ImageFolder tree), a folder holding train/ and val/, or a staged dataset")
     label_of = {name: label for label, name in enumerate(classes)}
-    empty = sorted({p.split("/", 1)[0] for p in ignored if "/" in p and not is_ignored_name(p)} - set(classes))
+    shown_url = printable_name(url)
+    empty = sorted({p.split("/", 1)[0] for p in ignored if "/" in p and not is_ignored_name(p)}
+                   - {printable_name(c) for c in classes})
     if empty:
-        log.warning("%s: folders without images are not classes: %s", url, ", ".join(empty[:10]))
+        log.warning("%s: folders without images are not classes: %s", shown_url, ", ".join(empty[:10]))
     if ignored:
-        log.info("%s: ignored %d hidden or non-image files (e.g. %s)", url, len(ignored), ignored[0])
-    names = np.array([p.encode("utf-8") for p in images], dtype=np.bytes_)
+        log.info("%s: ignored %d hidden, non-image or special files (e.g. %s)", shown_url, len(ignored),
+                 ignored[0])
+    if listing.non_utf8:
+        log.warning("%s: %d file names are not valid UTF-8 (e.g. %s); read as they are, logged with \\x "
+                    "escapes", shown_url, len(listing.non_utf8), printable_name(listing.non_utf8[0]))
+    names = np.array([p.encode("utf-8", "surrogateescape") for p in images], dtype=np.bytes_)
     targets = np.array([label_of[p.split("/", 1)[0]] for p in images], dtype=np.int64)
-    return FolderSource(url, classes, names, targets, ignored)
+    return FolderSource(url, classes, names, targets, listing)
 
 
 def read_manifest(url: str) -> dict[str, Any]:
@@ -257,6 +339,11 @@ def read_manifest(url: str) -> dict[str, Any]:
         manifest = json.loads(storage.read_text(manifest_url))
     except (ValueError, UnicodeDecodeError) as error:
         raise UserError(f"{manifest_url} is not valid JSON ({error}); re-run unmix-swav stage") from error
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("classes"), list) or not isinstance(
+            manifest.get("splits"), dict):
+        found = f"a JSON {type(manifest).__name__}" if not isinstance(manifest, dict) else "an object without them"
+        raise UserError(f"{manifest_url} is {found}, not a staged manifest with classes and splits; re-run "
+                        "unmix-swav stage into a new --dest")
     if manifest.get("format") != STAGED_FORMAT or not manifest.get("complete"):
         raise UserError(f"{manifest_url} is not a complete {STAGED_FORMAT} manifest; "
                         "re-run unmix-swav stage to finish it")

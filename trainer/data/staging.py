@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,12 +46,16 @@ from trainer.data.archives import (
     refuse_compressed,
 )
 from trainer.data.decode import BadImage, decode, open_image_bytes
-from trainer.data.sources import MANIFEST, SPLITS, STAGED_FORMAT, list_folder
+from trainer.data.sources import MANIFEST, SPLITS, STAGED_FORMAT, list_folder, printable_name
 from trainer.data.synthetic import BUILTIN_PREFIX, BUILTIN_SOURCES, make_generated
 from trainer.errors import UserError
 
 READ_BATCH = 32  # files fetched concurrently by one worker (s3fs issues the GETs in parallel)
 MAX_IGNORED_LISTED = 1000
+# The smallest value of each builtin:<kind> option (the generators also cap num_classes per kind).
+BUILTIN_MINIMUMS = {"num_classes": 2, "images_per_class": 1, "val_images_per_class": 0, "image_size": 16}
+# Staged names go into tar headers, JSON records and the index as UTF-8, which these names cannot be.
+NON_UTF8_REASON = "file name is not valid UTF-8 (shown with \\x escapes); rename it to stage it"
 Progress = Callable[[str], None]
 
 
@@ -63,6 +67,8 @@ class FolderListing:
     names: list[str]
     sizes: list[int]
     ignored: list[str]
+    not_regular: dict[str, str] = field(default_factory=dict)  # FIFOs, sockets...: name -> what it is
+    non_utf8_names: list[str] = field(default_factory=list)  # images left out for their name, printable
 
 
 def _print_progress(message: str) -> None:
@@ -187,6 +193,20 @@ def _reusable_record(task: dict[str, Any]) -> dict[str, Any] | None:
     return record
 
 
+def _folder_listing(root: str) -> FolderListing:
+    found = list_folder(root)
+    bad_names = set(found.non_utf8)
+    kept = [(name, size) for name, size in zip(found.images, found.sizes, strict=True) if name not in bad_names]
+    return FolderListing(root, [name for name, _ in kept], [size for _, size in kept], found.ignored,
+                         found.not_regular, [printable_name(name) for name in found.non_utf8])
+
+
+def _listing_skips(split: str, listing: FolderListing | ArchiveListing) -> list[dict[str, str]]:
+    """Manifest `skipped` entries of images the listing already refused (their names are not UTF-8)."""
+    names = listing.non_utf8_names if isinstance(listing, FolderListing) else []
+    return [{"split": split, "path": name, "reason": NON_UTF8_REASON} for name in names]
+
+
 def _split_listing(root: str, index_dir: str, workers: int) -> FolderListing | ArchiveListing:
     """A folder holding .tar files is a folder of per-class tars; any other folder an ImageFolder tree."""
     fs, path = storage.filesystem(root)
@@ -195,7 +215,7 @@ def _split_listing(root: str, index_dir: str, workers: int) -> FolderListing | A
     tars = [storage.join(root, name) for name in files if is_tar_name(name)]
     if tars:
         return list_class_tars(root, tars, workers, index_dir)
-    listing = FolderListing(root, *list_folder(root))
+    listing = _folder_listing(root)
     if not listing.names:
         for name in files:
             refuse_compressed(storage.join(root, name))
@@ -311,18 +331,38 @@ def _stage_split(split: str, listing: FolderListing | ArchiveListing, classes: l
     return info, skipped
 
 
+def _location(url: str) -> tuple[str, str]:
+    """(protocol, absolute path without a trailing slash) of `url`: two spellings of one place compare equal."""
+    fs, path = storage.filesystem(url)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol, (os.path.realpath(path) if storage.is_local(url) else path).rstrip("/")
+
+
+def check_dest_outside(source: str, dest: str) -> None:
+    """Refuse a --dest at or under --source: a rerun would list the shards written there as source images."""
+    (source_protocol, source_path), (dest_protocol, dest_path) = _location(source), _location(dest)
+    if source_protocol == dest_protocol and (dest_path + "/").startswith(source_path + "/"):
+        where = "is" if dest_path == source_path else "is inside"
+        raise UserError(f"--dest {dest} {where} --source {source}; staging would read its own output: pick a "
+                        "--dest outside the source folder")
+
+
 def stage_folder(source: str, dest: str, shard_size_mb: float = 256, workers: int = 1,
                  max_bad_fraction: float = 0.01, seed: int = 0,
                  progress: Progress = _print_progress) -> dict[str, Any]:
+    check_dest_outside(source, dest)
     listings = _split_listings(source, dest, workers)
     classes = sorted({path.split("/", 1)[0] for listing in listings.values() for path in listing.names})
     if not classes:
         raise UserError(f"no images in class folders under {source}; expected <class>/<image>.jpg files "
                         "(in a folder or a .tar) or a folder of per-class .tar files")
     ignored = [storage.join(split, path) for split, listing in listings.items() for path in listing.ignored]
-    total = sum(len(listing.names) for listing in listings.values())
+    not_regular = {storage.join(split, path): kind for split, listing in listings.items()
+                   if isinstance(listing, FolderListing) for path, kind in listing.not_regular.items()}
+    skipped = [entry for split, listing in listings.items() for entry in _listing_skips(split, listing)]
+    total = sum(len(listing.names) for listing in listings.values()) + len(skipped)
 
-    splits, skipped = {}, []
+    splits = {}
     for split, listing in listings.items():
         splits[split], split_skipped = _stage_split(split, listing, classes, dest, int(shard_size_mb * 2**20),
                                                     workers, seed, progress)
@@ -342,13 +382,14 @@ def stage_folder(source: str, dest: str, shard_size_mb: float = 256, workers: in
         "classes": classes,
         "splits": splits,
         "skipped": skipped,
-        "ignored": {"count": len(ignored), "paths": ignored[:MAX_IGNORED_LISTED]},
+        "ignored": {"count": len(ignored), "paths": ignored[:MAX_IGNORED_LISTED],
+                    "not_regular": dict(list(not_regular.items())[:MAX_IGNORED_LISTED])},
         "options": {"shard_size_mb": shard_size_mb, "seed": seed, "max_bad_fraction": max_bad_fraction},
     }
     storage.write_text(storage.join(dest, MANIFEST), json.dumps(manifest, indent=1, ensure_ascii=False))
     counts = ", ".join(f"{split} {info['count']}" for split, info in splits.items())
     progress(f"stage: wrote {storage.join(dest, MANIFEST)}: {len(classes)} classes, {counts} images, "
-             f"{len(skipped)} skipped, {len(ignored)} non-image files ignored")
+             f"{len(skipped)} skipped, {len(ignored)} non-image or special files ignored")
     return manifest
 
 
@@ -357,13 +398,23 @@ def stage_dataset(source: str, dest: str, shard_size_mb: float = 256, workers: i
                   images_per_class: int = 60, val_images_per_class: int | None = None, image_size: int = 64,
                   progress: Progress = _print_progress) -> dict[str, Any]:
     """Stage `source` (an ImageFolder URL or a generated `builtin:<kind>`) into `dest`; returns the manifest."""
-    if shard_size_mb <= 0:
+    if not shard_size_mb > 0:
         raise UserError(f"--shard_size_mb must be positive, not {shard_size_mb}")
     if not 0 <= max_bad_fraction <= 1:
         raise UserError(f"--max_bad_fraction is a fraction between 0 and 1, not {max_bad_fraction}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers} is out of range; use 1 or more, or leave it out for one per CPU "
+                        "(at most 8)")
+    if seed < 0:
+        raise UserError(f"--seed {seed} is out of range; use 0 or more")
     workers = workers or min(8, os.cpu_count() or 1)
     if not source.startswith(BUILTIN_PREFIX):
         return stage_folder(source, dest, shard_size_mb, workers, max_bad_fraction, seed, progress)
+    counts = {"num_classes": num_classes, "images_per_class": images_per_class,
+              "val_images_per_class": val_images_per_class, "image_size": image_size}
+    for name, value in counts.items():
+        if value is not None and value < BUILTIN_MINIMUMS[name]:
+            raise UserError(f"--{name} {value} is out of range for {source}; use {BUILTIN_MINIMUMS[name]} or more")
     kind = source.removeprefix(BUILTIN_PREFIX)
     generated = tempfile.mkdtemp(prefix=f"unmix-{kind}-")
     try:
