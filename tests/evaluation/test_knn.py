@@ -71,7 +71,7 @@ def test_val_images_that_are_in_the_bank_find_themselves(shapes_dir: Path, tmp_p
 
 def test_rejects_bad_k(shapes_dir: Path) -> None:
     trunk, _ = build_trunk("resnet_tiny")
-    with pytest.raises(UserError, match="k >= 1"):
+    with pytest.raises(UserError, match="--k 0 is out of range"):
         knn_evaluate(trunk, str(shapes_dir), torch.device("cpu"), k=0)
 
 

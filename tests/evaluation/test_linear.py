@@ -82,7 +82,7 @@ def test_changed_settings_do_not_resume_an_old_run(parse, shapes_dir: Path, tmp_
     common = ["--data_path", str(shapes_dir), "--epochs", "1", "--batch_size", "64", "--cached_features",
               "--dump_path", str(tmp_path)]
     linear.run_linear(parse("eval-linear", *common))
-    with pytest.raises(UserError, match="different run.*lr"):
+    with pytest.raises(UserError, match="other settings.*--lr 0.3 -> 0.1"):
         linear.run_linear(parse("eval-linear", *common, "--lr", "0.1"))
 
 

@@ -38,8 +38,9 @@ from trainer.seeding import derive_seed
 log = logging.getLogger(__name__)
 LOGGED_TERMS = ("loss_ce", "loss_bbox", "loss_giou", "cardinality_error")
 CHECKPOINT = "checkpoint.pth"
-# Flags a restart may change without changing the run: the rest make up its identity.
-RESUME_CHANGEABLE = ("workers", "device", "resume", "dump_path")
+# Flags a restart may change without changing the run: the rest make up its identity. The lr schedule steps
+# at --lr_drop, not at a fraction of --epochs, so more epochs extend the same run.
+RESUME_CHANGEABLE = ("workers", "device", "resume", "dump_path", "epochs")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
