@@ -77,7 +77,11 @@ class PreemptionFlag:
     def __init__(self) -> None:
         self.requested = False
         self._waiting = False
-        signal.signal(signal.SIGTERM, self._handle)
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def close(self) -> None:
+        """Give SIGTERM back to the handler it had before (the process may go on, e.g. in a pipeline step)."""
+        signal.signal(signal.SIGTERM, self._previous)
 
     def _handle(self, signum: int, frame: object) -> None:
         self.requested = True
@@ -362,6 +366,12 @@ class Trainer:
         self.metrics.sync()
 
     def run(self, loader: DataLoader, sampler: ResumableSampler) -> None:
+        try:
+            self._loop(loader, sampler)
+        finally:
+            self.preemption.close()
+
+    def _loop(self, loader: DataLoader, sampler: ResumableSampler) -> None:
         state = self.state
         while state.step < self.last_step:
             epoch, first_iteration = divmod(state.step, state.schedule.iters_per_epoch)

@@ -22,6 +22,7 @@ from transformers import DetrForObjectDetection
 
 from trainer import storage
 from trainer.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, check_ranges
+from trainer.data.sources import loader_timeout
 from trainer.detr.dataset import CocoDetection, check_annotations, collate, load_annotations, num_classes_of
 from trainer.detr.evaluator import box_ap, detections
 from trainer.detr.loss import mean_boxes_per_rank, set_loss
@@ -161,7 +162,8 @@ def make_loaders(args: argparse.Namespace, env: DistEnv, annotations: dict[str, 
                         f"{args.batch_size} x {env.world_size} processes; lower --batch_size")
     sampler = DistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                  seed=args.seed)
-    common = {"collate_fn": collate, "num_workers": args.workers, "pin_memory": env.device.type == "cuda"}
+    common = {"collate_fn": collate, "num_workers": args.workers, "pin_memory": env.device.type == "cuda",
+              "timeout": loader_timeout(args.workers)}
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **common)
     # Each rank evaluates a disjoint share, without the duplicates a padding sampler would add.
     val_share = Subset(val_set, range(env.rank, len(val_set), env.world_size))

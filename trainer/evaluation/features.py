@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from trainer.data.sources import loader_timeout
 from trainer.distributed import DistEnv, all_reduce_sum
 from trainer.errors import UserError
 from trainer.run.logs import progress
@@ -119,7 +120,7 @@ def extract_features(trunk: nn.Module, dataset: SourceDataset, device: torch.dev
     positions = shard(len(dataset), env)
     part = torch.utils.data.Subset(dataset, positions)
     loader = DataLoader(part, batch_size=batch_size, num_workers=workers, shuffle=False,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+                        pin_memory=device.type == "cuda", persistent_workers=False, timeout=loader_timeout(workers))
     chunks: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     is_main = env is None or env.is_main

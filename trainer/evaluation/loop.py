@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from trainer import storage
+from trainer.data.sources import loader_timeout
 from trainer.distributed import DistEnv, all_reduce_sum
 from trainer.evaluation.features import shard
 from trainer.evaluation.reporting import CHECKPOINT, finish
@@ -53,7 +54,7 @@ class TrainingSpec:
 def _loader(dataset: Dataset, spec: TrainingSpec, sampler=None, generator=None) -> DataLoader:
     return DataLoader(dataset, batch_size=spec.args.batch_size, sampler=sampler, shuffle=False,
                       num_workers=spec.args.workers, pin_memory=spec.env.device.type == "cuda",
-                      generator=generator)
+                      generator=generator, timeout=loader_timeout(spec.args.workers))
 
 
 def train_epoch(spec: TrainingSpec, loader: DataLoader, epoch: int) -> float:
