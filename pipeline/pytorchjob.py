@@ -73,6 +73,8 @@ def _env(spec: PretrainJobSpec) -> list[k8s.V1EnvVar]:
         # Read-only root filesystem: everything that wants a home or a cache goes to the /tmp volume.
         k8s.V1EnvVar(name="HOME", value="/tmp"),
         k8s.V1EnvVar(name="OMP_NUM_THREADS", value="4"),
+        # The run lock's job identity: a pod the operator restarts takes over its own job's lock at once.
+        k8s.V1EnvVar(name="UNMIX_RUN_ID", value=spec.name),
     ]
     if spec.s3_secret_name:
         env += [
