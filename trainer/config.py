@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -93,6 +94,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"{help_text} (default: {default})")
 
 
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool_flag: "true or false"}
+
+
+def yaml_item(url: str, key: str, kind: Any, value: Any) -> Any:
+    """One YAML value through the flag's own type function, applied to its text as argparse applies it to
+    the command line's (so 7.5 is no integer here either)."""
+    if value is None:
+        raise UserError(f"--config {url}: {key} has no value; give it {TYPE_NAMES[kind]} or remove the key")
+    if isinstance(value, (list, dict)):
+        raise UserError(f"--config {url}: {key}: {value!r} is a {'list' if isinstance(value, list) else 'mapping'}; "
+                        f"--{key} takes one value, {TYPE_NAMES[kind]}")
+    try:
+        return kind(str(value))
+    except (ValueError, argparse.ArgumentTypeError) as error:
+        raise UserError(f"--config {url}: {key}: {value!r} is not {TYPE_NAMES[kind]}, the type of --{key}"
+                        ) from error
+
+
+def yaml_value(url: str, key: str, value: Any) -> Any:
+    """A list flag takes a YAML list, or a scalar as its one value (as `--nmb_crops 2` gives [2])."""
+    kind, nargs = FLAGS[key][:2]
+    if nargs != "+":
+        return yaml_item(url, key, kind, value)
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise UserError(f"--config {url}: {key} is an empty list; --{key} takes one or more values")
+    return [yaml_item(url, key, kind, item) for item in items]
+
+
 def load_yaml(url: str) -> dict[str, Any]:
     if not storage.exists(url):
         raise UserError(f"--config {url} does not exist")
@@ -102,10 +132,11 @@ def load_yaml(url: str) -> dict[str, Any]:
         raise UserError(f"--config {url} is not valid YAML: {str(error).splitlines()[0]}") from error
     if not isinstance(values, dict):
         raise UserError(f"--config {url} must hold a mapping of flag names to values")
-    unknown = sorted(set(values) - set(FLAGS) - {"preset"})
+    unknown = sorted(set(map(str, values)) - set(FLAGS) - {"preset"})
     if unknown:
         raise UserError(f"--config {url} has unknown keys {unknown}; use the flag names of `pretrain --help`")
-    return values
+    return {key: yaml_item(url, key, str, value) if key == "preset" else yaml_value(url, key, value)
+            for key, value in values.items()}
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
@@ -122,26 +153,128 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**merged)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The accepted values of a numeric flag: between `low` and `high` (either may be absent), each end
+    included unless open; never NaN or infinite. `kind` names the range in messages, `note` explains it."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    kind: str = ""
+    note: str = ""
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = self.low is None or value > self.low or (value == self.low and not self.low_open)
+        below = self.high is None or value < self.high or (value == self.high and not self.high_open)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return (f"a value in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"a value {'>' if self.low_open else '>='} {self.low:g}"
+        return f"a value {'<' if self.high_open else '<='} {self.high:g}"
+
+
+def check_range(name: str, value: float | list[float], accepted: Range) -> None:
+    """Refuse `--name value` (every item of a list flag) outside `accepted`, naming the range."""
+    for item in value if isinstance(value, list) else [value]:
+        if item in accepted:
+            continue
+        shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+        where = f": {item}" if isinstance(value, list) and len(value) > 1 else ""
+        problem = f"is not {accepted.kind}" if accepted.kind else "is out of range"
+        note = f" ({accepted.note})" if accepted.note else ""
+        raise UserError(f"--{name} {shown}{where} {problem}; use {accepted}{note}")
+
+
+def check_ranges(values: argparse.Namespace, ranges: dict[str, Range]) -> None:
+    for name, accepted in ranges.items():
+        check_range(name, getattr(values, name), accepted)
+
+
+AT_LEAST_0 = Range(0)
+AT_LEAST_1 = Range(1)
+POSITIVE = Range(0, low_open=True)
+PROBABILITY = Range(0, 1, kind="a probability")
+SCALE = Range(0, 1, low_open=True, kind="a crop scale")
+
+# Every numeric pretraining flag but the ignored ones (world_size, rank, ...); list flags per value.
+RANGES: dict[str, Range] = {
+    "nmb_crops": AT_LEAST_1,
+    "size_crops": Range(16),
+    "min_scale_crops": SCALE,
+    "max_scale_crops": SCALE,
+    "temperature": POSITIVE,
+    "epsilon": POSITIVE,
+    "sinkhorn_iterations": AT_LEAST_1,
+    "feat_dim": AT_LEAST_1,
+    "nmb_prototypes": Range(2, note="with one prototype every code is the same and the loss is 0"),
+    "queue_length": Range(0, note="0: no queue"),
+    "epoch_queue_starts": AT_LEAST_0,
+    "epochs": AT_LEAST_1,
+    "batch_size": Range(2, note="Sinkhorn and BatchNorm need 2 samples per process"),
+    "base_lr": AT_LEAST_0,
+    "final_lr": AT_LEAST_0,
+    "freeze_prototypes_niters": AT_LEAST_0,
+    "wd": AT_LEAST_0,
+    "warmup_epochs": AT_LEAST_0,
+    "start_warmup": AT_LEAST_0,
+    "hidden_mlp": Range(0, note="0: a linear projection head"),
+    "workers": Range(0, note="0: load data in the training process"),
+    "checkpoint_freq": AT_LEAST_1,
+    "unmix_prob": PROBABILITY,
+    "unmix_beta": POSITIVE,
+    "blur_prob": PROBABILITY,
+    "max_steps": Range(0, note="0: no limit"),
+    "log_freq": AT_LEAST_1,
+    "checkpoint_every_steps": Range(0, note="0: once an epoch"),
+    "knn_freq": AT_LEAST_1,
+}
+CHOICES: dict[str, tuple[str, ...]] = {"amp_dtype": ("bf16", "fp16"), "aug_backend": ("device", "pil"),
+                                       "sync_bn": ("pytorch", "apex", "none"), "optimizer": tuple(OPTIMIZERS)}
+PROTOTYPES_PER_CLASS = 10  # the method notes: about 10x as many prototypes as classes
+
+
 def validate(cfg: argparse.Namespace, world_size: int) -> None:
     """Refuse bad values before any work, with one line that says what would work."""
+    check_ranges(cfg, RANGES)
+    check_arch(cfg.arch)
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise UserError(f"--{name} {getattr(cfg, name)!r} is not known; use one of {', '.join(allowed)}")
+    check_crops(cfg)
+    check_queue(cfg, world_size)
+    if cfg.warmup_epochs > cfg.epochs:
+        raise UserError(f"--warmup_epochs {cfg.warmup_epochs} exceeds --epochs {cfg.epochs}; use at most "
+                        f"{cfg.epochs}")
+
+
+def check_crops(cfg: argparse.Namespace) -> None:
+    """The multi-crop lists agree with each other, with Un-Mix's pairs and with --crops_for_assign."""
     lists = ("nmb_crops", "size_crops", "min_scale_crops", "max_scale_crops")
     lengths = {name: len(getattr(cfg, name)) for name in lists}
     if len(set(lengths.values())) != 1:
         raise UserError("--nmb_crops, --size_crops, --min_scale_crops and --max_scale_crops need the same "
                         f"number of values, got {lengths}")
     total_crops = sum(cfg.nmb_crops)
-    if total_crops < 2 or min(cfg.nmb_crops) < 1:
-        raise UserError(f"--nmb_crops {cfg.nmb_crops}: SwAV needs at least 2 crops and each count >= 1")
-    for lo, hi in zip(cfg.min_scale_crops, cfg.max_scale_crops, strict=True):
-        if not 0 < lo <= hi <= 1:
-            raise UserError(f"crop scales must satisfy 0 < min <= max <= 1, got min {lo} max {hi}")
+    if total_crops < 2:
+        raise UserError(f"--nmb_crops {cfg.nmb_crops}: SwAV needs at least 2 crops in total")
+    for resolution, (lo, hi) in enumerate(zip(cfg.min_scale_crops, cfg.max_scale_crops, strict=True)):
+        if lo > hi:
+            raise UserError(f"--min_scale_crops {lo} exceeds --max_scale_crops {hi} (resolution {resolution}); "
+                            "each min must be <= its max")
     if not cfg.run_swav and total_crops % 2:
         raise UserError(f"Un-Mix mixes crops in pairs but --nmb_crops {cfg.nmb_crops} sums to {total_crops}, "
                         "an odd number; use an even total (e.g. 2 6) or --run_swav true")
     if not cfg.run_swav:
+        sizes = [size for count, size in zip(cfg.nmb_crops, cfg.size_crops, strict=True) for _ in range(count)]
         for pair_start in range(0, total_crops, 2):
-            sizes = [size for count, size in zip(cfg.nmb_crops, cfg.size_crops, strict=True)
-                     for _ in range(count)]
             if sizes[pair_start] != sizes[pair_start + 1]:
                 raise UserError(f"Un-Mix pairs crops of the same resolution, but crops {pair_start} and "
                                 f"{pair_start + 1} differ ({sizes[pair_start]} vs {sizes[pair_start + 1]}); "
@@ -150,29 +283,34 @@ def validate(cfg: argparse.Namespace, world_size: int) -> None:
     if bad_assign or not cfg.crops_for_assign or len(set(cfg.crops_for_assign)) != len(cfg.crops_for_assign):
         raise UserError(f"--crops_for_assign {cfg.crops_for_assign} must be distinct crop ids in "
                         f"0..{total_crops - 1}")
-    check_arch(cfg.arch)
+
+
+def check_queue(cfg: argparse.Namespace, world_size: int) -> None:
     global_batch = cfg.batch_size * world_size
-    if cfg.batch_size < 2:
-        raise UserError(f"--batch_size {cfg.batch_size}: use at least 2 (Sinkhorn and BatchNorm need it)")
-    if cfg.queue_length < 0 or cfg.queue_length % global_batch:
+    if cfg.queue_length % global_batch:
         lower = cfg.queue_length // global_batch * global_batch
         raise UserError(f"--queue_length {cfg.queue_length} is not a multiple of the global batch "
                         f"{global_batch} (batch_size {cfg.batch_size} x {world_size} processes); use "
                         f"{lower or global_batch} or {lower + global_batch}, or 0 for no queue")
-    for name in ("epochs", "nmb_prototypes", "feat_dim", "sinkhorn_iterations", "log_freq", "knn_freq"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("temperature", "epsilon"):
-        if not getattr(cfg, name) > 0 or not math.isfinite(getattr(cfg, name)):
-            raise UserError(f"--{name} must be a positive number, got {getattr(cfg, name)}")
-    if not 0 <= cfg.blur_prob <= 1:
-        raise UserError(f"--blur_prob {cfg.blur_prob} is not a probability; use a value in [0, 1]")
-    if not 0 <= cfg.unmix_prob <= 1 or cfg.unmix_beta <= 0:
-        raise UserError("--unmix_prob must lie in [0, 1] and --unmix_beta be positive")
-    if cfg.warmup_epochs > cfg.epochs:
-        raise UserError(f"--warmup_epochs {cfg.warmup_epochs} exceeds --epochs {cfg.epochs}")
-    choices = {"amp_dtype": ("bf16", "fp16"), "aug_backend": ("device", "pil"),
-               "sync_bn": ("pytorch", "apex", "none"), "optimizer": OPTIMIZERS}
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            raise UserError(f"--{name} {getattr(cfg, name)!r} is not known; use one of {', '.join(allowed)}")
+
+
+def check_steps_per_epoch(num_images: int, batch_size: int, world_size: int) -> int:
+    """The training steps per epoch (the sampler's whole batches per process); refuses a run of none,
+    which would otherwise end at once as a "success" with an untrained backbone."""
+    steps = num_images // world_size // batch_size
+    if steps == 0:
+        fits = num_images // world_size
+        fix = f"use --batch_size {fits} or less, or add data" if fits >= 2 else "add data"
+        raise UserError(f"--data_path has {num_images} images, fewer than one batch per process (--batch_size "
+                        f"{batch_size} x {world_size} processes), so no step would run; {fix}")
+    return steps
+
+
+def prototype_count_warning(nmb_prototypes: int, num_classes: int) -> str | None:
+    """A warning (not an error: the right count is a recipe choice) when the prototypes are fewer than
+    SwAV's rule of thumb, about 10x the classes of the data."""
+    wanted = PROTOTYPES_PER_CLASS * num_classes
+    if nmb_prototypes >= wanted:
+        return None
+    return (f"--nmb_prototypes {nmb_prototypes} is below {PROTOTYPES_PER_CLASS}x the {num_classes} classes of "
+            f"--data_path; the method notes advise about {wanted} (well above --feat_dim) against collapse")

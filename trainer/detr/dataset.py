@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from typing import Any
 
 import torch
@@ -18,6 +19,14 @@ from trainer import storage
 from trainer.detr import transforms
 from trainer.errors import UserError
 from trainer.seeding import generator
+
+SHOWN_EXAMPLES = 3  # entries quoted in a refusal; the count says how many more
+# The fields (and their JSON types) of each COCO list that training and evaluation read.
+RECORD_FIELDS: dict[str, dict[str, type]] = {
+    "images": {"id": int, "file_name": str},
+    "annotations": {"image_id": int, "category_id": int, "bbox": list},
+    "categories": {"id": int},
+}
 
 
 def annotations_url(coco_path: str, split: str) -> str:
@@ -33,12 +42,72 @@ def load_annotations(coco_path: str, split: str) -> dict[str, Any]:
         document = json.loads(storage.read_text(url))
     except json.JSONDecodeError as error:
         raise UserError(f"{url} is not valid JSON ({error}); pass COCO-format annotations") from error
+    if not isinstance(document, dict):
+        raise UserError(f"{url} holds a JSON {type(document).__name__}, not an object with images, annotations "
+                        "and categories lists; pass COCO-format instance annotations")
     for key in ("images", "annotations", "categories"):
-        if key not in document:
+        if not isinstance(document.get(key), list):
             raise UserError(f"{url} has no '{key}' list; pass COCO-format instance annotations")
     if not document["images"]:
         raise UserError(f"{url} lists no images; the {split} split must not be empty")
     return document
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_box(value: list[Any]) -> bool:
+    """COCO's [x, y, width, height]: four finite numbers, width and height not negative."""
+    return len(value) == 4 and all(map(_is_number, value)) and value[2] >= 0 and value[3] >= 0
+
+
+def _has_fields(entry: Any, fields: dict[str, type]) -> bool:
+    return isinstance(entry, dict) and all(
+        isinstance(entry.get(name), kind) and not isinstance(entry.get(name), bool) for name, kind in fields.items())
+
+
+def _refuse_any(url: str, bad: list[str], total: int, what: str, fix: str) -> None:
+    """One line for all the entries in `bad` (their count and the first few), when there is any."""
+    if bad:
+        raise UserError(f"{url}: {len(bad)} of {total} {what} (e.g. {'; '.join(bad[:SHOWN_EXAMPLES])}); {fix}")
+
+
+def _files_under(folder: str) -> set[str]:
+    """Every file below `folder`, as paths relative to it: one listing, not one request per image."""
+    fs, root = storage.filesystem(folder)
+    root = root.rstrip("/")
+    found = storage.with_retries(lambda: fs.find(root), f"listing {folder}")
+    return {path[len(root) + 1:] for path in found if path.startswith(root + "/")}
+
+
+def check_annotations(document: dict[str, Any], coco_path: str, split: str) -> None:
+    """Refuse, before any training, what would fail mid-run: entries without their fields, boxes that are
+    not [x, y, w, h], unknown category or image ids, and listed images missing on disk."""
+    url = annotations_url(coco_path, split)
+    for key, fields in RECORD_FIELDS.items():
+        wanted = ", ".join(f"{name} ({kind.__name__})" for name, kind in fields.items())
+        _refuse_any(url, [f"entry {n}: {str(entry)[:80]}" for n, entry in enumerate(document[key])
+                          if not _has_fields(entry, fields)],
+                    len(document[key]), f"'{key}' entries are not objects with {wanted}",
+                    "pass COCO-format instance annotations")
+    objects = document["annotations"]
+    categories = {category["id"] for category in document["categories"]}
+    image_ids = {image["id"] for image in document["images"]}
+    _refuse_any(url, [f"annotation {a.get('id')}: {a['bbox']}" for a in objects if not _is_box(a["bbox"])],
+                len(objects), "annotations have a bbox that is not [x, y, width, height] (4 finite numbers, "
+                "width and height >= 0)", "fix or remove them")
+    _refuse_any(url, [f"annotation {a.get('id')}: {a['category_id']}" for a in objects
+                      if a["category_id"] not in categories],
+                len(objects), f"annotations have a category_id not among the categories {sorted(categories)}",
+                "fix them or add their categories")
+    _refuse_any(url, [f"annotation {a.get('id')}: {a['image_id']}" for a in objects if a["image_id"] not in image_ids],
+                len(objects), "annotations have an image_id not among the images", "fix them or list their images")
+    folder = storage.join(coco_path, f"{split}2017")
+    present = _files_under(folder)
+    _refuse_any(url, [image["file_name"] for image in document["images"] if image["file_name"] not in present],
+                len(document["images"]), f"listed images are missing under {folder}",
+                "copy them there or drop them from the annotations")
 
 
 def num_classes_of(annotations: dict[str, Any]) -> int:

@@ -14,7 +14,10 @@ import torch
 
 from trainer import storage
 from trainer.errors import UserError
+from trainer.evaluation.common import check_file
 from trainer.seeding import generator
+
+SHOWN_EXAMPLES = 3  # names quoted in a refusal; the count says how many more
 
 
 def balanced_subset(targets: Sequence[int], num_classes: int, percent: float, seed: int) -> list[int]:
@@ -59,8 +62,9 @@ def match_subset(source, lines: Sequence[str], url: str) -> list[int]:
             lookup.setdefault("/".join(parts[-depth:]), []).append(index)
     missing = [line for line in wanted if line.strip("/") not in lookup]
     if missing:
-        raise UserError(f"{len(missing)}/{len(wanted)} names of {url} are not in the training data "
-                        f"(e.g. {missing[0]!r}); the list must name files of this --data_path")
+        examples = ", ".join(map(repr, missing[:SHOWN_EXAMPLES]))
+        raise UserError(f"--subset_file: {len(missing)}/{len(wanted)} names of {url} are not in the training data "
+                        f"(e.g. {examples}); the list must name files of this --data_path")
     ambiguous = [line for line in wanted if len(lookup[line.strip("/")]) > 1]
     if ambiguous:
         raise UserError(f"{ambiguous[0]!r} in {url} names {len(lookup[ambiguous[0].strip('/')])} images; "
@@ -68,8 +72,19 @@ def match_subset(source, lines: Sequence[str], url: str) -> list[int]:
     return sorted({lookup[line.strip("/")][0] for line in wanted})
 
 
+def check_subset_file(url: str) -> None:
+    check_file("--subset_file", url, "pass a list of image file names (one a line), or leave it empty for a "
+                                     "class-balanced draw")
+
+
 def read_subset_file(source, url: str) -> list[int]:
-    return match_subset(source, storage.read_text(url).splitlines(), url)
+    check_subset_file(url)
+    try:
+        text = storage.read_text(url)
+    except UnicodeDecodeError as error:
+        raise UserError(f"--subset_file {url} is not UTF-8 text ({error.reason} at byte {error.start}); pass a "
+                        "list of image file names, one a line") from error
+    return match_subset(source, text.splitlines(), url)
 
 
 def subset_text(source, indices: Sequence[int]) -> tuple[str, str]:
