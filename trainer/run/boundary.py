@@ -54,7 +54,7 @@ def _path_of(error: OSError) -> str:
 def _os_error_fix(error: OSError) -> str | None:
     """The one-line user message for the OS / store errors a user's path or credentials cause, else None."""
     path = _path_of(error)
-    text = one_line(error)
+    text = redact(str(error.strerror or (error.args[0] if error.args else type(error).__name__)))
     if isinstance(error, NotADirectoryError):
         return f"{path}: a part of this path is a file, not a folder; pass a path whose parents are folders"
     if isinstance(error, IsADirectoryError):
@@ -67,7 +67,7 @@ def _os_error_fix(error: OSError) -> str | None:
                     "pod's IAM role) and the bucket policy")
         return f"permission denied on {path}; make it writable/readable by this user or pass another path"
     if isinstance(error, FileNotFoundError):
-        if "bucket" in text.lower():
+        if "bucket does not exist" in text.lower() or "NoSuchBucket" in text:
             return f"{path}: the bucket does not exist ({text}); create it or fix the URL"
         return f"{path} does not exist (or its parent folder does not); check the path"
     if error.errno in (errno.ENOSPC, errno.EDQUOT):

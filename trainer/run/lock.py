@@ -103,9 +103,11 @@ class _LocalStore:
 def _lost_race(error: OSError) -> bool:
     """s3fs turns 412 (If-None-Match) into FileExistsError, a missing key under If-Match into
     FileNotFoundError, and 412 (If-Match) or 409 (concurrent conditional writes) into plain OSErrors."""
+    code = getattr(error.__cause__, "response", {}).get("Error", {}).get("Code")
+    if code == "NoSuchBucket" or "bucket does not exist" in str(error):
+        return False  # not a race: the dump path's bucket is missing, which the error boundary explains
     if isinstance(error, (FileExistsError, FileNotFoundError)):
         return True
-    code = getattr(error.__cause__, "response", {}).get("Error", {}).get("Code")
     return code in ("PreconditionFailed", "ConditionalRequestConflict")
 
 

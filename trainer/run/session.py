@@ -44,6 +44,8 @@ class RunSession:
                 self.lock = RunLock(self.dump_path, self.command)
                 self.lock.acquire()
             except Exception as error:  # told to the other ranks before it ends this one
+                if isinstance(error, OSError) and not error.filename:
+                    error.filename = self.dump_path  # s3fs leaves it out: the one-line message names the path
                 refusal = error
         message = _from_main(None if refusal is None else one_line(refusal), self.env)
         if refusal is not None:
