@@ -330,7 +330,11 @@ def train_step(state: TrainingState, ctx: StepContext, crops: list[torch.Tensor]
         crops = [crop.contiguous(memory_format=torch.channels_last) for crop in crops]
     queue_on = state.queue is not None and epoch >= cfg.epoch_queue_starts
     queue_scores = state.queue.scores(model.head.prototypes.weight) if queue_on else None
-    with torch.autocast(device.type, dtype=ctx.amp_dtype or torch.float32, enabled=ctx.amp_dtype is not None):
+    # No autocast context without mixed precision: torch.autocast refuses device types it does not know
+    # (the meta device of the GPU-readiness tests) even when disabled.
+    autocast = (torch.autocast(device.type, dtype=ctx.amp_dtype) if ctx.amp_dtype is not None
+                else contextlib.nullcontext())
+    with autocast:
         loss, parts, embeddings = forward_loss(ctx.forward_model, crops, cfg, queue_scores, step_generator)
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()
@@ -474,13 +478,13 @@ def train(cfg: argparse.Namespace, env: DistEnv, session: RunSession) -> None:
     identity = run_identity(cfg)
     saved = session.resume(CHECKPOINT, identity, env.device,
                            legacy_identity(identity, _legacy_values, RESUME_CHANGEABLE))
-    session.write_params({**vars(cfg), "world_size": env.world_size})
-
     source = open_source(cfg.data_path)
+    config.check_steps_per_epoch(len(source), cfg.batch_size, env.world_size)
     warning = config.prototype_count_warning(cfg.nmb_prototypes, len(source.classes))
     if warning:
         log.warning(warning)
     loader, sampler = build_loader(cfg, env, source)
+    session.write_params({**vars(cfg), "world_size": env.world_size})  # the run is accepted: data and flags
     schedule = Schedule(sampler.batches_per_epoch, sampler.batches_per_epoch * cfg.epochs)
     last_step = min(schedule.total_steps, cfg.max_steps) if cfg.max_steps else schedule.total_steps
     log.info("%d images, %d classes; %d steps per epoch, global batch %d, %d crops%s", len(source),

@@ -97,9 +97,9 @@ def prepare_trunk(arch: str, pretrained: str, seed: int, device: torch.device
     torch.manual_seed(derive_seed(seed, 0))
     trunk, feature_dim = build_trunk(arch)
     record = None
-    if pretrained:
+    if pretrained.lower() not in NO_PRETRAINED:
         report = load_pretrained_trunk(trunk, pretrained)
         record = {"url": pretrained, **asdict(report)}
     else:
-        log.warning("no --pretrained given: evaluating a RANDOMLY INITIALISED %s trunk (a baseline)", arch)
+        log.warning("no --pretrained weights: evaluating a RANDOMLY INITIALISED %s trunk (a baseline)", arch)
     return trunk.to(device), feature_dim, record

@@ -117,7 +117,6 @@ def _knn_run(args: argparse.Namespace, env: DistEnv, session: RunSession) -> dic
                 "pretrained_sha256": pretrained["sha256"] if pretrained else None,
                 "image_size": args.image_size, "k": args.k, "temperature": args.temperature}
     state = session.resume(CHECKPOINT, identity)
-    session.write_params(vars(args))
     if state is not None and "results" in state:
         log.info("kNN already evaluated under %s; reporting the stored result", args.dump_path)
         results = state["results"]
@@ -126,6 +125,7 @@ def _knn_run(args: argparse.Namespace, env: DistEnv, session: RunSession) -> dic
                                args.temperature, args.batch_size, args.workers, env)
     log.info("kNN (k=%d, T=%g): top-1 %.2f%%, top-5 %.2f%% on %d val images", results["k"],
              args.temperature, results["top1"], results["top5"], results["val_samples"])
+    session.write_params(vars(args))  # after the data opened and scored: a refused run leaves none
     if env.is_main:
         session.save(CHECKPOINT, {"epoch": 0, "results": results})
     metrics = session.metrics()

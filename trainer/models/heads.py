@@ -31,7 +31,9 @@ class SwAVHead(nn.Module):
 
 
 class SwAVModel(nn.Module):
-    """Trunk + head over a list of crops. Crops of the same resolution go through the trunk in one pass."""
+    """Trunk + head over a list of crops, as the reference SwAV forward: crops of one resolution go through
+    the trunk in one pass, then the head runs ONCE over every crop's features, so that its BatchNorm
+    normalises all crops together (one pass per resolution would give each its own statistics)."""
 
     def __init__(self, trunk: nn.Module, head: SwAVHead):
         super().__init__()
@@ -43,11 +45,11 @@ class SwAVModel(nn.Module):
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, crop in enumerate(crops):
             groups.setdefault(tuple(crop.shape[1:]), []).append(index)
-        embeddings: list[torch.Tensor | None] = [None] * len(crops)
-        scores: list[torch.Tensor | None] = [None] * len(crops)
+        features: list[torch.Tensor | None] = [None] * len(crops)
         for indices in groups.values():
             batch = torch.cat([crops[i] for i in indices]) if len(indices) > 1 else crops[indices[0]]
-            embedding, score = self.head(self.trunk(batch))
-            for i, emb, sc in zip(indices, embedding.chunk(len(indices)), score.chunk(len(indices)), strict=True):
-                embeddings[i], scores[i] = emb, sc
-        return embeddings, scores  # type: ignore[return-value]
+            for i, feature in zip(indices, self.trunk(batch).chunk(len(indices)), strict=True):
+                features[i] = feature
+        sizes = [crop.shape[0] for crop in crops]
+        embeddings, scores = self.head(torch.cat(features))  # type: ignore[arg-type]
+        return list(embeddings.split(sizes)), list(scores.split(sizes))
