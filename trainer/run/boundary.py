@@ -47,22 +47,20 @@ def one_line(error: BaseException) -> str:
     return redact(lines[-1] if lines[0].startswith("Caught ") else lines[0])[:500]
 
 
-def _path_of(error: OSError) -> str:
-    return str(error.filename) if error.filename else "the path"
-
-
-def _os_error_fix(error: OSError) -> str | None:
-    """The one-line user message for the OS / store errors a user's path or credentials cause, else None."""
-    path = _path_of(error)
+def _os_error_fix(error: OSError, where: str | None) -> str | None:
+    """The one-line user message for the OS / store errors a user's path or credentials cause, else None.
+    `where` (the command's output location) names the path when the error does not (s3fs leaves it out)."""
+    path = str(error.filename or where or "the path")
     text = redact(str(error.strerror or (error.args[0] if error.args else type(error).__name__)))
     if isinstance(error, NotADirectoryError):
         return f"{path}: a part of this path is a file, not a folder; pass a path whose parents are folders"
     if isinstance(error, IsADirectoryError):
         return f"{path} is a folder where a file is expected; pass the path of a file"
     if isinstance(error, FileExistsError):
-        return f"{path} already exists; remove it or pass another path"
+        return f"{path} already exists (a file where a folder is expected?); remove it or pass another path"
     if isinstance(error, PermissionError):
-        if "s3" in str(error.filename or "") or "Access" in text or "Signature" in text or "Key" in text:
+        remote = "://" in path and not path.startswith("file://")
+        if remote or "Access" in text or "Signature" in text or "Key" in text:
             return (f"access denied on {path} ({text}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the "
                     "pod's IAM role) and the bucket policy")
         return f"permission denied on {path}; make it writable/readable by this user or pass another path"
@@ -95,7 +93,7 @@ def _is_collective_failure(error: BaseException) -> bool:
     return any(mark in str(error) for mark in COLLECTIVE_MARKS)
 
 
-def classify(error: BaseException) -> tuple[int, str] | None:
+def classify(error: BaseException, where: str | None = None) -> tuple[int, str] | None:
     """(exit code, one-line message) for every error that is not a bug; None for the unexpected."""
     if isinstance(error, UserError | RetryableError | Preempted):
         return error.exit_code, one_line(error)
@@ -103,7 +101,7 @@ def classify(error: BaseException) -> tuple[int, str] | None:
         return EXIT_USER_ERROR, (f"out of memory ({one_line(error)}); lower --batch_size or --workers, or give "
                                  "the job more memory")
     if isinstance(error, OSError):
-        message = _os_error_fix(error)
+        message = _os_error_fix(error, where)
         if message is not None:
             return EXIT_USER_ERROR, redact(message)
     text = str(error)
@@ -143,7 +141,7 @@ def write_crash_report(error: BaseException, report_dir: str | None) -> str:
 def report(error: BaseException, report_dir: str | None = None) -> int:
     """Print the one line for `error` and return its exit code (writing a crash report if unexpected)."""
     prefix = f"error: rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "error: "
-    known = classify(error)
+    known = classify(error, report_dir)
     if known is not None:
         code, message = known
         if code == RetryableError.exit_code:

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from trainer import storage
 from trainer.distributed import DistEnv
-from trainer.errors import UserError
+from trainer.errors import RetryableError, UserError
 from trainer.run.boundary import one_line
 from trainer.run.lock import RunLock
 from trainer.run.metrics import MetricsLog
@@ -44,7 +44,7 @@ class RunSession:
                 self.lock = RunLock(self.dump_path, self.command)
                 self.lock.acquire()
             except Exception as error:  # told to the other ranks before it ends this one
-                if isinstance(error, OSError) and not error.filename:
+                if isinstance(error, OSError) and not isinstance(error, RetryableError) and not error.filename:
                     error.filename = self.dump_path  # s3fs leaves it out: the one-line message names the path
                 refusal = error
         message = _from_main(None if refusal is None else one_line(refusal), self.env)
