@@ -1,0 +1,25 @@
+"""The pipeline reads a pretraining that ran the kNN monitor: its records say their kind, so the readers of
+the pretrain and report steps take the train steps and never trip over kNN lines (they once did)."""
+
+from __future__ import annotations
+
+from kfp.dsl import HTML
+
+from components.report_page import build_report
+from components.runtime import read_train_steps
+from trainer.cli import main
+from trainer.run.metrics import read_records
+
+
+def test_a_pretraining_with_the_knn_monitor_feeds_the_pipeline_readers(shapes_dir, tmp_path):
+    dump = tmp_path / "run" / "pretrain"
+    assert main(["pretrain", "--data_path", str(shapes_dir), "--dump_path", str(dump), "--preset", "demo_cpu",
+                 "--arch", "resnet_tiny", "--epochs", "1", "--batch_size", "16", "--workers", "0",
+                 "--size_crops", "32", "--log_freq", "2", "--knn_eval_path", str(shapes_dir)]) == 0
+    knn = read_records(str(dump), "knn")
+    assert len(knn) == 1 and 0 <= knn[0]["top1"] <= 100 and "loss" not in knn[0]
+    steps = read_train_steps(str(dump))
+    assert [record["step"] for record in steps] == [2, 4] and all(record["loss"] > 0 for record in steps)
+    artifact = HTML(name="report_html", uri=str(tmp_path / "report_html"))
+    build_report(str(tmp_path / "run"), str(dump), {"Pretraining": {"final_loss": steps[-1]["loss"]}}, artifact)
+    assert (tmp_path / "run" / "report" / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
