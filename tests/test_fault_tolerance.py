@@ -3,7 +3,6 @@ and a restart with another number of processes. Every case runs the real CLI as 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -53,10 +52,7 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen, what: str
 
 
 def logged_steps(dump: Path) -> list[int]:
-    path = dump / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.endswith("}")]
+    return [record["step"] for record in read_records(str(dump), "train_step")]
 
 
 def checkpoint_step(dump: Path) -> int:
@@ -245,10 +241,10 @@ class UnreachableImages(torch.utils.data.Dataset):
 
 
 def test_a_store_outage_inside_a_loader_worker_keeps_its_type_and_one_line_message():
-    from trainer.pretrain import last_line
+    from trainer.run.boundary import one_line
 
     loader = torch.utils.data.DataLoader(UnreachableImages(), num_workers=1)
     with pytest.raises(storage.StorageUnavailable) as raised:  # what run() catches to exit 138
         next(iter(loader))
-    assert last_line(raised.value) == "trainer.storage.StorageUnavailable: reading s3://b/img0.jpg failed 8 times " \
+    assert one_line(raised.value) == "trainer.storage.StorageUnavailable: reading s3://b/img0.jpg failed 8 times " \
                                       "over 90s (boom)"

@@ -12,6 +12,7 @@ so a refused job ends on all ranks at once instead of leaving the others waiting
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ from trainer.run.lock import RunLock
 from trainer.run.metrics import MetricsLog
 from trainer.run.resume import load_for_resume, save_checkpoint
 
+log = logging.getLogger(__name__)
 PARAMS = "params.json"
 
 
@@ -54,10 +56,18 @@ class RunSession:
             raise UserError(f"rank 0 could not start the run: {message}")
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if self.lock is None:
+            return
+        lock, self.lock = self.lock, None
+        if exc_type is None:
+            lock.release()
+            return
+        try:  # the run is failing already: its own error is the one to report, not a failed release
+            lock.release()
+        except Exception as error:
+            log.warning("could not release the run lock of %s (%s); it expires after its lease", self.dump_path,
+                        one_line(error))
 
     def url(self, name: str) -> str:
         return storage.join(self.dump_path, name)
