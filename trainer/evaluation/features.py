@@ -1,22 +1,26 @@
 """Images of an ImageSource as tensors, and batched feature extraction with a frozen trunk.
 
 Used by every evaluation: the kNN monitor, the cached-feature linear probe and the training loops.
+Features are kept shard-wise: each rank encodes and holds only its strided share (`FeatureShard`), so
+memory per rank is (N / W) x D x 4 bytes, never the whole N x D matrix (see README, "Memory per rank").
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
 from trainer.data.sources import loader_timeout
-from trainer.distributed import DistEnv, all_reduce_sum
+from trainer.distributed import DistEnv
 from trainer.errors import UserError
 from trainer.run.logs import progress
+from trainer.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -108,53 +112,109 @@ class PreservedMode:
             module.training = training
 
 
-@torch.no_grad()
-def extract_features(trunk: nn.Module, dataset: SourceDataset, device: torch.device, batch_size: int,
-                     workers: int, env: DistEnv | None = None, desc: str = "features",
-                     pool: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features (N, D) float32 on the CPU and labels (N,) of the whole dataset, in dataset order.
+@dataclass(eq=False)
+class FeatureShard(Dataset):
+    """This rank's share of a dataset's features, in memory: (feature, label) rows.
 
-    Under several ranks each rank encodes a strided share and a sum all-reduce assembles the full matrix
-    on every rank. `pool` maps the feature map to vectors; without it the trunk's own pooled output is used.
+    Row i is sample `positions[i]` of the dataset; `total` is the dataset's size over all ranks. No rank
+    ever holds the whole (total x dim) matrix: with W ranks each holds about total / W rows.
+    """
+
+    features: torch.Tensor  # (rows, dim) float32 on the CPU (pinned when encoded on a GPU)
+    labels: torch.Tensor  # (rows,) int64
+    positions: torch.Tensor  # (rows,) int64: dataset positions of the rows, increasing
+    total: int
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def __getitem__(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[row], self.labels[row]
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.nbytes + self.labels.nbytes + self.positions.nbytes
+
+
+def encode(trunk: nn.Module, images: torch.Tensor, device: torch.device, pool: nn.Module | None = None
+           ) -> torch.Tensor:
+    """One batch of features (B, dim) float32 on `device`: the hot step of every extraction (no host sync)."""
+    images = images.to(device, non_blocking=True)
+    output = trunk(images) if pool is None else pool(feature_map(trunk, images))
+    return output.flatten(1).float()
+
+
+@torch.no_grad()
+def extract_features(trunk: nn.Module, dataset: Dataset, device: torch.device, batch_size: int,
+                     workers: int, env: DistEnv | None = None, desc: str = "features",
+                     pool: nn.Module | None = None) -> FeatureShard:
+    """This rank's share of the features of `dataset` (float32, on the CPU) and their labels.
+
+    Each rank encodes the strided share `shard(len(dataset), env)` and keeps only it: no collective, no
+    full matrix. Rows go straight from the device into one preallocated (pinned, on a GPU) buffer with
+    asynchronous copies, so the loop never waits for the device; it synchronises once at the end. `pool`
+    maps the feature map to vectors; without it the trunk's own pooled output is used.
     """
     positions = shard(len(dataset), env)
     part = torch.utils.data.Subset(dataset, positions)
+    on_gpu = device.type == "cuda"
     loader = DataLoader(part, batch_size=batch_size, num_workers=workers, shuffle=False,
-                        pin_memory=device.type == "cuda", persistent_workers=False, timeout=loader_timeout(workers))
-    chunks: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
+                        pin_memory=on_gpu, persistent_workers=False, timeout=loader_timeout(workers))
+    features: torch.Tensor | None = None
+    labels = torch.empty(len(positions), dtype=torch.long)
+    row = 0
     is_main = env is None or env.is_main
     with PreservedMode(trunk):
         for images, targets in progress(loader, len(loader), desc, enabled=is_main):
-            images = images.to(device, non_blocking=True)
-            output = trunk(images) if pool is None else pool(feature_map(trunk, images))
-            chunks.append(output.flatten(1).float().cpu())
-            labels.append(targets)
-    dim = chunks[0].shape[1] if chunks else _output_dim(trunk, dataset, device, pool)
-    features = torch.zeros(len(dataset), dim)
-    all_labels = torch.zeros(len(dataset), dtype=torch.long)
-    if chunks:
-        rows = torch.tensor(positions)
-        features[rows] = torch.cat(chunks)
-        all_labels[rows] = torch.cat(labels)
-    if env is not None and env.is_distributed:
-        features, all_labels = _assemble(features, all_labels, device)
-    return features, all_labels
+            output = encode(trunk, images, device, pool)
+            if features is None:
+                features = torch.empty(len(positions), output.shape[1], pin_memory=on_gpu)
+            features[row:row + len(targets)].copy_(output, non_blocking=on_gpu)
+            labels[row:row + len(targets)] = targets
+            row += len(targets)
+    if on_gpu:
+        torch.cuda.synchronize(device)  # the asynchronous copies into `features` are complete
+    if features is None:  # an empty share still has the right width
+        features = torch.empty(0, _output_dim(trunk, dataset, device, pool))
+    return FeatureShard(features, labels, torch.tensor(positions, dtype=torch.long), len(dataset))
 
 
-def _output_dim(trunk: nn.Module, dataset: SourceDataset, device: torch.device,
-                pool: nn.Module | None) -> int:
-    # A rank with an empty share still has to contribute a correctly shaped zero matrix.
+def _output_dim(trunk: nn.Module, dataset: Dataset, device: torch.device, pool: nn.Module | None) -> int:
     with PreservedMode(trunk):
-        image = dataset[0][0].unsqueeze(0).to(device)
-        output = trunk(image) if pool is None else pool(feature_map(trunk, image))
-    return output.flatten(1).shape[1]
+        return encode(trunk, dataset[0][0].unsqueeze(0), device, pool).shape[1]
 
 
-def _assemble(features: torch.Tensor, labels: torch.Tensor, device: torch.device
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    # nccl reduces device tensors only; gloo works on the CPU.
-    features, labels = features.to(device), labels.to(device)
-    all_reduce_sum(features)
-    all_reduce_sum(labels)
-    return features.cpu(), labels.cpu()
+class ShardSampler(Sampler[int]):
+    """Shuffles one rank's in-memory share every epoch; every rank yields `per_rank` indices, so all ranks
+    run the same number of steps (a short share repeats its first rows, as DistributedSampler pads).
+
+    Seeded by (seed, epoch, rank): a resumed run repeats the order of an uninterrupted one."""
+
+    def __init__(self, share: int, per_rank: int, seed: int, rank: int) -> None:
+        if share == 0 and per_rank:
+            raise UserError("a rank holds no sample of the cached features: use fewer processes than samples")
+        self.share, self.per_rank, self.seed, self.rank, self.epoch = share, per_rank, seed, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.share, generator=torch.Generator().manual_seed(
+            derive_seed(self.seed, self.epoch, self.rank)))
+        repeats = -(-self.per_rank // max(self.share, 1))
+        return iter(order.repeat(repeats)[:self.per_rank].tolist())
+
+
+def shard_sampler(share: FeatureShard, env: DistEnv, seed: int) -> ShardSampler:
+    """The sampler of this rank's share when every rank must take ceil(total / world_size) samples."""
+    return ShardSampler(len(share), -(-share.total // env.world_size), seed, env.rank)
+
+
+def feature_bytes_per_rank(samples: int, dim: int, world_size: int) -> int:
+    """Host bytes one rank holds for cached features: its share of rows x dim float32, labels and
+    positions (int64). The old all-reduce assembly held the full matrix twice at its peak."""
+    rows = -(-samples // world_size)
+    return rows * (dim * 4 + 16)

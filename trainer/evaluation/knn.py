@@ -1,13 +1,15 @@
 """`unmix-swav eval-knn`: weighted kNN (cosine, k=20, T=0.07) on frozen trunk features; also a monitor.
 
-The pretraining loop calls `knn_evaluate` on rank 0 every few epochs: it does no collective operation
-unless given a DistEnv, and it hands the trunk back in the train/eval mode it found it in.
+The pretraining loop calls `knn_evaluate` on every rank every few epochs: each rank encodes a share of
+both splits and keeps it (bank and queries are never whole on any rank), the top-k is merged across ranks,
+and the trunk is handed back in the train/eval mode it was found in.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 from typing import Any
 
 import torch
@@ -17,7 +19,14 @@ from torch import nn
 
 from trainer.config import Range, check_range
 from trainer.data.sources import open_source
-from trainer.distributed import DistEnv, all_reduce_sum, cleanup, init_distributed
+from trainer.distributed import (
+    DistEnv,
+    all_gather_rows,
+    all_reduce_max,
+    all_reduce_sum,
+    cleanup,
+    init_distributed,
+)
 from trainer.evaluation.common import add_common_arguments, check_common, prepare_trunk
 from trainer.evaluation.features import SourceDataset, aligned_targets, eval_transform, extract_features
 from trainer.evaluation.reporting import CHECKPOINT, finish
@@ -31,13 +40,49 @@ QUERY_CHUNK = 1024  # queries scored at once: bounds the (chunk x bank) similari
 @torch.no_grad()
 def weighted_knn_votes(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor,
                        num_classes: int, k: int, temperature: float) -> torch.Tensor:
-    """Class scores (Q, C): each of the k most cosine-similar bank rows votes exp(similarity / T)."""
-    bank = F.normalize(bank, dim=1)
+    """Class scores (Q, C) from one whole bank: each of the k most cosine-similar rows votes exp(sim / T)."""
+    return sharded_knn_votes(F.normalize(bank, dim=1), bank_labels, F.normalize(queries, dim=1), num_classes, k,
+                             temperature)
+
+
+@torch.no_grad()
+def sharded_knn_votes(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
+                      k: int, temperature: float, env: DistEnv | None = None) -> torch.Tensor:
+    """Class scores (Q, C) of this rank's L2-normalised `queries` against a bank split across the ranks.
+
+    Each rank holds its own part of the (normalised) bank. Queries go round in chunks: every rank's chunk is
+    all-gathered, each rank finds the k best rows of ITS bank part for every gathered query, those candidates
+    (similarity, label) are all-gathered, and each rank merges the world_size x k candidates of its own
+    queries into the global top k. Per rank this holds its bank part and a (world x chunk) x part similarity
+    block, never the whole bank. `k` must not exceed the bank's size over all ranks. Without `env` (or with
+    one process) it is the plain top-k vote over `bank`.
+    """
+    ranks, rank = (env.world_size, env.rank) if env is not None else (1, 0)
+    rounds = -(-queries.shape[0] // QUERY_CHUNK)
+    if ranks > 1:  # every rank takes part in as many rounds as the largest share of queries needs
+        rounds = int(all_reduce_max(torch.tensor([rounds], device=queries.device)).item())
+    local_k = min(k, bank.shape[0])
     scores = []
-    for chunk in F.normalize(queries, dim=1).split(QUERY_CHUNK):
-        similarity, neighbours = (chunk @ bank.T).topk(k, dim=1)
-        votes = torch.zeros(chunk.shape[0], num_classes, device=chunk.device)
-        votes.scatter_add_(1, bank_labels[neighbours], (similarity / temperature).exp())
+    for index in range(rounds):
+        mine = queries[index * QUERY_CHUNK:(index + 1) * QUERY_CHUNK]
+        chunk = mine
+        if ranks > 1:  # equal shapes for the collectives: pad with zero rows, dropped below
+            chunk = torch.cat([mine, mine.new_zeros(QUERY_CHUNK - len(mine), mine.shape[1])])
+        gathered = all_gather_rows(chunk)  # (ranks x chunk, D): every rank's queries
+        similarity, neighbours = (gathered @ bank.T).topk(local_k, dim=1)
+        labels = bank_labels[neighbours]
+        if local_k < k:  # a bank part smaller than k: pad with candidates that never win
+            similarity = torch.cat([similarity, similarity.new_full((len(gathered), k - local_k), -math.inf)], 1)
+            labels = torch.cat([labels, labels.new_zeros(len(gathered), k - local_k)], 1)
+        if ranks > 1:  # (source rank, query, k) candidates of this rank's queries -> (query, ranks x k)
+            own = slice(rank * QUERY_CHUNK, (rank + 1) * QUERY_CHUNK)
+            similarity = all_gather_rows(similarity).view(ranks, -1, k)[:, own].transpose(0, 1).flatten(1)
+            labels = all_gather_rows(labels).view(ranks, -1, k)[:, own].transpose(0, 1).flatten(1)
+            similarity, best = similarity.topk(k, dim=1)
+            labels = labels.gather(1, best)
+        rows = len(mine)
+        votes = torch.zeros(rows, num_classes, device=queries.device)
+        votes.scatter_add_(1, labels[:rows], (similarity[:rows] / temperature).exp())
         scores.append(votes)
     return torch.cat(scores) if scores else torch.zeros(0, num_classes, device=queries.device)
 
@@ -61,7 +106,8 @@ def knn_evaluate(trunk: nn.Module, data_path: str, device: torch.device, image_s
     """Top-1 / top-5 (percent) of val images classified by their k nearest train images.
 
     `trunk` must already be on `device`. With `env` of several ranks, every rank must call this: each
-    encodes a share of both splits and the counts are all-reduced.
+    encodes and keeps a share of both splits, the top-k is merged across ranks and the counts are summed.
+    Memory per rank: its bank and query shares (N / W x D float32), on the host and on `device`.
     """
     check_knn(k, temperature)
     train_source = open_source(data_path, split="train")
@@ -70,21 +116,28 @@ def knn_evaluate(trunk: nn.Module, data_path: str, device: torch.device, image_s
     bank_set = SourceDataset(train_source, transform)
     val_targets = aligned_targets(train_source.classes, val_source)
     query_set = SourceDataset(val_source, transform, targets=val_targets)
-    bank, bank_labels = extract_features(trunk, bank_set, device, batch_size, workers, env, "kNN bank")
-    queries, query_labels = extract_features(trunk, query_set, device, batch_size, workers, env, "kNN val")
+    bank = extract_features(trunk, bank_set, device, batch_size, workers, env, "kNN bank")
+    bank_rows, bank_labels = _normalised(bank.features, device), bank.labels.to(device)
+    del bank  # on a GPU, the host copy of the share goes now
+    queries = extract_features(trunk, query_set, device, batch_size, workers, env, "kNN val")
 
-    # The bank is whole on every rank; queries are split by rank and only the counts are summed.
-    mine = slice(None) if env is None or not env.is_distributed else slice(env.rank, None, env.world_size)
+    # Bank and queries stay split by rank: a distributed top-k merge, then only the counts are summed.
     effective_k = min(k, len(bank_set))
-    scores = weighted_knn_votes(bank.to(device), bank_labels.to(device), queries[mine].to(device),
-                                len(train_source.classes), effective_k, temperature)
-    top1, top5 = topk_correct(scores, query_labels[mine].to(device))
+    scores = sharded_knn_votes(bank_rows, bank_labels, _normalised(queries.features, device),
+                               len(train_source.classes), effective_k, temperature, env)
+    top1, top5 = topk_correct(scores, queries.labels.to(device))
     counts = torch.tensor([top1, top5], dtype=torch.float64, device=device)
     if env is not None and env.is_distributed:
         all_reduce_sum(counts)
     total = len(query_set)
     return {"top1": 100.0 * counts[0].item() / total, "top5": 100.0 * counts[1].item() / total,
             "k": effective_k, "train_samples": len(bank_set), "val_samples": total}
+
+
+def _normalised(features: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows scaled to unit length on `device`, in place (on the CPU in the shard itself: no second copy)."""
+    rows = features.to(device, non_blocking=True)
+    return rows.div_(rows.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

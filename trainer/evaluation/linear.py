@@ -16,7 +16,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import TensorDataset
 
 from trainer.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_ranges
 from trainer.data.sources import open_source
@@ -31,11 +30,13 @@ from trainer.evaluation.common import (
     training_settings,
 )
 from trainer.evaluation.features import (
+    FeatureShard,
     SourceDataset,
     aligned_targets,
     eval_transform,
     extract_features,
     feature_map,
+    shard_sampler,
     train_transform,
 )
 from trainer.evaluation.loop import TrainingSpec, fit
@@ -140,14 +141,21 @@ def linear_spec(args: argparse.Namespace, env: DistEnv) -> TrainingSpec:
         ddp_classifier = DistributedDataParallel(
             classifier, device_ids=[env.device.index] if env.device.type == "cuda" else None)
 
+    train_sampler = None
     if args.cached_features:
-        def encode_split(source, targets, desc: str) -> TensorDataset:
+        # Every rank keeps only the features it encoded (its strided share): about N / W x D x 4 bytes per
+        # rank, never the whole matrix. It trains on its own share, reshuffled every epoch; DDP averages the
+        # gradients, so a global batch is W per-rank batches drawn from the W shares.
+        def encode_split(source, targets, desc: str) -> FeatureShard:
             dataset = SourceDataset(source, eval_transform(args.image_size), targets=targets)
-            return TensorDataset(*extract_features(trunk, dataset, env.device, args.batch_size,
-                                                   args.workers, env, desc, pool=pool))
+            return extract_features(trunk, dataset, env.device, args.batch_size, args.workers, env, desc,
+                                    pool=pool)
 
         train_set = encode_split(train_source, None, "train features")
         val_set = encode_split(val_source, val_targets, "val features")
+        train_sampler = shard_sampler(train_set, env, args.seed)
+        log.info("cached features: this rank holds %d train + %d val rows (%.1f MiB)", len(train_set),
+                 len(val_set), (train_set.nbytes + val_set.nbytes) / 2**20)
         logits = ddp_classifier
     else:
         train_set = SourceDataset(train_source, train_transform(args.image_size))
@@ -169,7 +177,7 @@ def linear_spec(args: argparse.Namespace, env: DistEnv) -> TrainingSpec:
     spec = TrainingSpec(command="eval-linear", args=args, env=env, identity=identity,
                         pretrained=pretrained, model=classifier, logits=logits, train_mode=classifier.train,
                         optimizer=optimizer, scheduler=make_scheduler(args, optimizer),
-                        train_set=train_set, val_set=val_set)
+                        train_set=train_set, val_set=val_set, train_sampler=train_sampler)
     return spec
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from trainer import storage
 from trainer.data.sources import loader_timeout
@@ -49,45 +49,63 @@ class TrainingSpec:
     val_set: Dataset
     extra_results: dict[str, Any] | None = None
     outputs: dict[str, str] | None = None  # files the run writes under dump_path once it may (name -> text)
+    # Set when train_set and val_set already hold only this rank's share, in memory (cached features): the
+    # sampler (with set_epoch) shuffles that share, val_set is scored whole, and loading stays in-process.
+    train_sampler: Sampler | None = None
 
 
 def _loader(dataset: Dataset, spec: TrainingSpec, sampler=None, generator=None) -> DataLoader:
+    workers = 0 if spec.train_sampler is not None else spec.args.workers  # in-memory features: no workers
     return DataLoader(dataset, batch_size=spec.args.batch_size, sampler=sampler, shuffle=False,
-                      num_workers=spec.args.workers, pin_memory=spec.env.device.type == "cuda",
-                      generator=generator, timeout=loader_timeout(spec.args.workers))
+                      num_workers=workers, pin_memory=spec.env.device.type == "cuda",
+                      generator=generator, timeout=loader_timeout(workers))
+
+
+def train_batch(spec: TrainingSpec, inputs: torch.Tensor, targets: torch.Tensor, totals: torch.Tensor) -> None:
+    """One optimisation step; adds (loss x samples, samples) to `totals` on the device (no host sync)."""
+    device = spec.env.device
+    inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+    loss = F.cross_entropy(spec.logits(inputs), targets)
+    spec.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    spec.optimizer.step()
+    totals[0] += loss.detach() * len(targets)
+    totals[1] += len(targets)
 
 
 def train_epoch(spec: TrainingSpec, loader: DataLoader, epoch: int) -> float:
-    """One pass over the training data; returns the mean loss over all ranks."""
+    """One pass over the training data; returns the mean loss over all ranks (read once, at the end)."""
     spec.train_mode()
-    device = spec.env.device
-    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    totals = torch.zeros(2, dtype=torch.float64, device=spec.env.device)
     for inputs, targets in progress(loader, len(loader), f"epoch {epoch + 1}", spec.env.is_main):
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        loss = F.cross_entropy(spec.logits(inputs), targets)
-        spec.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        spec.optimizer.step()
-        totals += torch.tensor([loss.item() * len(targets), len(targets)], dtype=torch.float64, device=device)
+        train_batch(spec, inputs, targets, totals)
     all_reduce_sum(totals)
     return (totals[0] / totals[1].clamp(min=1)).item()
 
 
 @torch.no_grad()
-def validate(spec: TrainingSpec, loader: DataLoader, total: int) -> tuple[float, float]:
+def score_batch(spec: TrainingSpec, inputs: torch.Tensor, targets: torch.Tensor, counts: torch.Tensor) -> None:
+    """Adds (top-1 hits, top-5 hits, samples) of one batch to `counts` on the device (no host sync)."""
+    device = spec.env.device
+    inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+    scores = spec.logits(inputs)
+    hits = scores.topk(min(5, scores.shape[1]), dim=1).indices == targets[:, None]
+    counts[0] += hits[:, 0].sum()
+    counts[1] += hits.any(dim=1).sum()
+    counts[2] += len(targets)
+
+
+@torch.no_grad()
+def validate(spec: TrainingSpec, loader: DataLoader) -> tuple[float, float]:
     """Top-1 and top-5 accuracy (percent) over the whole val set; each rank scores its share."""
     for module in spec.model.modules():
         module.eval()
-    device = spec.env.device
-    counts = torch.zeros(2, dtype=torch.float64, device=device)
+    counts = torch.zeros(3, dtype=torch.float64, device=spec.env.device)
     for inputs, targets in loader:
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        scores = spec.logits(inputs)
-        ranked = scores.topk(min(5, scores.shape[1]), dim=1).indices
-        hits = ranked == targets[:, None]
-        counts += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()]).to(torch.float64)
+        score_batch(spec, inputs, targets, counts)
     all_reduce_sum(counts)
-    return 100.0 * counts[0].item() / total, 100.0 * counts[1].item() / total
+    top1, top5, total = counts.tolist()
+    return 100.0 * top1 / max(total, 1), 100.0 * top5 / max(total, 1)
 
 
 def fit(spec: TrainingSpec, session: RunSession) -> dict[str, Any]:
@@ -107,11 +125,13 @@ def fit(spec: TrainingSpec, session: RunSession) -> dict[str, Any]:
         history, start = list(state["history"]), int(state["epoch"])
         log.info("resumed after epoch %d", start)
 
-    sampler = DistributedSampler(spec.train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                                 seed=args.seed)
+    sampler = spec.train_sampler or DistributedSampler(spec.train_set, num_replicas=env.world_size, rank=env.rank,
+                                                       shuffle=True, seed=args.seed)
     generator = torch.Generator()
     train_loader = _loader(spec.train_set, spec, sampler=sampler, generator=generator)
-    val_loader = _loader(Subset(spec.val_set, shard(len(spec.val_set), env)), spec)
+    val_share = spec.val_set if spec.train_sampler is not None else Subset(spec.val_set,
+                                                                          shard(len(spec.val_set), env))
+    val_loader = _loader(val_share, spec)
     metrics = session.metrics(resume_step=start)
     for epoch in range(start, args.epochs):
         sampler.set_epoch(epoch)
@@ -120,7 +140,7 @@ def fit(spec: TrainingSpec, session: RunSession) -> dict[str, Any]:
         lr = spec.optimizer.param_groups[0]["lr"]
         loss = train_epoch(spec, train_loader, epoch)
         spec.scheduler.step()
-        top1, top5 = validate(spec, val_loader, len(spec.val_set))
+        top1, top5 = validate(spec, val_loader)
         row = {"epoch": epoch + 1, "top1": top1, "top5": top5, "loss": loss, "lr": lr}
         history.append(row)
         log.info("epoch %d/%d: loss %.4f, val top-1 %.2f%%, top-5 %.2f%% (best top-1 %.2f%%)", epoch + 1,
