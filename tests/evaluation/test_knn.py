@@ -94,3 +94,17 @@ def test_eval_knn_command_writes_metrics_and_does_not_redo_a_finished_run(
 
     monkeypatch.setattr(knn, "knn_evaluate", must_not_run)
     assert knn.run_knn(args) == first
+
+
+@pytest.mark.parametrize("name", ["random", "none", ""])
+def test_a_random_baseline_is_seeded_and_recorded(shapes_dir, tmp_path, name):
+    from trainer.cli import main
+
+    runs = []
+    for attempt in range(2):
+        dump = tmp_path / f"{name or 'empty'}-{attempt}"
+        assert main(["eval-knn", "--data_path", str(shapes_dir), "--dump_path", str(dump), "--pretrained", name,
+                     "--arch", "resnet_tiny", "--image_size", "32", "--workers", "0"]) == 0
+        runs.append(json.loads((dump / "metrics.json").read_text()))
+    assert runs[0]["pretrained"] == {"url": "random", "random_init": True, "seed": 31, "sha256": None}
+    assert runs[0]["top1"] == runs[1]["top1"]  # the same seed gives the same random trunk

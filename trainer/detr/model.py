@@ -18,12 +18,11 @@ from torchvision.ops import FrozenBatchNorm2d
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
 from trainer.errors import UserError
-from trainer.models.pretrained import LoadReport, load_pretrained_trunk
+from trainer.models.pretrained import LoadReport, is_random_init, load_pretrained_trunk
 from trainer.models.resnet import build_trunk
 
 log = logging.getLogger(__name__)
 TRAINED_STAGES = ("layer2.", "layer3.", "layer4.")
-NO_PRETRAINED = "none"
 
 
 class TrunkFeatures(nn.Module):
@@ -91,11 +90,12 @@ def backbone_trunk(model: DetrForObjectDetection) -> ResNet:
 
 
 def build_detr(args: argparse.Namespace, num_classes: int) -> tuple[DetrForObjectDetection, LoadReport | None]:
-    """DETR with our `args.arch` trunk initialised from `args.pretrained` (or random for `none`)."""
+    """DETR with our `args.arch` trunk initialised from `args.pretrained` (or seeded random for `random`)."""
     trunk, feature_dim = build_trunk(args.arch)
     report = None
-    if args.pretrained == NO_PRETRAINED:
-        log.warning("--pretrained none: the backbone starts from random weights (a baseline, not a transfer)")
+    if is_random_init(args.pretrained):
+        log.warning("--pretrained %s: the backbone starts from random weights (a baseline, not a transfer)",
+                    args.pretrained or "random")
     else:
         report = load_pretrained_trunk(trunk, args.pretrained)
     frozen = freeze_batchnorm(trunk)

@@ -26,11 +26,11 @@ from trainer.data.sources import loader_timeout
 from trainer.detr.dataset import CocoDetection, check_annotations, collate, load_annotations, num_classes_of
 from trainer.detr.evaluator import box_ap, detections
 from trainer.detr.loss import mean_boxes_per_rank, set_loss
-from trainer.detr.model import NO_PRETRAINED, build_detr
+from trainer.detr.model import build_detr
 from trainer.distributed import DistEnv, all_reduce_sum, barrier, cleanup, init_distributed
 from trainer.errors import UserError
 from trainer.evaluation.common import check_file
-from trainer.models.pretrained import LoadReport
+from trainer.models.pretrained import LoadReport, is_random_init, random_init_record
 from trainer.run.metrics import MetricsLog, write_document
 from trainer.run.resume import identity_of, legacy_identity
 from trainer.run.session import RunSession
@@ -110,8 +110,9 @@ RANGES = {
 def validate(args: argparse.Namespace) -> None:
     """Every flag before any work: ranges, then the weights files."""
     check_ranges(args, RANGES)
-    if args.pretrained != NO_PRETRAINED:
-        check_file("--pretrained", args.pretrained, f"pass a backbone.pth / checkpoint file, or '{NO_PRETRAINED}'")
+    if not is_random_init(args.pretrained):
+        check_file("--pretrained", args.pretrained, "pass a backbone.pth / checkpoint file, or 'random' for a "
+                                                    "randomly initialised baseline")
     if args.resume:
         check_file("--resume", args.resume, "pass a checkpoint.pth written by detr, or leave it empty")
 
@@ -223,9 +224,9 @@ def evaluate(detr: DetrForObjectDetection, loader: DataLoader, annotations: dict
     return box_ap(annotations, results) if env.is_main else None
 
 
-def pretrained_summary(args: argparse.Namespace, report: LoadReport | None) -> dict[str, Any] | None:
+def pretrained_summary(args: argparse.Namespace, report: LoadReport | None) -> dict[str, Any]:
     if report is None:
-        return None
+        return random_init_record(args.seed)
     return {"url": args.pretrained, "sha256": report.sha256, "loaded": report.loaded,
             "expected": report.expected, "source_format": report.source_format}
 
@@ -309,6 +310,14 @@ def run_detr(args: argparse.Namespace) -> dict[str, Any]:
             return _train(args, env, session)
     finally:
         cleanup()
+
+
+def check(args: argparse.Namespace, world_size: int) -> None:
+    """The checks `run_detr` makes before any work (launchers call it before any pod): flags, weights files,
+    annotations; none depends on world_size."""
+    validate(args)
+    for split in ("train", "val"):
+        check_annotations(load_annotations(args.coco_path, split), args.coco_path, split)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ from torch import nn
 from trainer import storage
 from trainer.config import Range, check_ranges
 from trainer.errors import UserError
-from trainer.models.pretrained import load_pretrained_trunk
+from trainer.models.pretrained import is_random_init, load_pretrained_trunk, random_init_record
 from trainer.models.resnet import ARCHS, build_trunk
 from trainer.seeding import derive_seed
 
@@ -51,8 +51,6 @@ def add_common_arguments(parser: argparse.ArgumentParser, batch_size: int, worke
     group.add_argument("--seed", type=int, default=31)
 
 
-# --pretrained values that mean "no weights": a randomly initialised trunk, the baseline.
-NO_PRETRAINED = ("", "random", "none")
 COMMON_RANGES = {"image_size": Range(32, note="a ResNet downsamples 32x"), "batch_size": Range(1),
                  "workers": Range(0, note="0: load data in the evaluating process")}
 
@@ -69,7 +67,7 @@ def check_file(flag: str, url: str, fix: str) -> None:
 
 
 def check_pretrained(url: str) -> None:
-    if url.lower() not in NO_PRETRAINED:
+    if not is_random_init(url):
         check_file("--pretrained", url, "pass a checkpoint file (checkpoint.pth.tar, backbone.pth, a SwAV or "
                                         "torchvision state dict), or leave it empty for a random trunk")
 
@@ -88,7 +86,7 @@ def check_common(args: argparse.Namespace) -> None:
 
 
 def prepare_trunk(arch: str, pretrained: str, seed: int, device: torch.device
-                  ) -> tuple[nn.Module, int, dict[str, Any] | None]:
+                  ) -> tuple[nn.Module, int, dict[str, Any]]:
     """The trunk of `arch` with `pretrained` loaded, on `device`; its feature width and a load record.
 
     The random initialisation is seeded, so that every rank of a run without --pretrained holds the same
@@ -96,8 +94,8 @@ def prepare_trunk(arch: str, pretrained: str, seed: int, device: torch.device
     """
     torch.manual_seed(derive_seed(seed, 0))
     trunk, feature_dim = build_trunk(arch)
-    record = None
-    if pretrained.lower() not in NO_PRETRAINED:
+    record = random_init_record(seed)
+    if not is_random_init(pretrained):
         report = load_pretrained_trunk(trunk, pretrained)
         record = {"url": pretrained, **asdict(report)}
     else:

@@ -24,6 +24,17 @@ log = logging.getLogger(__name__)
 # Dict keys under which checkpoints nest their state dict, most specific first.
 WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
 HASH_CHUNK_BYTES = 8 << 20
+# --pretrained values that mean "no weights": a seeded randomly initialised trunk, the baseline of a result.
+RANDOM_INIT = ("", "random", "none")
+
+
+def is_random_init(url: str) -> bool:
+    return url.strip().lower() in RANDOM_INIT
+
+
+def random_init_record(seed: int) -> dict[str, object]:
+    """What metrics.json says of a randomly initialised trunk: a baseline, and the seed that made it."""
+    return {"url": "random", "random_init": True, "seed": seed, "sha256": None}
 # Parts of pretraining checkpoints that are expected to stay behind (classifier, SwAV head).
 NON_TRUNK_PREFIXES = ("fc.", "head.", "projection_head.", "prototypes.")
 
