@@ -64,7 +64,9 @@ FLAGS: dict[str, tuple[Any, str | None, Any, str]] = {
     "checkpoint_freq": (int, None, 25, "keep checkpoints/ckp-<epoch>.pth every this many epochs"),
     "use_fp16": (bool_flag, None, True, "mixed precision (torch.autocast) on GPUs"),
     "sync_bn": (str, None, "pytorch", "pytorch|apex (both mean torch SyncBatchNorm on multi-GPU)|none"),
-    "syncbn_process_group_size": (int, None, 8, "accepted for compatibility; SyncBN spans all ranks"),
+    "syncbn_process_group_size": (int, None, 8, "SyncBN shares batch statistics within groups of this many "
+                                  "consecutive ranks (8: one node of 8 GPUs); 0 or >= world size: all ranks; "
+                                  "1: BatchNorm per GPU"),
     "dump_path": (str, None, ".", "output location (any fsspec URL); rerun the same command to resume"),
     "seed": (int, None, 31, "seed of every random draw"),
     "run_swav": (bool_flag, None, False, "plain SwAV (no Un-Mix mixtures)"),

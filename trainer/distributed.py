@@ -3,6 +3,19 @@
 No RANK/WORLD_SIZE in the environment: one process, no launcher. Otherwise init_process_group with
 env:// (MASTER_ADDR, MASTER_PORT), nccl on GPUs and gloo on CPUs, and a collective timeout so that a
 dead rank makes the others fail instead of hanging forever.
+
+How a dead or stalled peer ends a rank (the exit-code contract, README "Exit codes"):
+- gloo: the collective raises (connection closed, or the timeout) in the training thread; the error
+  boundary maps it to 138.
+- nccl: torch's watchdog thread notices the failed or timed-out collective. Under torch's default
+  TORCH_NCCL_ASYNC_ERROR_HANDLING=3 (or 1) it rethrows in that thread, which std::terminate()s the process:
+  SIGABRT, exit 134, which the Training Operator's ExitCode policy treats as permanent. We set 2
+  (CleanUpOnly) unless the environment says otherwise: the watchdog aborts the communicators and leaves the
+  process alive, and the training thread's next collective raises DistBackendError (a
+  torch.distributed.DistError), which the boundary maps to 138. TORCH_NCCL_BLOCKING_WAIT stays off: it
+  would make every collective's wait block the host. What remains is torch's heartbeat monitor, which still
+  aborts (134) a process whose watchdog is itself stuck (TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC, default 480 s);
+  a launcher that runs the trainer as the pod's main process maps 134 to 138 (see README).
 """
 
 from __future__ import annotations
@@ -18,6 +31,8 @@ import torch.distributed as dist
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
+# NCCL settings applied unless the environment already sets them (see the module docstring).
+NCCL_ERROR_HANDLING = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,8 @@ def init_distributed(device_preference: str = "auto", timeout_minutes: float | N
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
+            for name, value in NCCL_ERROR_HANDLING.items():
+                os.environ.setdefault(name, value)  # read when the NCCL process group is created
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(minutes=timeout_minutes))
         log.info("rank %d/%d initialised (%s, local rank %d)", rank, world_size, backend, local_rank)
@@ -77,6 +94,43 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
+
+
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor` (same shape on all ranks) stacked along dim 0, in rank order; itself alone in a
+    single process. One collective, device tensors under nccl; gloo has no all_gather_into_tensor."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    size = dist.get_world_size()
+    if dist.get_backend() == "nccl":
+        out = tensor.new_empty((size * tensor.shape[0], *tensor.shape[1:]))
+        dist.all_gather_into_tensor(out, tensor.contiguous())
+        return out
+    parts = [torch.empty_like(tensor) for _ in range(size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def syncbn_group(group_size: int, env: DistEnv) -> tuple[dist.ProcessGroup | None, str]:
+    """The process group SyncBatchNorm statistics are shared in, for --syncbn_process_group_size, and a
+    sentence for the log. Every rank must call this (new_subgroups is a collective set-up).
+
+    Groups are consecutive ranks: torchrun and the Training Operator number ranks node by node, so a size of
+    the GPUs per node (the recipe's 8) keeps every group on one node. 0, or a size of at least the world
+    size: all ranks (None, the default group). 1: no group; BatchNorm stays per process.
+    """
+    if group_size == 1:
+        return None, "BatchNorm per process (--syncbn_process_group_size 1)"
+    if group_size == 0 or group_size >= env.world_size:
+        return None, f"SyncBatchNorm across all {env.world_size} processes"
+    if env.world_size % group_size:
+        raise UserError(f"--syncbn_process_group_size {group_size} does not divide the {env.world_size} "
+                        f"processes into equal groups; use a divisor of {env.world_size} (the GPUs per node, "
+                        "e.g. 8), or 0 for all processes")
+    group, _ = dist.new_subgroups(group_size)
+    first = env.rank // group_size * group_size
+    return group, (f"SyncBatchNorm in {env.world_size // group_size} groups of {group_size} processes "
+                   f"(this rank: {first}-{first + group_size - 1})")
 
 
 def world_size() -> int:

@@ -31,12 +31,13 @@ from trainer.data.multicrop import MultiCropDataset, crop_specs
 from trainer.data.photometric import Photometric
 from trainer.data.sampler import ResumableSampler
 from trainer.data.sources import ImageSource, loader_timeout, open_source
-from trainer.distributed import DistEnv, barrier, cleanup, init_distributed
+from trainer.distributed import DistEnv, barrier, cleanup, init_distributed, syncbn_group
 from trainer.errors import Preempted, UserError
 from trainer.models.heads import SwAVHead, SwAVModel
 from trainer.models.resnet import build_trunk, trunk_state_dict
 from trainer.optim import build_optimizer, learning_rate
 from trainer.run.metrics import MetricsLog
+from trainer.run.resources import compiler_problem, size_this_rank
 from trainer.run.resume import identity_of, legacy_identity
 from trainer.run.session import RunSession
 from trainer.seeding import generator
@@ -110,11 +111,44 @@ def build_model(cfg: argparse.Namespace, env: DistEnv) -> SwAVModel:
     trunk, feature_dim = build_trunk(cfg.arch)
     model = SwAVModel(trunk, SwAVHead(feature_dim, cfg.hidden_mlp, cfg.feat_dim, cfg.nmb_prototypes))
     if env.is_distributed and env.device.type == "cuda" and cfg.sync_bn != "none":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_syncbn(model, cfg.syncbn_process_group_size, env)
+    if cfg.compile:
+        check_compile(model, env)
     model = model.to(env.device)
     if cfg.channels_last and env.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def convert_syncbn(model: nn.Module, group_size: int, env: DistEnv) -> nn.Module:
+    """BatchNorm layers as SyncBatchNorm over the groups --syncbn_process_group_size asks for (node-local
+    groups of consecutive ranks, as the reference's apex groups); every rank must call this."""
+    group, line = syncbn_group(group_size, env)
+    log.info(line)
+    if group_size == 1:
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
+
+
+def check_compile(model: nn.Module, env: DistEnv) -> None:
+    """--compile needs a compiler in the image and no SyncBatchNorm in the model: refused with the reason.
+
+    SyncBatchNorm's forward (torch/nn/modules/_functions.py) asks torch.cuda.is_current_stream_capturing(),
+    indexes the gathered statistics with a data-dependent mask (a host sync) and calls collectives inside
+    an autograd.Function: dynamo breaks the graph at every such layer (pytorch#161302) and together with DDP
+    compiled SyncBN is reported to fail outright (pytorch#107372).
+    """
+    problem = compiler_problem(env.device.type)
+    if problem:
+        raise UserError(f"--compile: {problem}; drop --compile or use an image with a compiler")
+    synced = sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    if synced:
+        raise UserError(
+            f"--compile with SyncBatchNorm is refused: torch.compile cannot trace nn.SyncBatchNorm (a graph break "
+            f"at each of its {synced} layers, run once per crop resolution every step; pytorch#161302), its "
+            "forward waits for the host at every layer, and compiled SyncBN under DDP is reported to fail "
+            "(pytorch#107372). Use --compile with --sync_bn none or --syncbn_process_group_size 1 (BatchNorm per "
+            "GPU), or keep SyncBN without --compile")
 
 
 def autocast_dtype(cfg: argparse.Namespace, device: torch.device) -> torch.dtype | None:
@@ -275,6 +309,15 @@ def collapse_warning(mean_loss: float, nmb_prototypes: int, epoch: int) -> str |
                 "but well above --feat_dim), "
                 "a larger global batch")
     return None
+
+
+def size_loader(cfg: argparse.Namespace, env: DistEnv) -> None:
+    """Loader workers and intra-op threads from the CPUs this pod may use (trainer.run.resources), logged."""
+    sizing = size_this_rank(env.device.type == "cuda", cfg.workers)
+    cfg.workers = sizing.workers
+    if sizing.threads is not None:
+        torch.set_num_threads(sizing.threads)
+    log.info(sizing.line)
 
 
 def build_loader(cfg: argparse.Namespace, env: DistEnv, source: ImageSource) -> tuple[DataLoader, ResumableSampler]:
@@ -483,6 +526,7 @@ def train(cfg: argparse.Namespace, env: DistEnv, session: RunSession) -> None:
     warning = config.prototype_count_warning(cfg.nmb_prototypes, len(source.classes))
     if warning:
         log.warning(warning)
+    size_loader(cfg, env)
     loader, sampler = build_loader(cfg, env, source)
     session.write_params({**vars(cfg), "world_size": env.world_size})  # the run is accepted: data and flags
     schedule = Schedule(sampler.batches_per_epoch, sampler.batches_per_epoch * cfg.epochs)
@@ -518,12 +562,12 @@ def train(cfg: argparse.Namespace, env: DistEnv, session: RunSession) -> None:
 
 def run_knn_monitor(trunk: nn.Module, cfg: argparse.Namespace, env: DistEnv, metrics: MetricsLog,
                     step: int) -> None:
-    """Rank 0 scores the current trunk with weighted kNN on a held-out folder; the others wait."""
-    if env.is_main:
-        from trainer.evaluation.knn import knn_evaluate
+    """All ranks score the current trunk together with weighted kNN on a held-out folder: each encodes a
+    share of both splits with its own loader workers and the top-k is merged across ranks, so no rank waits
+    in a collective while another encodes the whole set."""
+    from trainer.evaluation.knn import knn_evaluate
 
-        result = knn_evaluate(trunk, cfg.knn_eval_path, env.device, image_size=cfg.size_crops[0],
-                              workers=min(cfg.workers, 4))
-        log.info("kNN monitor at step %d: top-1 %.2f top-5 %.2f", step, result["top1"], result["top5"])
-        metrics.record("knn", step, {"top1": result["top1"], "top5": result["top5"]})
-    barrier()
+    result = knn_evaluate(trunk, cfg.knn_eval_path, env.device, image_size=cfg.size_crops[0],
+                          workers=cfg.workers, env=env)
+    log.info("kNN monitor at step %d: top-1 %.2f top-5 %.2f", step, result["top1"], result["top5"])
+    metrics.record("knn", step, {"top1": result["top1"], "top5": result["top5"]})
