@@ -52,8 +52,8 @@ def test_planted_bad_files_are_reported_exactly(planted_folder: Path, tmp_path: 
     assert isinstance(staged, StagedSource)
     _same_samples(staged, open_source(str(planted_folder)))
     shard = manifest["splits"]["train"]["shards"][0]
-    with tarfile.open(dest / shard["path"]) as tar:  # shards are plain tars any tool can read
-        assert len(tar.getnames()) == shard["count"] == 8
+    with tarfile.open(dest / shard["path"]) as tar:  # plain tars: <key>.<ext>, <key>.cls, <key>.json per sample
+        assert len(tar.getnames()) == 3 * shard["count"] == 24
 
 
 def test_too_many_bad_files_fail_with_a_report(planted_folder: Path, tmp_path: Path) -> None:
@@ -70,7 +70,7 @@ def test_resume_reuses_finished_shards_and_redoes_the_rest(shapes_dir: Path, tmp
     dest = tmp_path / "staged"
     first = stage_dataset(str(shapes_dir), str(dest), shard_size_mb=SMALL_SHARD_MB, workers=2,
                           progress=lambda message: None)
-    shards = sorted((dest / "train").glob("shard-*.tar"))
+    shards = sorted((dest / "train").glob("train-*.tar"))
     assert len(shards) >= 4
     # An interrupted run: no manifest, one shard never recorded, one tar cut short mid-upload.
     (dest / "manifest.json").unlink()

@@ -115,7 +115,7 @@ def test_per_class_tars_on_s3_stage_and_resume_without_reindexing(s3_server, sha
 
     # An interrupted run: no manifest and one shard never recorded. The archives must not be read again.
     client.delete_object(Bucket="archives", Key="staged/manifest.json")
-    client.delete_object(Bucket="archives", Key="staged/train/shard-00001.json")
+    client.delete_object(Bucket="archives", Key="staged/train/train-00001.json")
 
     def no_reindex(url: str) -> list:
         raise AssertionError(f"{url} was indexed again")

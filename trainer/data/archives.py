@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import posixpath
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
@@ -26,9 +27,13 @@ from trainer.data.decode import is_image_name
 from trainer.data.sources import SPLITS, is_ignored_name
 from trainer.errors import UserError
 
+log = logging.getLogger(__name__)
 TAR_SUFFIX = ".tar"
 COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".tar.lz4")
 INDEX_FOLDER = "archive-index"
+INDEX_VERSION = 2  # 2: label members' text kept (records of version 1 are indexed again)
+LABEL_SUFFIXES = ("cls", "cls2", "json")  # WebDataset members that carry a sample's label
+MAX_LABEL_BYTES = 64 * 1024
 RUN_GAP_BYTES = 64 * 1024  # members closer than this are fetched in one request (tar headers lie between)
 FLAT_TAR_HINT = ("files without a class folder have no label, and a flat val tar needs a label file, which "
                  "stage does not read; sort the images into <class>/ folders first (for ImageNet's val tar: "
@@ -40,6 +45,7 @@ class Member:
     path: str  # inside the archive; `<inner>.tar/<file>` for a file of a tar inside the archive
     offset: int  # of the member's data, from the start of the archive file
     size: int
+    text: str | None = None  # the contents of a small WebDataset label member (`.cls`, `.json`), read in passing
 
 
 @dataclass
@@ -52,6 +58,10 @@ class ArchiveListing:
     sizes: list[int] = field(default_factory=list)
     locations: list[tuple[int, str, int]] = field(default_factory=list)  # (archive number, member, offset)
     ignored: list[str] = field(default_factory=list)  # `<archive name>/<member>` of non-image members
+    # WebDataset shards say each sample's label and the classes; other archives leave both to the names.
+    labels: list[int] | None = None
+    classes: list[str] | None = None
+    bad: list[list[str]] = field(default_factory=list)  # [member, reason, archive URL] left out when listed
     _position: dict[str, int] = field(default_factory=dict)
 
     def add(self, archive: int, member: Member, name: str, where: str) -> None:
@@ -94,8 +104,18 @@ def _index_members(tar: tarfile.TarFile, base_offset: int, prefix: str) -> list[
             with tarfile.open(fileobj=inner_file, mode="r:") as inner:
                 members += _index_members(inner, base_offset + info.offset_data, path + "/")
         else:
-            members.append(Member(path, base_offset + info.offset_data, info.size))
+            text = None
+            if not prefix and info.size <= MAX_LABEL_BYTES and _is_label_member(path):
+                handle = tar.extractfile(info)  # the next bytes of the stream: read while passing by
+                assert handle is not None
+                text = handle.read().decode("utf-8", "replace")
+            members.append(Member(path, base_offset + info.offset_data, info.size, text))
     return members
+
+
+def _is_label_member(path: str) -> bool:
+    basename = path.rsplit("/", 1)[-1]
+    return "." in basename and basename.split(".", 1)[1].lower() in LABEL_SUFFIXES
 
 
 def index_tar(url: str) -> list[Member]:
@@ -130,15 +150,20 @@ def cached_index(url: str, index_dir: str) -> tuple[str, list[Member]]:
             record = json.loads(storage.read_text(record_url))
         except ValueError:
             record = {}
-        if record.get("key") == key:
+        if record.get("key") == key and record.get("version") == INDEX_VERSION:
             return key, [Member(*entry) for entry in record["members"]]
     members = index_tar(url)
-    record = {"key": key, "members": [[m.path, m.offset, m.size] for m in members]}
-    storage.write_text(record_url, json.dumps(record, ensure_ascii=False))
+    record = {"key": key, "version": INDEX_VERSION,
+              "members": [[m.path, m.offset, m.size] + ([m.text] if m.text is not None else []) for m in members]}
+    try:
+        storage.write_text(record_url, json.dumps(record, ensure_ascii=False))
+    except OSError as error:  # a cache: a read-only or full place costs a re-index next time, not the run
+        log.warning("could not keep the index of %s at %s (%s); it will be read again next time", url, record_url,
+                    error)
     return key, members
 
 
-def _index_all(urls: list[str], index_dir: str, workers: int) -> list[tuple[str, list[Member]]]:
+def index_all(urls: list[str], index_dir: str, workers: int) -> list[tuple[str, list[Member]]]:
     with ThreadPoolExecutor(max(1, min(workers, len(urls)))) as pool:  # I/O bound: threads suffice
         return list(pool.map(lambda url: cached_index(url, index_dir), urls))
 
@@ -157,7 +182,7 @@ def _class_and_image(path: str) -> tuple[str, str] | None:
 
 def list_single_tar(url: str, index_dir: str) -> dict[str, ArchiveListing]:
     """Split -> samples of one tar holding class folders (or class tars), optionally under train/ and val/."""
-    key, members = _index_all([url], index_dir, 1)[0]
+    key, members = index_all([url], index_dir, 1)[0]
     archive_name = posixpath.basename(url.rstrip("/"))
     tops = {m.path.split("/", 1)[0] for m in members if "/" in m.path}
     splits = [split for split in SPLITS if split in tops] or [None]
@@ -185,15 +210,17 @@ def list_single_tar(url: str, index_dir: str) -> dict[str, ArchiveListing]:
     return listings
 
 
-def list_class_tars(root: str, tar_urls: list[str], workers: int, index_dir: str) -> ArchiveListing:
-    """Samples of a folder of per-class tars: the class is the tar's name, members are its images."""
+def list_class_tars(root: str, tar_urls: list[str], indexed: list[tuple[str, list[Member]]]) -> ArchiveListing:
+    """Samples of a folder of per-class tars: the class is the tar's name, members are its images.
+
+    `indexed` holds each tar's (key, members), from `index_all`.
+    """
     if len(tar_urls) == 1:
         raise UserError(f"{root} holds a single tar, {posixpath.basename(tar_urls[0])}, which would be a "
                         "dataset of one class; pass the tar itself as --source if it holds <class>/ folders "
                         f"(or pass a folder of per-class tars); {FLAT_TAR_HINT}")
     listing = ArchiveListing(archives=list(tar_urls))
-    for number, (url, (key, members)) in enumerate(zip(tar_urls, _index_all(tar_urls, index_dir, workers),
-                                                       strict=True)):
+    for number, (url, (key, members)) in enumerate(zip(tar_urls, indexed, strict=True)):
         listing.keys.append(key)
         archive_name = posixpath.basename(url)
         class_name = archive_name.removesuffix(TAR_SUFFIX)

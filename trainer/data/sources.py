@@ -37,10 +37,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MANIFEST = "manifest.json"
-STAGED_FORMAT = "unmix-swav-staged/1"
+# 2: WebDataset-convention shards (<key>.<ext> + <key>.cls + <key>.json); 1: members named by their source
+# path, labels only in index.npz. Both are read the same way (by the index); stage writes 2.
+STAGED_FORMAT = "unmix-swav-staged/2"
+STAGED_FORMATS = ("unmix-swav-staged/1", STAGED_FORMAT)
 SPLITS = ("train", "val")
 SEQUENTIAL_READAHEAD_BYTES = int(os.environ.get("UNMIX_SHARD_READAHEAD_MB", "8")) * 2**20
-TAR_GAP_BYTES = 4096  # tar header(s) + padding between consecutive members: still a sequential read
+# Tar headers, padding and a sample's small .cls/.json members between two images: still a sequential read.
+TAR_GAP_BYTES = 8192
 # A read that stalls (a hung NFS or FUSE mount, a store that accepts a request and never answers) would hang
 # the run for good, and a worker blocked in a system call does not even end on SIGTERM. FIFOs, the local
 # case, are skipped at listing (and refused unopened if one appears later); for the rest a DataLoader waits
@@ -112,9 +116,13 @@ class ImageSource:
     def _read(self, index: int) -> bytes:
         raise NotImplementedError
 
+    def where(self, index: int) -> str:
+        """Where sample `index` is, for logs."""
+        return printable_name(storage.join(self.url, self.name(index)))
+
     def _mark_bad(self, index: int, reason: str) -> None:
         if index not in self._bad:
-            log.warning("skipping %s: %s", printable_name(storage.join(self.url, self.name(index))), reason)
+            log.warning("skipping %s: %s", self.where(index), reason)
         self._bad[index] = reason
 
     def decode_with(self, index: int, transform: Callable[[Image.Image], T]) -> T | None:
@@ -164,17 +172,25 @@ class FolderSource(ImageSource):
             raise BadImage(f"no permission to read it ({error.strerror})") from error
 
 
-class StagedSource(ImageSource):
-    """A staged split: samples are members of tar shards, read by the (offset, size) in the index."""
+class ShardedSource(ImageSource):
+    """Samples that are members of tar shards, each read by its (shard, offset, size).
 
-    def __init__(self, url: str, manifest: dict[str, Any], split: str, index: dict[str, np.ndarray],
-                 cache_dir: str | None) -> None:
-        super().__init__(url, manifest["classes"], index["names"], index["labels"])
-        self.shards: list[dict[str, Any]] = manifest["splits"][split]["shards"]
-        self._shard = index["shard"]
-        self._offset = index["offset"]
-        self._size = index["size"]
-        self.cache_dir = cache_dir
+    In shard order (evaluation, staging checks) one request fetches many samples (read-ahead); in trainer
+    order each sample is one ranged read, unless `cache_dir` (or UNMIX_SHARD_CACHE) keeps whole shards on
+    local disk, fetched once per host.
+    """
+
+    def __init__(self, url: str, classes: list[str], names: np.ndarray, targets: np.ndarray, *,
+                 shard_urls: list[str], shard_ends: list[int], shard: np.ndarray, offset: np.ndarray,
+                 size: np.ndarray, cache_dir: str | None, cache_names: list[str],
+                 checksums: list[str] | None = None) -> None:
+        super().__init__(url, classes, names, targets)
+        self.shard_urls = shard_urls
+        self._shard_ends = shard_ends  # read-ahead never reads past these (the shard's size, or its last sample)
+        self._shard, self._offset, self._size = shard, offset, size
+        self.cache_dir = cache_dir or os.environ.get("UNMIX_SHARD_CACHE") or None
+        self._cache_names = cache_names  # per shard: its file name in the cache (unique per content)
+        self._checksums = checksums  # per shard sha256, verified when it enters the cache
         self._block: tuple[int, int, bytes] | None = None  # (shard, start, data) of the last read-ahead
         self._last_end: tuple[int, int] = (-1, -1)
 
@@ -186,24 +202,23 @@ class StagedSource(ImageSource):
     def shard_of(self, index: int) -> int:
         return int(self._shard[index])
 
-    def _shard_url(self, shard: int) -> str:
-        return storage.join(self.url, self.shards[shard]["path"])
+    def where(self, index: int) -> str:
+        return f"{printable_name(self.name(index))} (in {self.shard_urls[self.shard_of(index)]})"
 
     def _cached_shard(self, shard: int) -> str:
-        """Local path of the whole shard in the cache dir, downloaded and checksum-verified once per host."""
+        """Local path of the whole shard in the cache dir, downloaded (and checksum-verified) once per host."""
         assert self.cache_dir is not None
-        info = self.shards[shard]
         os.makedirs(self.cache_dir, exist_ok=True)
-        local = os.path.join(self.cache_dir, f"{info['sha256']}.tar")
+        local = os.path.join(self.cache_dir, f"{self._cache_names[shard]}.tar")
         if os.path.exists(local):
             return local
         # One download per host: concurrent loader workers wait for the first one instead of repeating it.
         with open(f"{local}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not os.path.exists(local):
-                data = storage.read_bytes(self._shard_url(shard))
-                if hashlib.sha256(data).hexdigest() != info["sha256"]:
-                    raise OSError(f"shard {self._shard_url(shard)} does not match its manifest checksum")
+                data = storage.read_bytes(self.shard_urls[shard])
+                if self._checksums is not None and hashlib.sha256(data).hexdigest() != self._checksums[shard]:
+                    raise OSError(f"shard {self.shard_urls[shard]} does not match its manifest checksum")
                 tmp = f"{local}.{uuid.uuid4().hex}.tmp"
                 with open(tmp, "wb") as handle:
                     handle.write(data)
@@ -215,7 +230,7 @@ class StagedSource(ImageSource):
             with open(self._cached_shard(shard), "rb") as handle:
                 handle.seek(start)
                 return handle.read(end - start)
-        url = self._shard_url(shard)
+        url = self.shard_urls[shard]
         fs, path = self._fs(), storage.filesystem(url)[1]
         return storage.with_retries(lambda: fs.cat_file(path, start=start, end=end), f"reading {url}")
 
@@ -228,14 +243,30 @@ class StagedSource(ImageSource):
         elif self.cache_dir is None and self._last_end[0] == shard and \
                 0 <= offset - self._last_end[1] <= TAR_GAP_BYTES:
             # Reading in shard order (evaluation, staging checks): fetch ahead, one request for many samples.
-            shard_size = int(self.shards[shard]["size"])
-            block_end = max(end, min(offset + SEQUENTIAL_READAHEAD_BYTES, shard_size))
+            block_end = max(end, min(offset + SEQUENTIAL_READAHEAD_BYTES, self._shard_ends[shard]))
             self._block = (shard, offset, self._read_range(shard, offset, block_end))
             data = self._block[2][:end - offset]
         else:
             data = self._read_range(shard, offset, end)
         self._last_end = (shard, end)
         return data
+
+
+class StagedSource(ShardedSource):
+    """A staged split: samples are members of tar shards, read by the (offset, size) in the index."""
+
+    def __init__(self, url: str, manifest: dict[str, Any], split: str, index: dict[str, np.ndarray],
+                 cache_dir: str | None) -> None:
+        shards: list[dict[str, Any]] = manifest["splits"][split]["shards"]
+        root = data_root(url, manifest)
+        super().__init__(url, manifest["classes"], index["names"], index["labels"],
+                         shard_urls=[storage.join(root, shard["path"]) for shard in shards],
+                         shard_ends=[int(shard["size"]) for shard in shards], shard=index["shard"],
+                         offset=index["offset"], size=index["size"], cache_dir=cache_dir,
+                         cache_names=[shard["sha256"] for shard in shards],
+                         checksums=[shard["sha256"] for shard in shards])
+        self.shards = shards
+        self.format = manifest["format"]
 
 
 @dataclass
@@ -344,17 +375,27 @@ def read_manifest(url: str) -> dict[str, Any]:
         found = f"a JSON {type(manifest).__name__}" if not isinstance(manifest, dict) else "an object without them"
         raise UserError(f"{manifest_url} is {found}, not a staged manifest with classes and splits; re-run "
                         "unmix-swav stage into a new --dest")
-    if manifest.get("format") != STAGED_FORMAT or not manifest.get("complete"):
-        raise UserError(f"{manifest_url} is not a complete {STAGED_FORMAT} manifest; "
+    if manifest.get("format") not in STAGED_FORMATS:
+        raise UserError(f"{manifest_url} has format {manifest.get('format')!r}, which this version does not read "
+                        f"(it reads {', '.join(STAGED_FORMATS)}); re-run unmix-swav stage from the original source "
+                        "into a new --dest")
+    if not manifest.get("complete"):
+        raise UserError(f"{manifest_url} is not a complete {manifest['format']} manifest; "
                         "re-run unmix-swav stage to finish it")
     return manifest
 
 
-def read_index(url: str, split_info: dict[str, Any]) -> dict[str, np.ndarray]:
-    data = storage.read_bytes(storage.join(url, split_info["index"]))
+def data_root(url: str, manifest: dict[str, Any]) -> str:
+    """Where the shards and indexes of the staged dataset at `url` are: `url`, or the staged dataset that a
+    `stage --source <staged dataset>` run reused (its manifest says `data_root`)."""
+    return str(manifest.get("data_root") or url)
+
+
+def read_index(url: str, split_info: dict[str, Any], manifest: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    index_url = storage.join(data_root(url, manifest or {}), split_info["index"])
+    data = storage.read_bytes(index_url)
     if hashlib.sha256(data).hexdigest() != split_info["index_sha256"]:
-        raise UserError(f"{storage.join(url, split_info['index'])} does not match the manifest's checksum; "
-                        "re-run unmix-swav stage")
+        raise UserError(f"{index_url} does not match the manifest's checksum; re-run unmix-swav stage")
     with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
         return {key: arrays[key] for key in arrays.files}
 
@@ -367,8 +408,7 @@ def open_staged(url: str, split: str | None = None, cache_dir: str | None = None
     split_info = manifest["splits"][split]
     if split_info["count"] == 0:
         raise UserError(f"split {split!r} of staged dataset {url} is empty")
-    cache_dir = cache_dir or os.environ.get("UNMIX_SHARD_CACHE") or None
-    return StagedSource(url, manifest, split, read_index(url, split_info), cache_dir)
+    return StagedSource(url, manifest, split, read_index(url, split_info, manifest), cache_dir)
 
 
 def resolve_folder(url: str, split: str | None) -> str:
@@ -391,14 +431,22 @@ def resolve_folder(url: str, split: str | None) -> str:
 
 
 def open_source(url: str, split: str | None = None, cache_dir: str | None = None) -> ImageSource:
-    """A staged dataset (folder with manifest.json) or an ImageFolder tree, local or on any fsspec store.
+    """A staged dataset (folder with manifest.json), WebDataset shards (a folder of them, a brace pattern, a
+    wids index, one .tar) or an ImageFolder tree, local or on any fsspec store.
 
-    `split` picks train/ or val/ (default train) when the folder holds both; `cache_dir` (or the
-    UNMIX_SHARD_CACHE env) keeps whole staged shards on local disk after their first read.
+    `split` picks train/ or val/ (default train) when the data holds both; `cache_dir` (or the
+    UNMIX_SHARD_CACHE env) keeps whole shards on local disk after their first read.
     """
+    from trainer.data import wds  # imports this module
+
     url = url.rstrip("/")
     if url.endswith("/" + MANIFEST):
         url = url[: -len(MANIFEST) - 1]
+    if wds.is_shard_set_url(url):
+        return wds.open_webdataset(url, split, cache_dir)
     if storage.exists(storage.join(url, MANIFEST)):
         return open_staged(url, split, cache_dir)
+    fs, root = storage.filesystem(url)
+    if storage.with_retries(lambda: fs.isdir(root), f"checking {url}") and wds.folder_tar_groups(url):
+        return wds.open_webdataset(url, split, cache_dir)
     return open_folder(resolve_folder(url, split))

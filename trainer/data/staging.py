@@ -1,17 +1,26 @@
-"""`unmix-swav stage`: validate every image of an ImageFolder tree (or of tar archives of one: see
-trainer/data/archives.py) and pack it into tar shards + manifest.
+"""`unmix-swav stage`: validate every image of an ImageFolder tree, of tar archives of one (see
+trainer/data/archives.py) or of a WebDataset shard set (trainer/data/wds.py) and pack it into WebDataset
+shards + manifest.
 
-Layout written under --dest (any fsspec URL):
-  <split>/shard-00000.tar   original image bytes, members named by their path in the source
-  <split>/shard-00000.json  what went into the shard (offsets, sizes, labels, skipped files): resume record
-  <split>/index.npz         per sample: shard, offset, size, label, name (what StagedSource reads)
-  manifest.json             classes, per-split counts and shards with sha256, skipped files and reasons
-  archive-index/*.json      per source archive: its members' offsets and sizes (resume without re-reading)
+Layout written under --dest (any fsspec URL), format unmix-swav-staged/2:
+  <split>/<split>-00000.tar  WebDataset shards: per sample <key>.<ext> (the original bytes), <key>.cls (class
+                             index), <key>.json (original file name, label, class name, split); keys unique,
+                             without dots; names brace-friendly: train/train-{00000..00012}.tar
+  <split>/<split>-00000.json what went into the shard (offsets, sizes, labels, skipped files): resume record
+  <split>/index.npz          per sample: shard, offset, size, label, name, key (what StagedSource reads)
+  wids-<split>.json          the split as a wids index ({"wids_version": 1, "shardlist": [...]})
+  classes.txt                class names, line i = class i (classes.json when a name holds a line break)
+  manifest.json              format, classes, per-split counts, brace pattern and shards with sha256, skipped
+                             files and reasons, the source, its listing digest and the options
+  archive-index/*.json       per source archive: its members' offsets and sizes (resume without re-reading)
 The manifest is written last, so its presence means a complete dataset. Every shard holds a mix of
 classes (the sampler reads shard by shard): files of a folder are shuffled across shards (fixed seed);
-members of archives are striped, each shard taking one contiguous run of every class of every archive,
-so that shard writers read archives in a few long byte ranges.
-Re-running with the same source and options reuses every shard whose record matches the plan.
+members of archives are striped, each shard taking one contiguous run of every class of every archive
+(of every source shard, for WebDataset sources), so that shard writers read archives in long byte ranges.
+Re-running with the same source and options reuses the complete dataset after checking it (seconds);
+an interrupted run resumes, reusing every shard whose record matches the plan. A staged dataset given as
+--source is verified and reused, never copied. Datasets of format 1 (members named by their source path,
+labels only in index.npz) are read as before.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import io
 import json
 import multiprocessing
 import os
+import posixpath
 import shutil
 import sys
 import tarfile
@@ -29,16 +39,18 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from trainer import storage
+from trainer.data import wds
 from trainer.data.archives import (
     INDEX_FOLDER,
     ArchiveListing,
+    index_all,
     is_tar_name,
     list_class_tars,
     list_single_tar,
@@ -46,7 +58,16 @@ from trainer.data.archives import (
     refuse_compressed,
 )
 from trainer.data.decode import BadImage, decode, open_image_bytes
-from trainer.data.sources import MANIFEST, SPLITS, STAGED_FORMAT, list_folder, printable_name
+from trainer.data.sources import (
+    MANIFEST,
+    SPLITS,
+    STAGED_FORMAT,
+    data_root,
+    list_folder,
+    printable_name,
+    read_index,
+    read_manifest,
+)
 from trainer.data.synthetic import BUILTIN_PREFIX, BUILTIN_SOURCES, make_generated
 from trainer.errors import UserError
 
@@ -55,6 +76,7 @@ MAX_IGNORED_LISTED = 1000
 # The smallest value of each builtin:<kind> option (the generators also cap num_classes per kind).
 BUILTIN_MINIMUMS = {"num_classes": 2, "images_per_class": 1, "val_images_per_class": 0, "image_size": 16}
 # Staged names go into tar headers, JSON records and the index as UTF-8, which these names cannot be.
+VERIFY_CHOICES = ("size", "sha256")
 NON_UTF8_REASON = "file name is not valid UTF-8 (shown with \\x escapes); rename it to stage it"
 Progress = Callable[[str], None]
 
@@ -142,20 +164,30 @@ def _skip_entry(task: dict[str, Any], member: list[Any], reason: str) -> list[st
     return [member[0], reason]
 
 
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> int:
+    """Append one member; returns the offset of its data in the tar."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    tar.addfile(info, io.BytesIO(data))
+    return tar.offset - tarfile.BLOCKSIZE * -(-len(data) // tarfile.BLOCKSIZE)
+
+
 def write_shard(task: dict[str, Any]) -> dict[str, Any]:
     """Validate and pack one shard's files; upload the tar, then its record. Runs in a worker process.
 
     Members are [path, label] (files under task["source"]) or [path, label, archive number, member path,
-    offset, size] (members of task["archives"]).
+    offset, size] (members of task["archives"]); task["keys"] holds each one's WebDataset key. Each sample
+    becomes `<key>.<ext>` (the original bytes), `<key>.cls` (the class index) and `<key>.json`.
     """
     members: list[list[Any]] = task["members"]
+    classes: list[str] = task["classes"]
     buffer = io.BytesIO()
     packed, skipped, modes = [], [], Counter()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for start in range(0, len(members), READ_BATCH):
             chunk = members[start:start + READ_BATCH]
             contents = _fetch_members(task, chunk)
-            for member in chunk:
+            for member, key in zip(chunk, task["keys"][start:start + READ_BATCH], strict=True):
                 path, label = member[0], member[1]
                 data = contents[path]
                 try:
@@ -164,11 +196,10 @@ def write_shard(task: dict[str, Any]) -> dict[str, Any]:
                     skipped.append(_skip_entry(task, member, str(error)))
                     continue
                 assert isinstance(data, bytes)
-                info = tarfile.TarInfo(path)
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
-                tar.addfile(info, io.BytesIO(data))
-                data_offset = tar.offset - tarfile.BLOCKSIZE * -(-len(data) // tarfile.BLOCKSIZE)
-                packed.append([path, label, data_offset, len(data)])
+                data_offset = _add_member(tar, f"{key}.{wds.image_suffix(path)}", data)
+                _add_member(tar, f"{key}.cls", str(label).encode("ascii"))
+                _add_member(tar, f"{key}.json", wds.sample_json(path, label, classes[label], task["split"]))
+                packed.append([path, label, data_offset, len(data), key])
     shard_bytes = buffer.getvalue()
     storage.atomic_write_bytes(storage.join(task["dest"], task["path"]), shard_bytes)
     record = {"plan": task["plan"], "path": task["path"], "size": len(shard_bytes),
@@ -202,45 +233,67 @@ def _folder_listing(root: str) -> FolderListing:
 
 
 def _listing_skips(split: str, listing: FolderListing | ArchiveListing) -> list[dict[str, str]]:
-    """Manifest `skipped` entries of images the listing already refused (their names are not UTF-8)."""
-    names = listing.non_utf8_names if isinstance(listing, FolderListing) else []
-    return [{"split": split, "path": name, "reason": NON_UTF8_REASON} for name in names]
+    """Manifest `skipped` entries of images the listing already refused: names that are not UTF-8, and
+    WebDataset samples without a usable label."""
+    if isinstance(listing, ArchiveListing):
+        return [{"split": split, "path": path, "reason": reason, "archive": archive}
+                for path, reason, archive in listing.bad]
+    return [{"split": split, "path": name, "reason": NON_UTF8_REASON} for name in listing.non_utf8_names]
 
 
-def _split_listing(root: str, index_dir: str, workers: int) -> FolderListing | ArchiveListing:
-    """A folder holding .tar files is a folder of per-class tars; any other folder an ImageFolder tree."""
-    fs, path = storage.filesystem(root)
-    entries = storage.with_retries(lambda: fs.ls(path, detail=True), f"listing {root}")
-    files = sorted(os.path.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "file")
-    tars = [storage.join(root, name) for name in files if is_tar_name(name)]
+def _split_listing(root: str, tars: list[str],
+                   indexed: dict[str, tuple[str, list[Any]]]) -> FolderListing | ArchiveListing:
+    """A folder holding per-class .tar files (`tars`, already indexed), or an ImageFolder tree."""
     if tars:
-        return list_class_tars(root, tars, workers, index_dir)
+        return list_class_tars(root, tars, [indexed[tar] for tar in tars])
     listing = _folder_listing(root)
     if not listing.names:
-        for name in files:
-            refuse_compressed(storage.join(root, name))
+        fs, path = storage.filesystem(root)
+        entries = storage.with_retries(lambda: fs.ls(path, detail=True), f"listing {root}")
+        for entry in entries:
+            if entry["type"] == "file":
+                refuse_compressed(storage.join(root, os.path.basename(entry["name"].rstrip("/"))))
     return listing
 
 
 def _split_listings(source: str, dest: str, workers: int) -> dict[str, FolderListing | ArchiveListing]:
-    """Split name -> its samples: train/ and val/ when the source holds them, else the source as train."""
+    """Split name -> its samples: train/ and val/ when the source holds them, else the source as train.
+
+    What a tar holds is read from its members (trainer/data/wds.py: `tar_kind`), never guessed from names."""
     fs, root = storage.filesystem(source)
     index_dir = storage.join(dest, INDEX_FOLDER)
+    if wds.is_brace_pattern(source) or wds.is_wids_index(source):
+        return wds.stage_listings(wds.read_shard_set(source, index_dir, workers))
     if fs.isfile(root):
         refuse_compressed(source)
         if not is_tar_name(source):
-            raise UserError(f"--source {source} is a file but not a .tar archive; pass a tar of an "
-                            "ImageFolder tree, a folder, or a folder of per-class .tar files")
+            raise UserError(f"--source {source} is a file but not a .tar archive; {wds.SUPPORTED_LAYOUTS}")
+        indexed = index_all([source], index_dir, 1)
+        kind = wds.tar_kind(source, indexed[0][1])
+        if kind == "webdataset":
+            return wds.stage_listings(wds.read_shard_set(source, index_dir, workers))
+        if kind == "webdataset-unlabelled":
+            wds.tar_layout(source, [source], indexed)  # refuses, naming the fix
         return list_single_tar(source, index_dir)
     if not fs.isdir(root):
         raise UserError(f"--source {source} does not exist or is not a folder; pass an ImageFolder tree "
                         f"(class folders), a folder holding train/ and val/, a .tar of either, a folder of "
-                        f"per-class .tar files, or one of {', '.join(BUILTIN_SOURCES)}")
-    if fs.exists(f"{root.rstrip('/')}/{MANIFEST}"):
-        raise UserError(f"--source {source} is already a staged dataset; pass it as --data_path directly")
+                        f"per-class .tar files, WebDataset shards (a folder, a brace pattern or a wids index), "
+                        f"a staged dataset, or one of {', '.join(BUILTIN_SOURCES)}")
+    groups = wds.folder_tar_groups(source)
+    urls = [url for tars in groups.values() for url in tars]
+    indexed = dict(zip(urls, index_all(urls, index_dir, workers), strict=True)) if urls else {}
+    layouts = {folder: wds.tar_layout(folder, tars, [indexed[tar] for tar in tars]) for folder, tars in groups.items()}
+    if "webdataset" in layouts.values():
+        if set(layouts.values()) != {"webdataset"}:
+            raise UserError(f"--source {source} mixes WebDataset shards and per-class tars "
+                            f"({', '.join(f'{posixpath.basename(f)}: {k}' for f, k in layouts.items())}); "
+                            f"{wds.SUPPORTED_LAYOUTS}")
+        return wds.stage_listings(wds.read_shard_set(source, index_dir, workers))
     names = {os.path.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)}
     roots = {split: storage.join(source, split) for split in SPLITS if split in names} or {"train": source}
-    return {split: _split_listing(split_root, index_dir, workers) for split, split_root in roots.items()}
+    return {split: _split_listing(split_root, groups.get(split_root, []), indexed)
+            for split, split_root in roots.items()}
 
 
 def _run_tasks(tasks: list[dict[str, Any]], workers: int, split: str, total_images: int,
@@ -283,11 +336,16 @@ def _stage_split(split: str, listing: FolderListing | ArchiveListing, classes: l
                  shard_bytes: int, workers: int, seed: int,
                  progress: Progress) -> tuple[dict[str, Any], list[dict[str, str]]]:
     label_of = {name: label for label, name in enumerate(classes)}
-    labels = [label_of[path.split("/", 1)[0]] for path in listing.names]
+    labels = listing.labels if isinstance(listing, ArchiveListing) and listing.labels is not None else \
+        [label_of[path.split("/", 1)[0]] for path in listing.names]
+    keys = wds.sample_keys(listing.names)
     if isinstance(listing, ArchiveListing):
         members = [[path, label, *location, size] for path, label, location, size
                    in zip(listing.names, labels, listing.locations, listing.sizes, strict=True)]
-        groups = [(location[0], label) for location, label in zip(listing.locations, labels, strict=True)]
+        # Per-class tars: every shard takes a run of every class; WebDataset shards are mixed already, so
+        # every shard takes a run of each of them (one ranged read per source shard).
+        groups = [location[0] if listing.labels is not None else (location[0], label)
+                  for location, label in zip(listing.locations, labels, strict=True)]
         plan = plan_striped_shards(groups, listing.sizes, shard_bytes, seed)
         reads: dict[str, Any] = {"archives": listing.archives}
     else:
@@ -295,13 +353,17 @@ def _stage_split(split: str, listing: FolderListing | ArchiveListing, classes: l
         plan = plan_shards(listing.sizes, shard_bytes, seed)
         reads = {"source": listing.root}
     tasks = []
+    width = max(5, len(str(len(plan) - 1)))
+    classes_digest = _plan_digest(classes)
     for number, indices in enumerate(plan):
-        shard_members = [members[i] for i in indices]
+        shard_members, shard_keys = [members[i] for i in indices], [keys[i] for i in indices]
         # Archive keys (size, version) in the plan: a changed archive invalidates the shards read from it.
         versions = sorted({listing.keys[m[2]] for m in shard_members}) if "archives" in reads else []
-        tasks.append({**reads, "dest": dest, "members": shard_members,
-                      "plan": _plan_digest([*shard_members, *versions]),
-                      "path": f"{split}/shard-{number:05d}.tar", "record": f"{split}/shard-{number:05d}.json"})
+        name = f"{split}/{split}-{number:0{width}d}"  # the split in the file name too: names unique across splits
+        tasks.append({**reads, "dest": dest, "members": shard_members, "keys": shard_keys, "classes": classes,
+                      "split": split, "path": f"{name}.tar", "record": f"{name}.json",
+                      "plan": _plan_digest([STAGED_FORMAT, classes_digest, *shard_members, *shard_keys,
+                                            *versions])})
     records = _run_tasks(tasks, workers, split, len(members), progress)
 
     kept = [(number, m) for number, r in enumerate(records) for m in r["members"]]
@@ -309,7 +371,8 @@ def _stage_split(split: str, listing: FolderListing | ArchiveListing, classes: l
              "offset": np.array([m[2] for _, m in kept], dtype=np.int64),
              "size": np.array([m[3] for _, m in kept], dtype=np.int64),
              "labels": np.array([m[1] for _, m in kept], dtype=np.int64),
-             "names": np.array([m[0].encode("utf-8") for _, m in kept], dtype=np.bytes_)}
+             "names": np.array([m[0].encode("utf-8") for _, m in kept], dtype=np.bytes_),
+             "keys": np.array([m[4].encode("ascii") for _, m in kept], dtype=np.bytes_)}
     buffer = io.BytesIO()
     np.savez(buffer, **index)
     index_bytes = buffer.getvalue()
@@ -325,7 +388,13 @@ def _stage_split(split: str, listing: FolderListing | ArchiveListing, classes: l
         "index_sha256": hashlib.sha256(index_bytes).hexdigest(),
         "shards": [{"path": r["path"], "size": r["size"], "sha256": r["sha256"], "count": len(r["members"])}
                    for r in records],
+        "pattern": f"{split}/{split}-{{{0:0{width}d}..{len(records) - 1:0{width}d}}}.tar",
+        "wids_index": f"wids-{split}.json",
     }
+    wids_index = {"wids_version": 1, "name": split,
+                  "shardlist": [{"url": r["path"], "nsamples": len(r["members"]), "filesize": r["size"]}
+                                for r in records]}
+    storage.write_text(storage.join(dest, info["wids_index"]), json.dumps(wids_index, indent=1))
     skipped = [{"split": split, "path": entry[0], "reason": entry[1],
                 **({"archive": entry[2]} if entry[2:] else {})} for r in records for entry in r["skipped"]]
     return info, skipped
@@ -347,15 +416,144 @@ def check_dest_outside(source: str, dest: str) -> None:
                         "--dest outside the source folder")
 
 
+def _listing_digest(listings: dict[str, FolderListing | ArchiveListing]) -> str:
+    """What the source holds, as staging sees it (names, sizes, archive versions, labels): equal digests
+    mean a re-run would write the same dataset."""
+    digest = hashlib.sha256()
+    for split, listing in listings.items():
+        extra = [listing.keys, listing.locations, listing.labels, listing.bad] \
+            if isinstance(listing, ArchiveListing) else [listing.non_utf8_names]
+        digest.update(json.dumps([split, listing.names, listing.sizes, *extra], ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+def _split_folders_of(manifest: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    folders: dict[str, list[dict[str, Any]]] = {}
+    for info in manifest["splits"].values():
+        for shard in info["shards"]:
+            folders.setdefault(posixpath.dirname(shard["path"]), []).append(shard)
+    return folders
+
+
+def _file_sizes(folder: str) -> dict[str, int]:
+    """Name -> size of the files in `folder` (one listing request); {} when it does not exist."""
+    fs, path = storage.filesystem(folder)
+    try:
+        found = storage.with_retries(lambda: fs.ls(path, detail=True), f"listing {folder}")
+    except FileNotFoundError:
+        return {}
+    return {posixpath.basename(entry["name"].rstrip("/")): entry.get("size") for entry in found}
+
+
+def verify_staged(url: str, manifest: dict[str, Any], checksums: bool = False, workers: int = 8) -> None:
+    """Check a staged dataset against its manifest: every index file by sha256, every shard by size (one
+    listing per folder) or, with `checksums`, by sha256. UserError naming the first mismatch."""
+    root = data_root(url, manifest)
+    for info in manifest["splits"].values():
+        read_index(url, info, manifest)
+    for folder, shards in _split_folders_of(manifest).items():
+        sizes = _file_sizes(storage.join(root, folder))
+        for shard in shards:
+            size = sizes.get(posixpath.basename(shard["path"]))
+            if size != shard["size"]:
+                what = "is missing" if size is None else f"has {size} bytes"
+                raise UserError(f"{storage.join(root, shard['path'])} {what}, the manifest says {shard['size']}; "
+                                "the staged dataset is damaged: stage the original source again")
+    if checksums:
+        shards = [shard for group in _split_folders_of(manifest).values() for shard in group]
+
+        def check(shard: dict[str, Any]) -> str | None:
+            shard_url = storage.join(root, shard["path"])
+            return None if hashlib.sha256(storage.read_bytes(shard_url)).hexdigest() == shard["sha256"] else shard_url
+
+        with ThreadPoolExecutor(max(1, min(workers, len(shards)))) as pool:
+            bad = [found for found in pool.map(check, shards) if found]
+        if bad:
+            raise UserError(f"{len(bad)} shards do not match their manifest sha256 (e.g. {bad[0]}); the staged "
+                            "dataset is damaged: stage the original source again")
+
+
+def _counts(manifest: dict[str, Any]) -> str:
+    return ", ".join(f"{split} {info['count']}" for split, info in manifest["splits"].items())
+
+
+def _reusable(dest: str, source: str, options: dict[str, Any], generator: dict[str, Any] | None,
+              digest: str | None, max_bad_fraction: float, progress: Progress) -> dict[str, Any] | None:
+    """The complete manifest at `dest` when it was staged from `source` with these options (and, for a
+    source that is not generated, from the same listing) and still verifies; None otherwise."""
+    if not storage.exists(storage.join(dest, MANIFEST)):
+        return None
+    try:
+        manifest = read_manifest(dest)
+    except UserError:
+        return None
+    same = (manifest["format"] == STAGED_FORMAT and manifest.get("source") == source and not manifest.get("data_root")
+            and {k: manifest.get("options", {}).get(k) for k in options} == options
+            and manifest.get("generator") == generator and (digest is None or manifest.get("source_digest") == digest))
+    total = sum(info["count"] for info in manifest["splits"].values()) + len(manifest.get("skipped", []))
+    if not same or len(manifest.get("skipped", [])) / max(total, 1) > max_bad_fraction:
+        return None
+    try:
+        verify_staged(dest, manifest)
+    except UserError as error:
+        progress(f"stage: the dataset at {dest} cannot be reused ({error}); staging again")
+        return None
+    return manifest
+
+
+def _report_reuse(dest: str, manifest: dict[str, Any], started: float, progress: Progress) -> dict[str, Any]:
+    progress(f"stage: reused {storage.join(dest, MANIFEST)}: complete, same source and options "
+             f"({len(manifest['classes'])} classes, {_counts(manifest)} images); index checksums and shard sizes "
+             f"verified in {time.monotonic() - started:.1f}s")
+    return manifest
+
+
+def reuse_staged(source: str, dest: str, checksums: bool, workers: int, progress: Progress) -> dict[str, Any]:
+    """`stage --source <staged dataset>`: verify it and use it as it is. A --dest elsewhere gets a manifest
+    that points at the source's shards (`data_root`), so that it works as --data_path; nothing is copied."""
+    started = time.monotonic()
+    manifest = read_manifest(source)
+    verify_staged(source, manifest, checksums, workers)
+    root = data_root(source, manifest)
+    if storage.is_local(root) and "://" not in root:
+        root = os.path.abspath(root)
+    note = "" if manifest["format"] == STAGED_FORMAT else (
+        f"; it is {manifest['format']}: its shards carry no WebDataset labels (every command reads it); stage "
+        "the original source into a new --dest to get them")
+    if _location(source) != _location(dest):
+        if storage.exists(storage.join(dest, MANIFEST)):
+            existing = json.loads(storage.read_text(storage.join(dest, MANIFEST)))
+            if not isinstance(existing, dict) or existing.get("data_root") != root:
+                raise UserError(f"--dest {dest} already holds another staged dataset; pick a new --dest (or pass "
+                                f"{source} itself as --data_path)")
+        manifest = {**manifest, "data_root": root, "reused_from": source}
+        storage.write_text(storage.join(dest, MANIFEST), json.dumps(manifest, indent=1, ensure_ascii=False))
+        note = f"; wrote {storage.join(dest, MANIFEST)}, which points at its shards" + note
+    checked = "sha256" if checksums else "sizes"
+    progress(f"stage: reused the staged dataset {source} ({len(manifest['classes'])} classes, {_counts(manifest)} "
+             f"images): manifest, index checksums and shard {checked} verified in "
+             f"{time.monotonic() - started:.1f}s{note}")
+    return manifest
+
+
 def stage_folder(source: str, dest: str, shard_size_mb: float = 256, workers: int = 1,
                  max_bad_fraction: float = 0.01, seed: int = 0,
                  progress: Progress = _print_progress) -> dict[str, Any]:
+    started = time.monotonic()
     check_dest_outside(source, dest)
     listings = _split_listings(source, dest, workers)
-    classes = sorted({path.split("/", 1)[0] for listing in listings.values() for path in listing.names})
-    if not classes:
+    digest = _listing_digest(listings)
+    options = {"shard_size_mb": shard_size_mb, "seed": seed}
+    reused = _reusable(dest, source, options, None, digest, max_bad_fraction, progress)
+    if reused is not None:
+        return _report_reuse(dest, reused, started, progress)
+    named = [listing.classes for listing in listings.values()
+             if isinstance(listing, ArchiveListing) and listing.classes is not None]
+    classes = named[0] if named else \
+        sorted({path.split("/", 1)[0] for listing in listings.values() for path in listing.names})
+    if not classes or not any(listing.names for listing in listings.values()):
         raise UserError(f"no images in class folders under {source}; expected <class>/<image>.jpg files "
-                        "(in a folder or a .tar) or a folder of per-class .tar files")
+                        f"(in a folder or a .tar) or a folder of per-class .tar files; {wds.SUPPORTED_LAYOUTS}")
     ignored = [storage.join(split, path) for split, listing in listings.items() for path in listing.ignored]
     not_regular = {storage.join(split, path): kind for split, listing in listings.items()
                    if isinstance(listing, FolderListing) for path, kind in listing.not_regular.items()}
@@ -375,20 +573,26 @@ def stage_folder(source: str, dest: str, shard_size_mb: float = 256, workers: in
         raise UserError(f"{len(skipped)} of {total} files ({bad_fraction:.1%}) under {source} are not "
                         f"decodable images, over --max_bad_fraction {max_bad_fraction}; fix or remove them "
                         f"(all listed in {storage.join(dest, 'staging-report.json')}), e.g. {first}")
+    classes_file = "classes.txt" if not any("\n" in name or "\r" in name for name in classes) else "classes.json"
+    storage.write_text(storage.join(dest, classes_file),
+                       "".join(f"{name}\n" for name in classes) if classes_file == "classes.txt"
+                       else json.dumps(classes, ensure_ascii=False))
     manifest = {
         "format": STAGED_FORMAT,
         "complete": True,
+        "layout": "webdataset: <key>.<ext> (original bytes) + <key>.cls (class index) + <key>.json",
         "source": source,
+        "source_digest": digest,
         "classes": classes,
+        "classes_file": classes_file,
         "splits": splits,
         "skipped": skipped,
         "ignored": {"count": len(ignored), "paths": ignored[:MAX_IGNORED_LISTED],
                     "not_regular": dict(list(not_regular.items())[:MAX_IGNORED_LISTED])},
-        "options": {"shard_size_mb": shard_size_mb, "seed": seed, "max_bad_fraction": max_bad_fraction},
+        "options": {**options, "max_bad_fraction": max_bad_fraction},
     }
     storage.write_text(storage.join(dest, MANIFEST), json.dumps(manifest, indent=1, ensure_ascii=False))
-    counts = ", ".join(f"{split} {info['count']}" for split, info in splits.items())
-    progress(f"stage: wrote {storage.join(dest, MANIFEST)}: {len(classes)} classes, {counts} images, "
+    progress(f"stage: wrote {storage.join(dest, MANIFEST)}: {len(classes)} classes, {_counts(manifest)} images, "
              f"{len(skipped)} skipped, {len(ignored)} non-image or special files ignored")
     return manifest
 
@@ -396,8 +600,10 @@ def stage_folder(source: str, dest: str, shard_size_mb: float = 256, workers: in
 def stage_dataset(source: str, dest: str, shard_size_mb: float = 256, workers: int | None = None,
                   max_bad_fraction: float = 0.01, seed: int = 0, num_classes: int = 10,
                   images_per_class: int = 60, val_images_per_class: int | None = None, image_size: int = 64,
-                  progress: Progress = _print_progress) -> dict[str, Any]:
-    """Stage `source` (an ImageFolder URL or a generated `builtin:<kind>`) into `dest`; returns the manifest."""
+                  verify: str = "size", progress: Progress = _print_progress) -> dict[str, Any]:
+    """Stage `source` (a folder, tars, WebDataset shards or a generated `builtin:<kind>`) into `dest`, or
+    reuse what is there (a staged `source`, or a complete `dest` of the same source and options); returns
+    the manifest."""
     if not shard_size_mb > 0:
         raise UserError(f"--shard_size_mb must be positive, not {shard_size_mb}")
     if not 0 <= max_bad_fraction <= 1:
@@ -407,8 +613,12 @@ def stage_dataset(source: str, dest: str, shard_size_mb: float = 256, workers: i
                         "(at most 8)")
     if seed < 0:
         raise UserError(f"--seed {seed} is out of range; use 0 or more")
+    if verify not in VERIFY_CHOICES:
+        raise UserError(f"--verify {verify!r} is not one of {', '.join(VERIFY_CHOICES)}")
     workers = workers or min(8, os.cpu_count() or 1)
     if not source.startswith(BUILTIN_PREFIX):
+        if not wds.is_shard_set_url(source) and storage.exists(storage.join(source.rstrip("/"), MANIFEST)):
+            return reuse_staged(source.rstrip("/"), dest, verify == "sha256", workers, progress)
         return stage_folder(source, dest, shard_size_mb, workers, max_bad_fraction, seed, progress)
     counts = {"num_classes": num_classes, "images_per_class": images_per_class,
               "val_images_per_class": val_images_per_class, "image_size": image_size}
@@ -416,14 +626,21 @@ def stage_dataset(source: str, dest: str, shard_size_mb: float = 256, workers: i
         if value is not None and value < BUILTIN_MINIMUMS[name]:
             raise UserError(f"--{name} {value} is out of range for {source}; use {BUILTIN_MINIMUMS[name]} or more")
     kind = source.removeprefix(BUILTIN_PREFIX)
+    val_count = images_per_class // 3 if val_images_per_class is None else val_images_per_class
+    generator = {**counts, "val_images_per_class": val_count}
+    started = time.monotonic()
+    reused = _reusable(dest, source, {"shard_size_mb": shard_size_mb, "seed": seed}, generator, None,
+                       max_bad_fraction, progress)
+    if reused is not None:
+        return _report_reuse(dest, reused, started, progress)
     generated = tempfile.mkdtemp(prefix=f"unmix-{kind}-")
     try:
-        val_count = images_per_class // 3 if val_images_per_class is None else val_images_per_class
         make_generated(kind, generated, num_classes, images_per_class, val_count, image_size, seed, progress)
         manifest = stage_folder(generated, dest, shard_size_mb, workers, max_bad_fraction, seed, progress)
     finally:
         shutil.rmtree(generated, ignore_errors=True)
     manifest["source"] = source
+    manifest["generator"] = generator
     storage.write_text(storage.join(dest, MANIFEST), json.dumps(manifest, indent=1, ensure_ascii=False))
     return manifest
 
@@ -431,14 +648,18 @@ def stage_dataset(source: str, dest: str, shard_size_mb: float = 256, workers: i
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True,
                         help=f"ImageFolder tree (or a folder holding train/ and val/), a plain .tar of "
-                             f"either, or a folder of per-class .tar files (ImageNet's), local or s3://; "
-                             f"or {' or '.join(BUILTIN_SOURCES)} to generate a small labelled dataset")
+                             f"either, a folder of per-class .tar files (ImageNet's), WebDataset shards (a "
+                             f"folder, a brace pattern or a wids index), or a staged dataset (reused), local or "
+                             f"s3://; or {' or '.join(BUILTIN_SOURCES)} to generate a small labelled dataset")
     parser.add_argument("--dest", required=True, help="where to write shards and manifest.json (any fsspec URL)")
     parser.add_argument("--shard_size_mb", type=float, default=256, help="target size of one tar shard")
     parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: CPUs, max 8)")
     parser.add_argument("--max_bad_fraction", type=float, default=0.01,
                         help="fail instead of staging when more than this fraction of files is undecodable")
     parser.add_argument("--seed", type=int, default=0, help="shuffle of samples across shards; generated images' seed")
+    parser.add_argument("--verify", choices=VERIFY_CHOICES, default="size",
+                        help="when --source is a staged dataset: check its shards by size (seconds) or sha256 "
+                             "(reads every shard)")
     shapes = parser.add_argument_group(f"{', '.join(BUILTIN_SOURCES)} options")
     shapes.add_argument("--num_classes", type=int, default=10)
     shapes.add_argument("--images_per_class", type=int, default=60, help="training images per class")
@@ -450,4 +671,4 @@ def run(args: argparse.Namespace) -> None:
     stage_dataset(args.source, args.dest, shard_size_mb=args.shard_size_mb, workers=args.workers,
                   max_bad_fraction=args.max_bad_fraction, seed=args.seed, num_classes=args.num_classes,
                   images_per_class=args.images_per_class, val_images_per_class=args.val_images_per_class,
-                  image_size=args.image_size)
+                  image_size=args.image_size, verify=args.verify)
