@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from trainer.detr.loss import set_loss
+from trainer.detr.loss import install_set_loss
 from trainer.detr.model import TrunkFeatures, backbone_trunk, build_detr
 from trainer.detr.train import detr_args
 
@@ -73,14 +73,33 @@ def test_random_backbone_when_asked(pretrained_tiny: Path, tiny_args: ArgsFactor
     assert not torch.equal(backbone_trunk(model).state_dict()["conv1.weight"], source["conv1.weight"])
 
 
-def test_set_loss_weights_and_normalises_boxes(pretrained_tiny: Path, tiny_args: ArgsFactory) -> None:
-    model, _ = build_detr(tiny_args(pretrained_tiny), num_classes=4)
-    terms = {"loss_ce": torch.tensor(1.0), "loss_bbox": torch.tensor(1.0), "loss_giou": torch.tensor(1.0),
-             "cardinality_error": torch.tensor(9.0), "loss_bbox_0": torch.tensor(2.0)}
-    # DETR's weights: ce 1, bbox 5, giou 2, the same for auxiliary layers; cardinality is logged only.
-    assert set_loss(terms, model.config, local_boxes=4, mean_boxes=4.0).item() == pytest.approx(1 + 5 + 2 + 10)
-    # This rank holds 2 boxes, the ranks' mean is 4: box terms were divided by 2 and must be by 4.
-    assert set_loss(terms, model.config, local_boxes=2, mean_boxes=4.0).item() == pytest.approx(1 + 8.5)
+def test_set_loss_equals_transformers_detr_loss_with_one_host_copy(pretrained_tiny: Path,
+                                                                     tiny_args: ArgsFactory) -> None:
+    from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
+
+    model, _ = build_detr(tiny_args(pretrained_tiny, dec_layers=3), num_classes=4)
+    generator = torch.Generator().manual_seed(3)
+    labels = [{"class_labels": torch.tensor([1, 3]),
+               "boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.3, 0.2]])},
+              {"class_labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])}]
+    layers, batch, queries = 3, 2, model.config.num_queries
+    outputs_class = torch.randn(layers, batch, queries, 5, generator=generator)
+    outputs_coord = torch.rand(layers, batch, queries, 4, generator=generator) * 0.5 + 0.25
+    args = (outputs_class[-1], labels, torch.device("cpu"), outputs_coord[-1], model.config, outputs_class,
+            outputs_coord)
+    expected, expected_terms, _ = ForObjectDetectionLoss(*args)
+    ours = install_set_loss(model)
+    assert model.loss_function is ours and install_set_loss(model) is ours
+    loss, terms, auxiliary = ours(*args)
+    assert len(auxiliary) == 2 and set(terms) == set(expected_terms)
+    for name, value in expected_terms.items():
+        torch.testing.assert_close(terms[name], value, msg=name)
+    torch.testing.assert_close(loss, expected)
+    # DETR's normaliser is the mean box count over ranks: twice as many boxes elsewhere halve the box terms.
+    ours.num_boxes = torch.tensor([6.0])
+    _, halved, _ = ours(*args)
+    torch.testing.assert_close(halved["loss_bbox_0"], expected_terms["loss_bbox_0"] / 2)
+    torch.testing.assert_close(halved["loss_ce"], expected_terms["loss_ce"])
 
 
 def test_transformer_starts_from_detr_initialisation(pretrained_tiny: Path, tiny_args: ArgsFactory) -> None:

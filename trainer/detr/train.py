@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 from typing import Any
 
@@ -25,7 +26,7 @@ from trainer.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, check_ranges
 from trainer.data.sources import loader_timeout
 from trainer.detr.dataset import CocoDetection, check_annotations, collate, load_annotations, num_classes_of
 from trainer.detr.evaluator import box_ap, detections
-from trainer.detr.loss import mean_boxes_per_rank, set_loss
+from trainer.detr.loss import SetLoss, install_set_loss, mean_boxes_per_rank
 from trainer.detr.model import build_detr
 from trainer.distributed import DistEnv, all_reduce_sum, barrier, cleanup, init_distributed
 from trainer.errors import UserError
@@ -38,6 +39,8 @@ from trainer.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 LOGGED_TERMS = ("loss_ce", "loss_bbox", "loss_giou", "cardinality_error")
+LOG_EVERY_STEPS = 20  # the training loss is read on the host (and recorded) every this many steps
+EVAL_FLUSH_BATCHES = 16  # evaluation outputs copied to the host every this many batches
 CHECKPOINT = "checkpoint.pth"
 # Flags a restart may change without changing the run: the rest make up its identity. The lr schedule steps
 # at --lr_drop, not at a fraction of --epochs, so more epochs extend the same run.
@@ -173,55 +176,101 @@ def make_loaders(args: argparse.Namespace, env: DistEnv, annotations: dict[str, 
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
-    labels = [{key: value.to(device) for key, value in target.items()} for target in batch["labels"]]
-    return batch["pixel_values"].to(device), batch["pixel_mask"].to(device), labels
+    """The batch on `device`; asynchronous copies from the loader's pinned memory."""
+    labels = [{key: value.to(device, non_blocking=True) for key, value in target.items()}
+              for target in batch["labels"]]
+    return (batch["pixel_values"].to(device, non_blocking=True), batch["pixel_mask"].to(device, non_blocking=True),
+            labels)
+
+
+def train_step(model: torch.nn.Module, criterion: SetLoss, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
+               args: argparse.Namespace, env: DistEnv) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimisation step; the loss and its terms stay on the device. Its one host wait is the Hungarian
+    matching's (trainer.detr.loss.match); the box normaliser is all-reduced on the device before the forward."""
+    pixel_values, pixel_mask, labels = _to_device(batch, env.device)
+    criterion.num_boxes = mean_boxes_per_rank(sum(len(t["class_labels"]) for t in batch["labels"]), env.device)
+    outputs = model(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
+    optimizer.zero_grad(set_to_none=True)
+    outputs.loss.backward()
+    if args.clip_max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_max_norm)
+    optimizer.step()
+    return outputs.loss.detach(), {key: outputs.loss_dict[key].detach() for key in LOGGED_TERMS}
+
+
+def _diverged(value: float, where: str) -> UserError:
+    return UserError(f"the DETR loss became {value} {where}; the last checkpoint is kept. Lower --lr / "
+                     "--lr_backbone or keep --clip_max_norm > 0")
 
 
 def train_one_epoch(model: torch.nn.Module, detr: DetrForObjectDetection, loader: DataLoader,
                     optimizer: torch.optim.Optimizer, args: argparse.Namespace, env: DistEnv,
                     metrics: MetricsLog, global_step: int, epoch: int) -> tuple[dict[str, float], int]:
-    """Mean loss terms over the epoch (all ranks) and the global step after it."""
+    """Mean loss terms over the epoch (all ranks) and the global step after it.
+
+    The terms are summed on the device; the loss is read (a host sync) every LOG_EVERY_STEPS steps and at
+    the end of the epoch, when a train_step record is written. A non-finite loss stops the run at the next
+    read, before any checkpoint of the epoch is written.
+    """
     model.train()
-    sums = torch.zeros(len(LOGGED_TERMS) + 2, dtype=torch.float64)
+    criterion = install_set_loss(detr)
+    sums = torch.zeros(len(LOGGED_TERMS) + 1, dtype=torch.float64, device=env.device)
+    steps = 0
     for batch in loader:
-        pixel_values, pixel_mask, labels = _to_device(batch, env.device)
-        outputs = model(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
-        local_boxes = sum(len(target["class_labels"]) for target in labels)
-        loss = set_loss(outputs.loss_dict, detr.config, local_boxes, mean_boxes_per_rank(local_boxes, env.device))
-        if not torch.isfinite(loss):
-            raise UserError(f"the DETR loss became {loss.item()} at step {global_step}; the last checkpoint is "
-                            "kept. Lower --lr / --lr_backbone or keep --clip_max_norm > 0")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if args.clip_max_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_max_norm)
-        optimizer.step()
+        loss, terms = train_step(model, criterion, batch, optimizer, args, env)
+        sums += torch.stack([loss, *terms.values()]).double()
+        steps += 1
         global_step += 1
-        terms = [loss.item()] + [outputs.loss_dict[key].item() for key in LOGGED_TERMS]
-        sums += torch.tensor([*terms, 1.0], dtype=torch.float64)
-        metrics.record("train_step", global_step, {"epoch": epoch, "loss": terms[0]})
-    totals = all_reduce_sum(sums.to(env.device)).cpu()
-    steps = max(totals[-1].item(), 1.0)
-    means = {"train_loss": totals[0].item() / steps}
-    means.update({key: totals[1 + n].item() / steps for n, key in enumerate(LOGGED_TERMS)})
+        if global_step % LOG_EVERY_STEPS == 0 or steps == len(loader):
+            value = loss.item()
+            if not math.isfinite(value):
+                raise _diverged(value, f"at step {global_step}")
+            metrics.record("train_step", global_step, {"epoch": epoch, "loss": value})
+    totals = all_reduce_sum(torch.cat([sums, sums.new_tensor([steps])])).tolist()
+    if not math.isfinite(totals[0]):
+        raise _diverged(totals[0], f"in epoch {epoch} (summed over its steps)")
+    count = max(totals[-1], 1.0)
+    means = {"train_loss": totals[0] / count}
+    means.update({key: totals[1 + n] / count for n, key in enumerate(LOGGED_TERMS)})
     return means, global_step
 
 
 @torch.no_grad()
 def evaluate(detr: DetrForObjectDetection, loader: DataLoader, annotations: dict[str, Any],
              env: DistEnv) -> dict[str, float] | None:
-    """COCO box AP on the main rank (None on the others), each rank running its share of images."""
+    """COCO box AP on the main rank (None on the others), each rank running its share of images.
+
+    Outputs stay on the device and are copied to the host every EVAL_FLUSH_BATCHES batches (one wait per
+    flush, not per batch) for the post-processing."""
     detr.eval()
     results: list[dict[str, Any]] = []
+    pending: list[tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]] = []
+
+    def flush() -> None:
+        if pending:
+            logits = torch.cat([item[0] for item in pending]).cpu()
+            boxes = torch.cat([item[1] for item in pending]).cpu()
+            results.extend(detections(logits, boxes, [target for item in pending for target in item[2]]))
+            pending.clear()
+
     for batch in loader:
-        pixel_values, pixel_mask, labels = _to_device(batch, env.device)
-        outputs = detr(pixel_values=pixel_values, pixel_mask=pixel_mask)
-        results.extend(detections(outputs.logits.cpu(), outputs.pred_boxes.cpu(), batch["labels"]))
+        pending.append(eval_step(detr, batch, env))
+        if len(pending) >= EVAL_FLUSH_BATCHES:
+            flush()
+    flush()
     if env.is_distributed:
         shares: list[list[dict[str, Any]] | None] = [None] * env.world_size
         dist.all_gather_object(shares, results)
         results = [record for share in shares for record in share or []]
     return box_ap(annotations, results) if env.is_main else None
+
+
+def eval_step(detr: DetrForObjectDetection, batch: dict[str, Any], env: DistEnv
+              ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+    """One batch's class logits and boxes, left on the device, with the batch's host-side targets."""
+    pixel_values, pixel_mask, _ = _to_device({**batch, "labels": []}, env.device)
+    outputs = detr(pixel_values=pixel_values, pixel_mask=pixel_mask)
+    return outputs.logits, outputs.pred_boxes, batch["labels"]
 
 
 def pretrained_summary(args: argparse.Namespace, report: LoadReport | None) -> dict[str, Any]:
