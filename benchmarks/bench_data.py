@@ -1,8 +1,11 @@
-"""Samples/s read from staged tar shards vs one file per sample, both from an S3 server on loopback.
+"""Samples/s read from staged tar shards (the WebDataset shards of format 2, the previous format 1, and the
+same shards read directly as a WebDataset set) vs one file per sample, all from an S3 server on loopback.
 
 Starts moto's S3 server on 127.0.0.1 (unless --endpoint is given), writes a builtin:shapes ImageFolder
-to it, stages it to shards, then reads and decodes every training sample in the order the trainer
-would (ResumableSampler: shard-local shuffle) from each layout, in one process and through a DataLoader.
+to it, stages it to shards, rewrites them in the previous format (tests/data/previous_format.py), then
+reads and decodes every training sample from each layout in the order the trainer would (ResumableSampler:
+shard-local shuffle) and in shard order, in one process and through a DataLoader; and streams the new
+shards with webdataset's own tar reader, checking that its labels equal ours on every sample.
 Prints measurements only.
 
     python benchmarks/bench_data.py [--images_per_class 60] [--image_size 96] [--loader_workers 2]
@@ -11,6 +14,7 @@ Prints measurements only.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import socket
 import subprocess
@@ -24,10 +28,15 @@ from contextlib import contextmanager
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from trainer import storage
+from trainer.data.decode import decode
 from trainer.data.sampler import ResumableSampler
 from trainer.data.sources import ImageSource, open_source
 from trainer.data.staging import stage_dataset
 from trainer.data.synthetic import make_shapes
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data"))
+from previous_format import write_previous_format  # noqa: E402
 
 
 @contextmanager
@@ -91,6 +100,26 @@ def rate_with_loader(source: ImageSource, batch_size: int, workers: int) -> floa
     return count / (time.perf_counter() - started)
 
 
+def webdataset_stream(source: ImageSource, pattern: str) -> tuple[float, int]:
+    """(samples/s, samples checked) streaming the shards with webdataset's own tar reader over s3fs streams,
+    decoding each image and checking that its .cls equals our label for the .json's file name."""
+    import json
+
+    from webdataset.shardlists import expand_urls
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    ours = {source.name(i): source.targets[i] for i in range(len(source))}
+    urls = expand_urls(pattern)
+    started = time.perf_counter()
+    streams = [{"url": url, "stream": io.BytesIO(storage.read_bytes(url))} for url in urls]
+    checked = 0
+    for sample in group_by_keys(tar_file_expander(streams)):
+        decode(sample[next(k for k in sample if k in ("jpg", "jpeg", "png"))])
+        assert int(sample["cls"]) == ours[json.loads(sample["json"])["filename"]], sample["__key__"]
+        checked += 1
+    return checked / (time.perf_counter() - started), checked
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--endpoint", default=None, help="an existing S3 endpoint (default: start moto)")
@@ -100,6 +129,7 @@ def main() -> None:
     parser.add_argument("--shard_size_mb", type=float, default=1.0)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--loader_workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="in-process rates: the median of this many runs")
     args = parser.parse_args()
 
     with loopback_s3(args.endpoint) as endpoint:
@@ -107,7 +137,7 @@ def main() -> None:
 
         bucket = f"bench-{os.getpid()}"
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-        folder, staged = f"s3://{bucket}/folder", f"s3://{bucket}/staged"
+        folder, staged, previous = f"s3://{bucket}/folder", f"s3://{bucket}/staged", f"s3://{bucket}/previous"
         started = time.perf_counter()
         make_shapes(folder, args.num_classes, args.images_per_class, 0, args.image_size, seed=0)
         print(f"generated {args.num_classes * args.images_per_class} images of {args.image_size} px on S3 "
@@ -118,25 +148,48 @@ def main() -> None:
         shards = manifest["splits"]["train"]["shards"]
         print(f"staged to {len(shards)} shards of ~{np.mean([s['size'] for s in shards]) / 2**20:.2f} MB "
               f"in {time.perf_counter() - started:.1f}s")
+        started = time.perf_counter()
+        assert stage_dataset(folder, staged, shard_size_mb=args.shard_size_mb, workers=2,
+                             progress=lambda message: None) == manifest
+        print(f"staged again (same source and options: reused) in {time.perf_counter() - started:.1f}s")
+        write_previous_format(staged, previous)
+        pattern = storage.join(staged, manifest["splits"]["train"]["pattern"])
 
-        files, shards_source = open_source(folder), open_source(staged)
+        os.environ["UNMIX_INDEX_CACHE"] = tempfile.mkdtemp(prefix="unmix-index-")  # a cold index for the shard set
+        for when in ("first (one header pass per shard)", "again (index kept)"):
+            started = time.perf_counter()
+            open_source(pattern)
+            print(f"opened the shards as a WebDataset set {when} in {time.perf_counter() - started:.2f}s")
+
+        files = open_source(folder)
+        layouts = [("previous format (1)", lambda: open_source(previous)),
+                   ("WebDataset shards (2), staged", lambda: open_source(staged)),
+                   ("WebDataset shards (2), as a shard set", lambda: open_source(pattern))]
+        rows = [("individual files, trainer order", rate_in_process(files, trainer_order(files, args.batch_size)))]
+        # Median of --repeats runs, the layouts interleaved, so that a noisy moment does not favour one.
+        rates: dict[str, list[float]] = {}
+        for _ in range(args.repeats):
+            for label, opened in layouts:
+                source = opened()
+                rates.setdefault(f"{label}, trainer order", []).append(
+                    rate_in_process(source, trainer_order(source, args.batch_size)))
+                rates.setdefault(f"{label}, shard order", []).append(
+                    rate_in_process(opened(), [(0, i) for i in range(len(source))]))
+        rows += [(label, float(np.median(values))) for label, values in rates.items()]
+        rows += [(f"{label}, DataLoader x{args.loader_workers}",
+                  rate_with_loader(opened(), args.batch_size, args.loader_workers)) for label, opened in layouts]
         with tempfile.TemporaryDirectory() as cache:
             cached = open_source(staged, cache_dir=cache)
-            sequential = [(0, i) for i in range(len(shards_source))]
-            rows = [
-                ("individual files, trainer order", rate_in_process(files, trainer_order(files, args.batch_size))),
-                ("staged shards, trainer order (range reads)",
-                 rate_in_process(shards_source, trainer_order(shards_source, args.batch_size))),
-                ("staged shards, shard order (read-ahead)", rate_in_process(open_source(staged), sequential)),
-                ("staged shards, local cache cold", rate_in_process(cached, sequential)),
-                ("staged shards, local cache warm", rate_in_process(cached, sequential)),
-                (f"individual files, DataLoader x{args.loader_workers}",
-                 rate_with_loader(files, args.batch_size, args.loader_workers)),
-                (f"staged shards, DataLoader x{args.loader_workers}",
-                 rate_with_loader(shards_source, args.batch_size, args.loader_workers)),
-            ]
-        for label, rate in rows:
-            print(f"{label:<48} {rate:8.0f} samples/s")
+            sequential = [(0, i) for i in range(len(cached))]
+            rows += [("WebDataset shards (2), local cache cold", rate_in_process(cached, sequential)),
+                     ("WebDataset shards (2), local cache warm", rate_in_process(cached, sequential))]
+        rate, checked = webdataset_stream(open_source(staged), pattern)
+        rows.append(("webdataset's own tar reader, shard order", rate))
+        rows.append((f"individual files, DataLoader x{args.loader_workers}",
+                     rate_with_loader(files, args.batch_size, args.loader_workers)))
+        for label, value in rows:
+            print(f"{label:<52} {value:8.0f} samples/s")
+        print(f"labels read back by webdataset equal ours on all {checked} training samples")
 
 
 if __name__ == "__main__":

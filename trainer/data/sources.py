@@ -43,8 +43,6 @@ STAGED_FORMAT = "unmix-swav-staged/2"
 STAGED_FORMATS = ("unmix-swav-staged/1", STAGED_FORMAT)
 SPLITS = ("train", "val")
 SEQUENTIAL_READAHEAD_BYTES = int(os.environ.get("UNMIX_SHARD_READAHEAD_MB", "8")) * 2**20
-# Tar headers, padding and a sample's small .cls/.json members between two images: still a sequential read.
-TAR_GAP_BYTES = 8192
 # A read that stalls (a hung NFS or FUSE mount, a store that accepts a request and never answers) would hang
 # the run for good, and a worker blocked in a system call does not even end on SIGTERM. FIFOs, the local
 # case, are skipped at listing (and refused unopened if one appears later); for the rest a DataLoader waits
@@ -192,7 +190,7 @@ class ShardedSource(ImageSource):
         self._cache_names = cache_names  # per shard: its file name in the cache (unique per content)
         self._checksums = checksums  # per shard sha256, verified when it enters the cache
         self._block: tuple[int, int, bytes] | None = None  # (shard, start, data) of the last read-ahead
-        self._last_end: tuple[int, int] = (-1, -1)
+        self._last_index = -2  # samples are numbered in shard order: the next number is the next member
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -240,15 +238,14 @@ class ShardedSource(ImageSource):
         block = self._block
         if block is not None and block[0] == shard and block[1] <= offset and end <= block[1] + len(block[2]):
             data = block[2][offset - block[1]:end - block[1]]
-        elif self.cache_dir is None and self._last_end[0] == shard and \
-                0 <= offset - self._last_end[1] <= TAR_GAP_BYTES:
+        elif self.cache_dir is None and index == self._last_index + 1 and self.shard_of(self._last_index) == shard:
             # Reading in shard order (evaluation, staging checks): fetch ahead, one request for many samples.
             block_end = max(end, min(offset + SEQUENTIAL_READAHEAD_BYTES, self._shard_ends[shard]))
             self._block = (shard, offset, self._read_range(shard, offset, block_end))
             data = self._block[2][:end - offset]
         else:
             data = self._read_range(shard, offset, end)
-        self._last_end = (shard, end)
+        self._last_index = index
         return data
 
 
