@@ -62,3 +62,30 @@ def test_unknown_subset_names_are_refused(parse, shapes_dir: Path, tmp_path: Pat
                  "--dump_path", str(tmp_path / "run"))
     with pytest.raises(UserError, match="not in the training data"):
         semisup.run_semisup(args)
+
+
+@pytest.mark.parametrize(("lr_last_layer", "code"), [(50.0, 0), (1e30, 2)])
+def test_a_diverging_fine_tuning_is_flagged_or_stopped_with_the_fix(shapes_dir, tmp_path, capsys, lr_last_layer,
+                                                                    code):
+    """A loss climbing far above its start finishes flagged; a non-finite one stops with one line (exit 2).
+    Either way metrics.json says `diverged` and names --lr_last_layer."""
+    from trainer.cli import main
+
+    dump = tmp_path / "run"
+    assert main(["eval-semisup", "--data_path", str(shapes_dir), "--dump_path", str(dump), "--arch", "resnet_tiny",
+                 "--image_size", "32", "--batch_size", "8", "--workers", "0", "--epochs", "4", "--labels_perc",
+                 "10", "--lr_last_layer", str(lr_last_layer)]) == code
+    metrics = json.loads((dump / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and "--lr_last_layer" in metrics["status_reason"]
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == ([] if code == 0 else [errors[0]]) and all("became nan" in line for line in errors)
+
+
+def test_a_healthy_fine_tuning_says_ok(shapes_dir, tmp_path):
+    from trainer.cli import main
+
+    dump = tmp_path / "run"
+    assert main(["eval-semisup", "--data_path", str(shapes_dir), "--dump_path", str(dump), "--arch", "resnet_tiny",
+                 "--image_size", "32", "--batch_size", "8", "--workers", "0", "--epochs", "2", "--labels_perc",
+                 "10", "--lr_last_layer", "0.05"]) == 0
+    assert json.loads((dump / "metrics.json").read_text())["status"] == "ok"

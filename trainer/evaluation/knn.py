@@ -30,6 +30,7 @@ from trainer.distributed import (
 from trainer.evaluation.common import add_common_arguments, check_common, prepare_trunk
 from trainer.evaluation.features import SourceDataset, aligned_targets, eval_transform, extract_features
 from trainer.evaluation.reporting import CHECKPOINT, finish
+from trainer.run.health import HEALTHY
 from trainer.run.session import RunSession
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ def _knn_run(args: argparse.Namespace, env: DistEnv, session: RunSession) -> dic
     row = {"epoch": 0, "top1": results["top1"], "top5": results["top5"]}
     metrics.record("knn", 0, row)
     extra = {key: value for key, value in results.items() if key not in ("top1", "top5")}
-    return {**results, **finish(session, metrics, "eval-knn", pretrained, [row], extra)}
+    return {**results, **finish(session, metrics, "eval-knn", pretrained, [row], extra, HEALTHY)}
 
 
 def run(args: argparse.Namespace) -> None:

@@ -24,6 +24,7 @@ from trainer.data.sources import loader_timeout
 from trainer.distributed import DistEnv, all_reduce_sum
 from trainer.evaluation.features import shard
 from trainer.evaluation.reporting import CHECKPOINT, finish
+from trainer.run.health import LossWatch, TrainingDiverged
 from trainer.run.logs import progress
 from trainer.run.session import RunSession
 from trainer.seeding import derive_seed
@@ -52,6 +53,7 @@ class TrainingSpec:
     # Set when train_set and val_set already hold only this rank's share, in memory (cached features): the
     # sampler (with set_epoch) shuffles that share, val_set is scored whole, and loading stays in-process.
     train_sampler: Sampler | None = None
+    divergence_fix: str = "lower --lr"  # the likely cause and remedy when the loss diverges
 
 
 def _loader(dataset: Dataset, spec: TrainingSpec, sampler=None, generator=None) -> DataLoader:
@@ -133,6 +135,9 @@ def fit(spec: TrainingSpec, session: RunSession) -> dict[str, Any]:
                                                                           shard(len(spec.val_set), env))
     val_loader = _loader(val_share, spec)
     metrics = session.metrics(resume_step=start)
+    health = LossWatch(spec.divergence_fix)
+    for row in history:  # a resumed run judges its whole history
+        health.observe(row["loss"], f"epoch {row['epoch']}")
     for epoch in range(start, args.epochs):
         sampler.set_epoch(epoch)
         generator.manual_seed(derive_seed(args.seed, epoch, env.rank))
@@ -140,6 +145,13 @@ def fit(spec: TrainingSpec, session: RunSession) -> dict[str, Any]:
         lr = spec.optimizer.param_groups[0]["lr"]
         loss = train_epoch(spec, train_loader, epoch)
         spec.scheduler.step()
+        try:
+            health.observe(loss, f"epoch {epoch + 1}")
+        except TrainingDiverged as error:
+            if history:
+                finish(session, metrics, spec.command, spec.pretrained, history, spec.extra_results,
+                       {"status": "diverged", "status_reason": str(error)})
+            raise
         top1, top5 = validate(spec, val_loader)
         row = {"epoch": epoch + 1, "top1": top1, "top5": top5, "loss": loss, "lr": lr}
         history.append(row)
@@ -152,4 +164,4 @@ def fit(spec: TrainingSpec, session: RunSession) -> dict[str, Any]:
                                       "optimizer": spec.optimizer.state_dict(),
                                       "scheduler": spec.scheduler.state_dict()})
         metrics.sync()
-    return finish(session, metrics, spec.command, spec.pretrained, history, spec.extra_results)
+    return finish(session, metrics, spec.command, spec.pretrained, history, spec.extra_results, health.summary())

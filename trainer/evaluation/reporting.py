@@ -19,10 +19,12 @@ def summary(history: list[dict[str, float]]) -> dict[str, Any]:
 
 
 def finish(session: RunSession, metrics: MetricsLog, command: str, pretrained: dict[str, Any] | None,
-           history: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Record the final result, write metrics.json (main rank) and close the metrics; the results."""
-    results = {**summary(history), "history": history, **(extra or {})}
-    metrics.record("final", history[-1]["epoch"], {"top1": results["top1"], "top5": results["top5"]})
+           history: list[dict[str, Any]], extra: dict[str, Any] | None, health: dict[str, str]) -> dict[str, Any]:
+    """Record the final result with the run's health (trainer.run.health), write metrics.json (main rank) and
+    close the metrics; the results."""
+    results = {**summary(history), "history": history, **(extra or {}), **health}
+    metrics.record("final", history[-1]["epoch"], {"top1": results["top1"], "top5": results["top5"],
+                                                    "status": health["status"]})
     if session.env.is_main:
         write_document(session.dump_path, {"command": command, **results, "pretrained": pretrained,
                                            "args": session.params})
