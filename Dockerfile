@@ -14,6 +14,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/tmp/matplotlib
 
 WORKDIR /opt/unmix-swav
+# --compile: Triton builds its kernel launchers with a C compiler, which the -runtime base image lacks
+# (the trainer refuses --compile with one line when none is found). gcc comes from the base image's own
+# distribution, so its version follows the base image's pin.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* \
+    && gcc --version
 # Dependencies first (cached layer): the versions CI tested, from images/constraints.txt.
 COPY pyproject.toml README.md ./
 COPY images/constraints.txt images/constraints.txt
@@ -22,6 +30,7 @@ COPY components/ components/
 COPY pipeline/ pipeline/
 RUN pip install --no-cache-dir --constraint images/constraints.txt . \
     && python -c "import trainer.cli, components.runtime, pipeline.launcher, kfp.dsl.executor_main" \
+    && python -c "from trainer.run.resources import compiler_problem as p; import sys; sys.exit(p('cuda'))" \
     && groupadd --gid 10001 trainer \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin trainer
 
