@@ -190,11 +190,16 @@ def test_bad_samples_are_counted_never_fatal_and_the_set_trains(shapes_dir: Path
     assert main(["pretrain", "--data_path", str(root), "--dump_path", str(dump), *TINY_PRETRAIN]) == 0
     assert torch.load(dump / "checkpoint.pth.tar", weights_only=True)["step"] == 2
 
-    manifest = stage_dataset(str(root), str(tmp_path / "staged"), workers=1, max_bad_fraction=0.1, progress=_quiet)
+    staged = tmp_path / "staged"
+    manifest = stage_dataset(str(root), str(staged), workers=1, max_bad_fraction=0.1, progress=_quiet)
     reasons = {entry["path"]: entry["reason"] for entry in manifest["skipped"]}
     broken_key = broken.replace("/", "_").rsplit(".", 1)[0]
     assert set(reasons) == {f"{key}.jpg", f"{broken_key}.jpg"} and "no label" in reasons[f"{key}.jpg"]
     assert manifest["classes"] == ["0", "1", "2", "3"] and manifest["splits"]["train"]["count"] == 62
+    assert np.bincount(open_source(str(staged)).targets).tolist() == [14, 16, 16, 16]  # circle/00003, 00005 out
+    dump = tmp_path / "run-staged"
+    assert main(["pretrain", "--data_path", str(staged), "--dump_path", str(dump), *TINY_PRETRAIN]) == 0
+    assert torch.load(dump / "checkpoint.pth.tar", weights_only=True)["step"] == 2
 
 
 def test_webdataset_set_stages_with_class_names_and_evaluates(wds_folder: Path, shapes_dir: Path,

@@ -1,4 +1,5 @@
-"""Image sources: a plain ImageFolder tree or a staged dataset (manifest.json + tar shards), any fsspec URL.
+"""Image sources: a plain ImageFolder tree, a staged dataset (manifest.json + tar shards) or a WebDataset shard
+set (trainer/data/wds.py), any fsspec URL.
 
 Both give the `ImageSource` contract of docs/architecture.md. Sources are picklable and hold no open file
 or connection across fork: the filesystem handle is re-made in each process. Per-sample data lives in
