@@ -98,3 +98,11 @@ def test_collapse_warning_names_the_remedies():
 
     assert collapse_warning(8.0, 3000, 3) and "--epsilon 0.03" in collapse_warning(8.0, 3000, 3)
     assert collapse_warning(5.0, 3000, 3) is None
+
+
+def test_a_finished_pretraining_says_how_it_went_in_metrics_json(two_process_run):
+    dump, _, _ = two_process_run
+    document = json.loads((dump / "metrics.json").read_text())
+    assert document["command"] == "pretrain" and document["status"] in ("ok", "collapsed")
+    assert document["steps"] == 24 and document["world_size"] == 2 and document["last_log"]["step"] == 24
+    assert read_records(str(dump), "final")[0]["status"] == document["status"]

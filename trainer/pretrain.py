@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -36,7 +36,8 @@ from trainer.errors import Preempted, UserError
 from trainer.models.heads import SwAVHead, SwAVModel
 from trainer.models.resnet import build_trunk, trunk_state_dict
 from trainer.optim import build_optimizer, learning_rate
-from trainer.run.metrics import MetricsLog
+from trainer.run.health import LossWatch, TrainingDiverged
+from trainer.run.metrics import MetricsLog, write_document
 from trainer.run.resources import compiler_problem, size_this_rank
 from trainer.run.resume import identity_of, legacy_identity
 from trainer.run.session import RunSession
@@ -46,18 +47,20 @@ from trainer.unmix import draw_mix, mix_crops, unmix_loss_inputs
 
 log = logging.getLogger("trainer.pretrain")
 CHECKPOINT = "checkpoint.pth.tar"
+DIVERGENCE_FIX = "lower --base_lr, keep --amp_dtype bf16, or check the data"
 # Flags a restart may change without changing the run: the rest make up its identity.
 RESUME_CHANGEABLE = ("workers", "log_freq", "checkpoint_freq", "checkpoint_every_steps", "knn_eval_path",
                      "knn_freq", "dump_path", "device", "use_fp16", "amp_dtype", "compile", "channels_last",
                      "max_steps", "batch_size", "dist_url", "world_size", "rank", "local_rank", "config", "preset")
 
 
-class TrainingDiverged(UserError):
-    """The loss became non-finite; the last good checkpoint is kept."""
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     config.add_arguments(parser)
+
+
+def check(args: argparse.Namespace, world_size: int) -> None:
+    """The checks `run` makes before any work, for `world_size` processes (launchers call it before any pod)."""
+    config.validate(config.resolve(args), world_size)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -235,6 +238,7 @@ class TrainingState:
     step: int = 0
     skipped_files: int = 0
     epoch_loss: list[torch.Tensor] = field(default_factory=list)  # this epoch's L_ori per step, on the device
+    health: LossWatch = field(default_factory=lambda: LossWatch(DIVERGENCE_FIX))
 
     def checkpoint(self, env: DistEnv, args: argparse.Namespace) -> dict | None:
         """The checkpoint, on the main rank (None elsewhere): every rank contributes its queue and RNG."""
@@ -246,7 +250,8 @@ class TrainingState:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": epoch, "iteration": iteration,
                 "world_size": env.world_size, "iters_per_epoch": self.schedule.iters_per_epoch,
-                "queues": queues, "rng": rngs, "skipped_files": self.skipped_files, "args": vars(args)}
+                "queues": queues, "rng": rngs, "skipped_files": self.skipped_files, "health": asdict(self.health),
+                "args": vars(args)}
 
     def restore(self, saved: dict, env: DistEnv) -> None:
         """Continue from `saved` (a checkpoint of this run: its identity was checked).
@@ -260,6 +265,8 @@ class TrainingState:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scaler.load_state_dict(saved["scaler"])
         self.skipped_files = int(saved.get("skipped_files", 0))
+        if "health" in saved:
+            self.health = LossWatch(**saved["health"])
         iters = self.schedule.iters_per_epoch
         saved_iters = saved.get("iters_per_epoch") or iters * env.world_size // saved["world_size"]
         if saved["world_size"] == env.world_size and saved_iters == iters:
@@ -400,6 +407,7 @@ class Trainer:
         self.cfg, self.env, self.session, self.state, self.ctx = cfg, env, session, state, ctx
         self.metrics, self.last_step = metrics, last_step
         self.preemption = PreemptionFlag()
+        self.last_logged: dict[str, float] = {}  # the last train_step record: metrics.json's final numbers
         self.skipped_since_log = 0
         self.window_start, self.data_time = time.perf_counter(), 0.0
 
@@ -481,6 +489,7 @@ class Trainer:
                   "data_time": self.data_time / steps_in_window, "skipped_files": state.skipped_files,
                   **{k: float(v) for k, v in parts.items()}}
         self.metrics.record("train_step", state.step, values)
+        self.last_logged = {"step": state.step, **values}
         log.info("epoch %d step %d/%d loss %.4f lr %.4g %.1f img/s data %.3fs", epoch, state.step, self.last_step,
                  loss_value, lr, values["images_per_s"], values["data_time"])
         self.window_start, self.data_time = time.perf_counter(), 0.0
@@ -497,9 +506,8 @@ class Trainer:
         state, cfg = self.state, self.cfg
         steps = len(state.epoch_loss)
         mean_loss = torch.stack(state.epoch_loss).mean().item() if steps else float("nan")
-        if steps and not math.isfinite(mean_loss):
-            raise TrainingDiverged(f"the loss became non-finite in epoch {epoch}; {self.session.url(CHECKPOINT)} "
-                                   "keeps the last good state. Lower --base_lr or keep --amp_dtype bf16")
+        if steps:
+            state.health.observe(mean_loss, f"epoch {epoch}")
         epoch_done = state.step % state.schedule.iters_per_epoch == 0
         if self.env.is_main and (epoch_done and (epoch % cfg.checkpoint_freq == 0 or epoch == cfg.epochs - 1)
                                  or state.step >= self.last_step):
@@ -509,6 +517,7 @@ class Trainer:
             warning = collapse_warning(mean_loss, cfg.nmb_prototypes, epoch)
             if warning:
                 log.warning(warning)
+                state.health.flag("collapsed", warning)
         if steps:
             self.metrics.record("epoch", state.step, {"epoch": epoch, "loss_ori": mean_loss, "steps": steps})
         if cfg.knn_eval_path and epoch_done and (epoch + 1) % cfg.knn_freq == 0:
@@ -551,10 +560,15 @@ def train(cfg: argparse.Namespace, env: DistEnv, session: RunSession) -> None:
     ctx = StepContext(cfg, env, forward_model, photometric, autocast_dtype(cfg, env.device))
     # On an exception the metrics are left as the last checkpoint published them: a resume continues there.
     metrics = session.metrics(resume_step=state.step)
-    Trainer(cfg, env, session, state, ctx, metrics, last_step).run(loader, sampler)
+    trainer = Trainer(cfg, env, session, state, ctx, metrics, last_step)
+    trainer.run(loader, sampler)
     if env.is_main:
         storage.save_torch(trunk_state_dict(state.model.trunk), session.url("backbone.pth"))
-        metrics.record("final", state.step, {"steps": state.step, "skipped_files": state.skipped_files})
+        summary = {"steps": state.step, "skipped_files": state.skipped_files, **state.health.summary()}
+        metrics.record("final", state.step, summary)
+        write_document(cfg.dump_path, {"command": "pretrain", **summary, "epochs": cfg.epochs,
+                                       "world_size": env.world_size, "global_batch": cfg.batch_size * env.world_size,
+                                       "last_log": trainer.last_logged, "args": vars(cfg)})
         log.info("done: %s holds checkpoint.pth.tar, backbone.pth, metrics.jsonl, tb/", cfg.dump_path)
     metrics.close()
     barrier()

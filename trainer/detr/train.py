@@ -32,6 +32,7 @@ from trainer.distributed import DistEnv, all_reduce_sum, barrier, cleanup, init_
 from trainer.errors import UserError
 from trainer.evaluation.common import check_file
 from trainer.models.pretrained import LoadReport, is_random_init, random_init_record
+from trainer.run.health import LossWatch
 from trainer.run.metrics import MetricsLog, write_document
 from trainer.run.resume import identity_of, legacy_identity
 from trainer.run.session import RunSession
@@ -281,8 +282,8 @@ def pretrained_summary(args: argparse.Namespace, report: LoadReport | None) -> d
 
 
 def metrics_document(args: argparse.Namespace, report: LoadReport | None, num_classes: int, env: DistEnv,
-                     history: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"command": "detr", "box_ap": history[-1]["box_ap"] if history else None,
+                     history: list[dict[str, Any]], health: LossWatch) -> dict[str, Any]:
+    return {"command": "detr", **health.summary(), "box_ap": history[-1]["box_ap"] if history else None,
             "epochs_completed": len(history), "num_classes": num_classes, "world_size": env.world_size,
             "pretrained": pretrained_summary(args, report), "history": history, "args": vars(args)}
 
@@ -312,6 +313,9 @@ def _train(args: argparse.Namespace, env: DistEnv, session: RunSession) -> dict[
         model = DistributedDataParallel(detr, device_ids=[env.device] if env.device.type == "cuda" else None)
     train_set, sampler, train_loader, val_loader = make_loaders(args, env, annotations)
     metrics = session.metrics(resume_step=global_step)
+    health = LossWatch("lower --lr / --lr_backbone or keep --clip_max_norm > 0")
+    for entry in history:  # a resumed run judges its whole history
+        health.observe(entry["train_loss"], f"epoch {entry['epoch'] + 1}")
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
@@ -321,6 +325,7 @@ def _train(args: argparse.Namespace, env: DistEnv, session: RunSession) -> dict[
         losses, global_step = train_one_epoch(model, detr, train_loader, optimizer, args, env, metrics,
                                               global_step, epoch)
         train_seconds = time.perf_counter() - started
+        health.observe(losses["train_loss"], f"epoch {epoch + 1}")  # every rank: the means are all-reduced
         lrs = scheduler.get_last_lr()
         scheduler.step()
         ap = evaluate(detr, val_loader, annotations["val"], env)
@@ -338,14 +343,14 @@ def _train(args: argparse.Namespace, env: DistEnv, session: RunSession) -> dict[
                                   "lr_scheduler": scheduler.state_dict(), "epoch": epoch,
                                   "global_step": global_step, "history": history, "num_classes": num_classes,
                                   "args": vars(args)})
-        write_document(args.dump_path, metrics_document(args, report, num_classes, env, history))
+        write_document(args.dump_path, metrics_document(args, report, num_classes, env, history, health))
         metrics.sync()
     if history:
         metrics.record("final", global_step, {"AP": history[-1]["box_ap"]["AP"],
                                               "AP50": history[-1]["box_ap"]["AP50"]})
     metrics.close()
     barrier()
-    return metrics_document(args, report, num_classes, env, history) if env.is_main else {}
+    return metrics_document(args, report, num_classes, env, history, health) if env.is_main else {}
 
 
 def run_detr(args: argparse.Namespace) -> dict[str, Any]:
