@@ -26,7 +26,7 @@ from trainer.cli import main
 from trainer.data.sampler import ResumableSampler
 from trainer.data.sources import FolderSource, StagedSource, open_source
 from trainer.data.staging import stage_dataset
-from trainer.data.wds import WebDatasetSource, sample_keys, split_member
+from trainer.data.wds import ShardList, WebDatasetSource, assign_splits, sample_keys, split_member
 from trainer.errors import UserError
 
 SMALL_SHARD_MB = 12 * 1024 / 2**20  # a dozen 32 px JPEGs per shard
@@ -99,6 +99,18 @@ def test_keys_follow_the_webdataset_rule() -> None:
         assert "." not in key and "/" not in key and not key.startswith("__")
         assert split_member(f"{key}.jpeg") == (key, "jpeg")  # webdataset's own split gives the key back
     assert split_member("__meta__") is None and split_member("a/b.c.JPG") == ("a/b", "c.jpg")
+
+
+def test_splits_come_from_folder_or_name_and_unclear_ones_are_refused() -> None:
+    named = ShardList("set", "/d", ["/d/in1k-train-0000.tar", "/d/in1k-validation-00.tar", "/d/in1k-test-00.tar"])
+    assert assign_splits(named) == {"train": [0], "val": [1]}  # test shards left out
+    assert assign_splits(ShardList("set", "/d", ["/d/train/a.tar", "/d/val/a.tar"])) == {"train": [0], "val": [1]}
+    assert assign_splits(ShardList("set", "/pretrain", ["/pretrain/a-0.tar", "/pretrain/a-1.tar"])) == \
+        {"train": [0, 1]}  # no split named: one train split (folders above the set do not count)
+    with pytest.raises(UserError, match=r"train/a-val-0.tar names more than one split \(train, val\)"):
+        assign_splits(ShardList("set", "/d", ["/d/train/a-val-0.tar"]))
+    with pytest.raises(UserError, match="1 shards .* name no split"):
+        assign_splits(ShardList("set", "/d", ["/d/a-train-0.tar", "/d/b.tar"]))
 
 
 def test_staged_shards_are_read_by_webdataset_and_wids_sample_for_sample(shapes_dir: Path, tmp_path: Path) -> None:

@@ -220,10 +220,10 @@ def assign_splits(shards: ShardList) -> dict[str, list[int]]:
     splits, or that name none next to ones that do, are refused; `test` shards are left out."""
     relative = [url[len(shards.root):].lstrip("/") for url in shards.urls]
     found = [_split_words(name) for name in relative]
-    both = [name for name, words in zip(relative, found, strict=True) if len(words) > 1]
+    both = [(name, words) for name, words in zip(relative, found, strict=True) if len(words) > 1]
     if both:
-        raise UserError(f"{shards.given}: shard {both[0]} names more than one split ({', '.join(sorted(found[0]))}); "
-                        "rename it or pass each split's shards separately")
+        raise UserError(f"{shards.given}: shard {both[0][0]} names more than one split "
+                        f"({', '.join(sorted(both[0][1]))}); rename it or pass each split's shards separately")
     if not any(found):
         return {"train": list(range(len(shards.urls)))}
     unnamed = [name for name, words in zip(relative, found, strict=True) if not words]
