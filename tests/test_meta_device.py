@@ -74,8 +74,9 @@ def test_one_evaluation_step_on_meta() -> None:
     totals = torch.zeros(2, dtype=torch.float64, device=META)
     loop.train_batch(spec, torch.zeros(8, width), torch.zeros(8, dtype=torch.long), totals)
     counts = torch.zeros(3, dtype=torch.float64, device=META)
-    loop.score_batch(spec, torch.zeros(8, width), torch.zeros(8, dtype=torch.long), counts)
-    assert totals.device == counts.device == META
+    confusion = torch.zeros(4, 4, dtype=torch.float64, device=META)
+    loop.score_batch(spec, torch.zeros(8, width), torch.zeros(8, dtype=torch.long), counts, confusion)
+    assert totals.device == counts.device == confusion.device == META
 
 
 def _fixed_assignment(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict[str, torch.Tensor]],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,12 @@ def test_metrics_file_and_outputs(parse, shapes_dir: Path, tmp_path: Path, backb
     assert json.loads((tmp_path / "params.json").read_text()) == metrics["args"]
     assert results["top1"] == metrics["top1"]
     assert any((tmp_path / "tb").glob("events.out.tfevents.*"))
+    # The confusion matrix of the last epoch: rows are the val images of each class, its diagonal the top-1 hits.
+    confusion, classes = metrics["confusion_matrix"], metrics["classes"]
+    assert len(classes) == 4 and [len(row) for row in confusion] == [4] * 4
+    assert [sum(row) for row in confusion] == [8] * 4  # 8 val images per class
+    assert math.isclose(100 * sum(confusion[i][i] for i in range(4)) / 32, metrics["top1"])
+    assert metrics["status"] == "ok"
     checkpoint = torch.load(tmp_path / "checkpoint.pth.tar", weights_only=True)
     assert checkpoint["epoch"] == 2 and checkpoint["model"]["linear.weight"].shape == (4, 512)
 

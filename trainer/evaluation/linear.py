@@ -177,8 +177,14 @@ def linear_spec(args: argparse.Namespace, env: DistEnv) -> TrainingSpec:
     spec = TrainingSpec(command="eval-linear", args=args, env=env, identity=identity,
                         pretrained=pretrained, model=classifier, logits=logits, train_mode=classifier.train,
                         optimizer=optimizer, scheduler=make_scheduler(args, optimizer),
-                        train_set=train_set, val_set=val_set, train_sampler=train_sampler)
+                        train_set=train_set, val_set=val_set, classes=train_source.classes,
+                        train_sampler=train_sampler)
     return spec
+
+
+def check(args: argparse.Namespace, world_size: int) -> None:
+    """The checks `run` makes before any work (launchers call it before any pod); none depends on world_size."""
+    _check(args)
 
 
 def run(args: argparse.Namespace) -> None:

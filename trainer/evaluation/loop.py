@@ -48,6 +48,7 @@ class TrainingSpec:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     train_set: Dataset
     val_set: Dataset
+    classes: list[str]  # the class names, in label order
     extra_results: dict[str, Any] | None = None
     outputs: dict[str, str] | None = None  # files the run writes under dump_path once it may (name -> text)
     # Set when train_set and val_set already hold only this rank's share, in memory (cached features): the
@@ -86,8 +87,10 @@ def train_epoch(spec: TrainingSpec, loader: DataLoader, epoch: int) -> float:
 
 
 @torch.no_grad()
-def score_batch(spec: TrainingSpec, inputs: torch.Tensor, targets: torch.Tensor, counts: torch.Tensor) -> None:
-    """Adds (top-1 hits, top-5 hits, samples) of one batch to `counts` on the device (no host sync)."""
+def score_batch(spec: TrainingSpec, inputs: torch.Tensor, targets: torch.Tensor, counts: torch.Tensor,
+                confusion: torch.Tensor | None = None) -> None:
+    """Adds (top-1 hits, top-5 hits, samples) of one batch to `counts`, and (true, predicted) pairs to the
+    `confusion` matrix if given, on the device (no host sync)."""
     device = spec.env.device
     inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
     scores = spec.logits(inputs)
@@ -95,26 +98,33 @@ def score_batch(spec: TrainingSpec, inputs: torch.Tensor, targets: torch.Tensor,
     counts[0] += hits[:, 0].sum()
     counts[1] += hits.any(dim=1).sum()
     counts[2] += len(targets)
+    if confusion is not None:
+        confusion.index_put_((targets, scores.argmax(dim=1)), torch.ones_like(targets, dtype=confusion.dtype),
+                             accumulate=True)
 
 
 @torch.no_grad()
-def validate(spec: TrainingSpec, loader: DataLoader) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (percent) over the whole val set; each rank scores its share."""
+def validate(spec: TrainingSpec, loader: DataLoader) -> tuple[float, float, list[list[int]]]:
+    """Top-1 and top-5 accuracy (percent) over the whole val set, and its confusion matrix (rows: true class,
+    columns: predicted); each rank scores its share."""
     for module in spec.model.modules():
         module.eval()
-    counts = torch.zeros(3, dtype=torch.float64, device=spec.env.device)
+    device = spec.env.device
+    counts = torch.zeros(3, dtype=torch.float64, device=device)
+    confusion = torch.zeros(len(spec.classes), len(spec.classes), dtype=torch.float64, device=device)
     for inputs, targets in loader:
-        score_batch(spec, inputs, targets, counts)
+        score_batch(spec, inputs, targets, counts, confusion)
     all_reduce_sum(counts)
+    all_reduce_sum(confusion)
     top1, top5, total = counts.tolist()
-    return 100.0 * top1 / max(total, 1), 100.0 * top5 / max(total, 1)
+    return 100.0 * top1 / max(total, 1), 100.0 * top5 / max(total, 1), confusion.long().tolist()
 
 
 def fit(spec: TrainingSpec, session: RunSession) -> dict[str, Any]:
     """Train for args.epochs (resuming if a checkpoint of this run exists) and write the metrics."""
     args, env = spec.args, spec.env
     history: list[dict[str, float]] = []
-    start = 0
+    start, confusion = 0, None
     state = session.resume(CHECKPOINT, spec.identity)
     session.write_params(vars(args))
     for name, text in (spec.outputs or {}).items():
@@ -125,6 +135,7 @@ def fit(spec: TrainingSpec, session: RunSession) -> dict[str, Any]:
         spec.optimizer.load_state_dict(state["optimizer"])
         spec.scheduler.load_state_dict(state["scheduler"])
         history, start = list(state["history"]), int(state["epoch"])
+        confusion = state.get("confusion")
         log.info("resumed after epoch %d", start)
 
     sampler = spec.train_sampler or DistributedSampler(spec.train_set, num_replicas=env.world_size, rank=env.rank,
@@ -152,7 +163,7 @@ def fit(spec: TrainingSpec, session: RunSession) -> dict[str, Any]:
                 finish(session, metrics, spec.command, spec.pretrained, history, spec.extra_results,
                        {"status": "diverged", "status_reason": str(error)})
             raise
-        top1, top5 = validate(spec, val_loader)
+        top1, top5, confusion = validate(spec, val_loader)
         row = {"epoch": epoch + 1, "top1": top1, "top5": top5, "loss": loss, "lr": lr}
         history.append(row)
         log.info("epoch %d/%d: loss %.4f, val top-1 %.2f%%, top-5 %.2f%% (best top-1 %.2f%%)", epoch + 1,
@@ -162,6 +173,7 @@ def fit(spec: TrainingSpec, session: RunSession) -> dict[str, Any]:
         if env.is_main:
             session.save(CHECKPOINT, {"epoch": epoch + 1, "history": history, "model": spec.model.state_dict(),
                                       "optimizer": spec.optimizer.state_dict(),
-                                      "scheduler": spec.scheduler.state_dict()})
+                                      "scheduler": spec.scheduler.state_dict(), "confusion": confusion})
         metrics.sync()
-    return finish(session, metrics, spec.command, spec.pretrained, history, spec.extra_results, health.summary())
+    extra = {**(spec.extra_results or {}), "classes": spec.classes, "confusion_matrix": confusion}
+    return finish(session, metrics, spec.command, spec.pretrained, history, extra, health.summary())

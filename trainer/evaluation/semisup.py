@@ -130,6 +130,7 @@ def semisup_spec(args: argparse.Namespace, env: DistEnv) -> TrainingSpec:
         model=model, logits=forward, train_mode=model.train, optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, args.decay_epochs, gamma=args.gamma),
         train_set=SourceDataset(train_source, train_transform(args.image_size), indices=indices),
+        classes=train_source.classes,
         val_set=SourceDataset(val_source, eval_transform(args.image_size),
                               targets=aligned_targets(train_source.classes, val_source)),
         extra_results={"labelled_samples": len(indices), "subset_sha256": subset_sha256},
