@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from planted import PLANTED_IGNORED, encoded, png_claiming_size
+from servers import free_port, wait_until_serving
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -21,25 +20,6 @@ S3_ENV = {
     "AWS_REGION": "us-east-1",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_until_serving(endpoint: str, server: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"moto_server exited with code {server.returncode} before serving")
-        try:
-            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"moto_server did not answer on {endpoint} within {timeout_s:.0f}s")
 
 
 @dataclass
@@ -63,13 +43,13 @@ def s3_server() -> Iterator[S3Server]:
     The variables go into os.environ so that subprocesses the tests spawn (CLI runs, DataLoader workers)
     reach the same server; they are restored when the session ends.
     """
-    endpoint = f"http://127.0.0.1:{_free_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
     port = endpoint.rsplit(":", 1)[1]
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     saved = {key: os.environ.get(key) for key in [*S3_ENV, "AWS_ENDPOINT_URL"]}
     try:
-        _wait_until_serving(endpoint, server)
+        wait_until_serving(endpoint, server)
         os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
         yield S3Server(endpoint=endpoint)
     finally:
@@ -96,34 +76,6 @@ def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _encoded(image, fmt: str, **options) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def _png_claiming_size(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height: a decompression bomb as far as the header says."""
-    import struct
-    import zlib
-
-    from PIL import Image
-
-    data = bytearray(_encoded(Image.new("L", (1, 1)), "PNG"))
-    ihdr = 8  # after the PNG signature: length(4) type(4) payload(13) crc(4)
-    data[ihdr + 8:ihdr + 16] = struct.pack(">II", width, height)
-    data[ihdr + 21:ihdr + 25] = struct.pack(">I", zlib.crc32(bytes(data[ihdr + 4:ihdr + 21])))
-    return bytes(data)
-
-
-# Files planted in `planted_folder`: the undecodable ones, and the odd-but-valid ones with the checks a
-# decoder must pass on them.
-PLANTED_BAD = {"cats/truncated.jpg", "cats/empty.jpg", "dogs/notes.jpg", "dogs/huge.png"}
-PLANTED_IGNORED = {".DS_Store", "cats/.hidden.jpg", "cats/README.txt", "dogs/._resource.jpg", "top.jpg"}
-
-
 @pytest.fixture
 def planted_folder(tmp_path: Path) -> Path:
     """An ImageFolder (classes cats, dogs) holding every kind of file real folders contain.
@@ -144,20 +96,20 @@ def planted_folder(tmp_path: Path) -> Path:
     palette.info["transparency"] = 1
     wide16 = Image.fromarray((np.arange(256, dtype=np.uint16).reshape(16, 16) * 256).astype(np.uint16))
     good = {
-        "cats/rgb.jpg": _encoded(rgb, "JPEG"),
-        "cats/gray.jpg": _encoded(rgb.convert("L"), "JPEG"),
-        "cats/cmyk.jpg": _encoded(rgb.convert("CMYK"), "JPEG"),
-        "cats/rotated.jpg": _encoded(rgb, "JPEG", exif=exif.tobytes()),
-        "dogs/palette.png": _encoded(palette, "PNG"),
-        "dogs/alpha.png": _encoded(Image.new("RGBA", (8, 8), (0, 0, 0, 0)), "PNG"),
-        "dogs/sixteen.png": _encoded(wide16, "PNG"),
-        "dogs/chien_\u00e9t\u00e9_\u72ac.jpg": _encoded(rgb, "JPEG"),
+        "cats/rgb.jpg": encoded(rgb, "JPEG"),
+        "cats/gray.jpg": encoded(rgb.convert("L"), "JPEG"),
+        "cats/cmyk.jpg": encoded(rgb.convert("CMYK"), "JPEG"),
+        "cats/rotated.jpg": encoded(rgb, "JPEG", exif=exif.tobytes()),
+        "dogs/palette.png": encoded(palette, "PNG"),
+        "dogs/alpha.png": encoded(Image.new("RGBA", (8, 8), (0, 0, 0, 0)), "PNG"),
+        "dogs/sixteen.png": encoded(wide16, "PNG"),
+        "dogs/chien_\u00e9t\u00e9_\u72ac.jpg": encoded(rgb, "JPEG"),
     }
     bad = {
-        "cats/truncated.jpg": _encoded(rgb, "JPEG")[:300],
+        "cats/truncated.jpg": encoded(rgb, "JPEG")[:300],
         "cats/empty.jpg": b"",
         "dogs/notes.jpg": b"this is not an image\n",
-        "dogs/huge.png": _png_claiming_size(30000, 30000),
+        "dogs/huge.png": png_claiming_size(30000, 30000),
     }
     ignored = {name: b"x" for name in PLANTED_IGNORED}
     root = tmp_path / "planted"

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import _free_port, _wait_until_serving
 from refusal import refused, snapshot
+from servers import free_port, wait_until_serving
 
 from trainer import storage
 from trainer.cli import main
@@ -78,12 +78,12 @@ def test_an_output_bucket_that_does_not_exist(command, shapes_dir, coco_dir, s3_
 @pytest.fixture(scope="module")
 def s3_with_auth() -> Iterator[str]:
     """A moto server that checks credentials, on its own loopback port."""
-    endpoint = f"http://127.0.0.1:{_free_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                endpoint.rsplit(":", 1)[1]], env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_until_serving(endpoint, server)
+        wait_until_serving(endpoint, server)
         yield endpoint
     finally:
         server.terminate()
@@ -103,7 +103,7 @@ def test_a_wrong_access_key_is_one_line_and_never_echoed(command, shapes_dir, co
 
 
 def test_an_unreachable_endpoint_is_retryable_with_one_line(shapes_dir, coco_dir, monkeypatch, capsys):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 2)
     monkeypatch.setattr(storage, "RETRY_FIRST_DELAY_S", 0.01)
@@ -129,6 +129,6 @@ def test_pipeline_compile_to_a_folder_and_submit_to_no_server(tmp_path, capsys):
     err = capsys.readouterr().err
     assert [line for line in err.splitlines() if line.startswith("error:")] == [err.strip().splitlines()[-1]]
     assert "is a folder" in err and "Traceback" not in err and snapshot(tmp_path) == before
-    assert pipeline_main(["submit", "--host", f"http://127.0.0.1:{_free_port()}"]) == 2
+    assert pipeline_main(["submit", "--host", f"http://127.0.0.1:{free_port()}"]) == 2
     err = capsys.readouterr().err
     assert "could not reach Kubeflow Pipelines" in err and "Traceback" not in err

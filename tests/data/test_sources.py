@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PLANTED_BAD, PLANTED_IGNORED
 from PIL import Image
+from planted import PLANTED_BAD, PLANTED_IGNORED
 
 from trainer.data.decode import BadImage, decode, to_rgb
 from trainer.data.sources import FolderSource, open_source

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PLANTED_BAD, PLANTED_IGNORED
+from planted import PLANTED_BAD, PLANTED_IGNORED
 from torch.utils.data import DataLoader, Dataset
 
 from trainer.cli import main
