@@ -1,6 +1,6 @@
 """End to end, 2 processes over gloo: --compile (Inductor on the CPU) with Un-Mix, a queue in use and frozen
-prototypes, through DDP. About 90 s on a 2-core machine with a cold Inductor cache (most of it compiling),
-20 s warm."""
+prototypes, through DDP, and the kNN monitor run by both ranks together after each epoch. About 90 s on a
+2-core machine with a cold Inductor cache (most of it compiling), 20 s warm."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def test_compiled_two_process_run_with_unmix_queue_and_frozen_prototypes(shapes_
     dump = tmp_path / "run"
     done = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
                            str(port), "-m", "trainer", "pretrain", "--data_path", str(shapes_dir / "train"),
-                           "--dump_path", str(dump), *FLAGS], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           "--dump_path", str(dump), "--knn_eval_path", str(shapes_dir), *FLAGS],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     records = read_records(str(dump), "train_step")
@@ -43,3 +44,6 @@ def test_compiled_two_process_run_with_unmix_queue_and_frozen_prototypes(shapes_
     checkpoint = torch.load(dump / "checkpoint.pth.tar", weights_only=True)
     assert checkpoint["step"] == 8 and [queue["filled"] for queue in checkpoint["queues"]] == [16, 16]
     assert "node sizing:" in done.stderr
+    knn = read_records(str(dump), "knn")
+    assert [record["step"] for record in knn] == [4, 8]  # the end of epochs 0 and 1
+    assert all(0.0 <= record["top1"] <= record["top5"] <= 100.0 for record in knn)

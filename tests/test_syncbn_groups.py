@@ -66,6 +66,7 @@ def test_groups_of_two_on_four_processes(tmp_path: Path) -> None:
 def test_compile_with_syncbn_is_refused_with_its_reason() -> None:
     model = nn.SyncBatchNorm.convert_sync_batchnorm(_tiny_model())
     env = DistEnv(0, 8, 0, torch.device("cpu"))
-    with pytest.raises(UserError, match=r"SyncBatchNorm \(\d+ layers\) is refused.*45 graphs.*161302.*107372.*--sync_bn none"):
+    refusal = r"SyncBatchNorm \(\d+ layers\) is refused.*45 graphs.*161302.*107372.*--sync_bn none"
+    with pytest.raises(UserError, match=refusal):
         check_compile(model, env)
     check_compile(_tiny_model(), env)  # plain BatchNorm compiles
