@@ -4,22 +4,30 @@ The epoch's global order shuffles the shards, then the samples inside each shard
 contiguous block of equal length (whole batches only), so ranks read disjoint data, mostly whole shards,
 and every rank runs the same number of steps. It yields (epoch, index) pairs so that the dataset can
 derive each sample's augmentation seed without shared state.
+
+Knowing the rank's shard sequence, it also asks the source it reads (`source`, or the streaming source opened
+in this process with these shard numbers: trainer/data/streaming.py) to fetch the next shards ahead, in the
+background, each time its order enters a new shard. That touches no order: only when bytes arrive.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
 
+from trainer.data import streaming
 from trainer.errors import UserError
 from trainer.seeding import derive_seed
 
 
 class ResumableSampler(Sampler[tuple[int, int]]):
-    def __init__(self, shard_of: Sequence[int], rank: int, world_size: int, seed: int, batch_size: int):
+    def __init__(self, shard_of: Sequence[int], rank: int, world_size: int, seed: int, batch_size: int,
+                 source: Any = None):
         self.shard_of = np.asarray(shard_of, dtype=np.int64)
+        self.source = source  # has prefetch(shards); found by its shard numbers when not given
         self.rank, self.world_size, self.seed, self.batch_size = rank, world_size, seed, batch_size
         self.per_rank = len(self.shard_of) // world_size // batch_size * batch_size
         if self.per_rank == 0:
@@ -45,11 +53,37 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         keys = shard_rank[self.shard_of] + rng.random(len(self.shard_of))
         return np.argsort(keys, kind="stable")
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = self.epoch_order(self.epoch)
+    def rank_order(self, epoch: int, start_batch: int = 0) -> np.ndarray:
+        """This rank's sample indices in `epoch` from batch `start_batch` on."""
+        order = self.epoch_order(epoch)
         mine = order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
-        for index in mine[self.start_batch * self.batch_size:]:
-            yield self.epoch, int(index)
+        return mine[start_batch * self.batch_size:]
+
+    def shard_sequence(self, epoch: int) -> list[int]:
+        """The shards this rank reads in `epoch`, in order."""
+        shards = self.shard_of[self.rank_order(epoch)]
+        return shards[np.r_[True, shards[1:] != shards[:-1]]].tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        mine = self.rank_order(self.epoch, self.start_batch)
+        source = self.source if self.source is not None else streaming.source_for(self.shard_of)
+        if source is None or not len(mine):
+            for index in mine:
+                yield self.epoch, int(index)
+            return
+        shards = self.shard_of[mine]
+        starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])  # where each shard's run begins
+        sequence = shards[starts]
+        for run, start in enumerate(starts):
+            # entering a shard: fetch it (if no reader has yet) and the next SHARDS_AHEAD ones, past the end of
+            # the epoch into the next one's first shards
+            ahead = sequence[run:run + 1 + streaming.SHARDS_AHEAD].tolist()
+            if len(ahead) < 1 + streaming.SHARDS_AHEAD:
+                ahead += self.shard_sequence(self.epoch + 1)[:1 + streaming.SHARDS_AHEAD - len(ahead)]
+            source.prefetch(ahead)
+            end = starts[run + 1] if run + 1 < len(starts) else len(mine)
+            for index in mine[start:end]:
+                yield self.epoch, int(index)
 
     def __len__(self) -> int:
         return self.per_rank - self.start_batch * self.batch_size

@@ -13,7 +13,6 @@ File names that are not valid UTF-8 (Linux allows any bytes) are kept as their b
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
@@ -21,7 +20,6 @@ import logging
 import os
 import posixpath
 import stat
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from trainer import storage
+from trainer.data import streaming
 from trainer.data.decode import BadImage, is_image_name, open_image_bytes, to_rgb
 from trainer.errors import UserError
 
@@ -164,7 +163,10 @@ class FolderSource(ImageSource):
         fs = self._fs()
         read = (lambda: _read_regular_file(path)) if self._local else (lambda: fs.cat_file(path))
         try:
-            return storage.with_retries(read, f"reading {printable_name(self.name(index))}")
+            data = storage.with_retries(read, f"reading {printable_name(self.name(index))}")
+            if not self._local:
+                streaming.count_request(len(data))
+            return data
         except FileNotFoundError as error:
             raise BadImage("file disappeared after the folder was listed") from error
         except PermissionError as error:
@@ -174,9 +176,12 @@ class FolderSource(ImageSource):
 class ShardedSource(ImageSource):
     """Samples that are members of tar shards, each read by its (shard, offset, size).
 
-    In shard order (evaluation, staging checks) one request fetches many samples (read-ahead); in trainer
-    order each sample is one ranged read, unless `cache_dir` (or UNMIX_SHARD_CACHE) keeps whole shards on
-    local disk, fetched once per host.
+    The read path (trainer/data/streaming.py, chosen once and logged by `open_source`): on remote storage
+    whole shards go into a local shard cache (a temp folder with a size cap unless `cache_dir` or
+    UNMIX_SHARD_CACHE says where), fetched once per host and ahead of the reader (the sampler asks for the next
+    shards; reading in shard order fetches the next one by itself), then read from local disk; local shards
+    are read in place; with UNMIX_SHARD_CACHE=off each sample is one ranged read, and in shard order
+    (evaluation, staging checks) one request fetches many samples (read-ahead).
     """
 
     def __init__(self, url: str, classes: list[str], names: np.ndarray, targets: np.ndarray, *,
@@ -187,16 +192,30 @@ class ShardedSource(ImageSource):
         self.shard_urls = shard_urls
         self._shard_ends = shard_ends  # read-ahead never reads past these (the shard's size, or its last sample)
         self._shard, self._offset, self._size = shard, offset, size
-        self.cache_dir = cache_dir or os.environ.get("UNMIX_SHARD_CACHE") or None
+        self.read_path = streaming.choose_read_path(url, cache_dir)
+        self.cache_dir = self.read_path.folder
+        self._cache = (streaming.ShardCache(self.read_path.folder, self.read_path.cap_bytes)
+                       if self.read_path.kind == "cache" else None)
+        self._open = streaming.OpenShards(touch=self._cache is not None)
         self._cache_names = cache_names  # per shard: its file name in the cache (unique per content)
         self._checksums = checksums  # per shard sha256, verified when it enters the cache
         self._block: tuple[int, int, bytes] | None = None  # (shard, start, data) of the last read-ahead
         self._last_index = -2  # samples are numbered in shard order: the next number is the next member
+        self._in_order = 0  # consecutive reads in shard order so far (then the next shard is fetched ahead)
+        self._fetched_after = -1  # the shard whose successor this process last fetched ahead
+        self._my_shards = np.unique(shard)  # this split's shards, in shard order
+        streaming.register(self)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_block"] = None
+        state["_open"] = streaming.OpenShards(touch=self._cache is not None)
         return state
+
+    @property
+    def shard_numbers(self) -> np.ndarray:
+        """The shard of every sample (what a ResumableSampler is built from)."""
+        return self._shard
 
     def shard_of(self, index: int) -> int:
         return int(self._shard[index])
@@ -204,48 +223,65 @@ class ShardedSource(ImageSource):
     def where(self, index: int) -> str:
         return f"{printable_name(self.name(index))} (in {self.shard_urls[self.shard_of(index)]})"
 
-    def _cached_shard(self, shard: int) -> str:
-        """Local path of the whole shard in the cache dir, downloaded (and checksum-verified) once per host."""
-        assert self.cache_dir is not None
-        os.makedirs(self.cache_dir, exist_ok=True)
-        local = os.path.join(self.cache_dir, f"{self._cache_names[shard]}.tar")
-        if os.path.exists(local):
-            return local
-        # One download per host: concurrent loader workers wait for the first one instead of repeating it.
-        with open(f"{local}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not os.path.exists(local):
-                data = storage.read_bytes(self.shard_urls[shard])
-                if self._checksums is not None and hashlib.sha256(data).hexdigest() != self._checksums[shard]:
-                    raise OSError(f"shard {self.shard_urls[shard]} does not match its manifest checksum")
-                tmp = f"{local}.{uuid.uuid4().hex}.tmp"
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                os.replace(tmp, local)
-        return local
+    def fetch_shard(self, shard: int, wait: bool = True) -> str | None:
+        """Local path of the whole shard in the cache, fetched (and checksum-verified) once per host; None when
+        `wait` is False and another process is fetching it."""
+        assert self._cache is not None
+        return self._cache.fetch(self.shard_urls[shard], self._cache_names[shard], self._shard_ends[shard],
+                                 self._checksums[shard] if self._checksums is not None else None, wait)
+
+    def prefetch(self, shards: list[int]) -> None:
+        """Fetch `shards` into the cache in the background, in order (no-op without the cache)."""
+        if self._cache is not None and shards:
+            streaming.PREFETCHER.ahead(self, [int(shard) for shard in shards])
+
+    def _read_cached(self, shard: int, start: int, end: int) -> bytes:
+        for _ in range(3):  # evicted between the fetch and the open (a cache smaller than the reads in flight)
+            local = self.fetch_shard(shard)
+            assert local is not None
+            try:
+                return self._open.read(local, start, end)
+            except FileNotFoundError:
+                self._open.forget(local)
+        raise OSError(f"shard cache {self.cache_dir} evicts shards before they are read; raise UNMIX_SHARD_CACHE_GB")
 
     def _read_range(self, shard: int, start: int, end: int) -> bytes:
-        if self.cache_dir is not None:
-            with open(self._cached_shard(shard), "rb") as handle:
-                handle.seek(start)
-                return handle.read(end - start)
+        if self._cache is not None:
+            return self._read_cached(shard, start, end)
         url = self.shard_urls[shard]
         fs, path = self._fs(), storage.filesystem(url)[1]
-        return storage.with_retries(lambda: fs.cat_file(path, start=start, end=end), f"reading {url}")
+        if self.read_path.kind == "direct":
+            return self._open.read(path, start, end)
+        data = storage.with_retries(lambda: fs.cat_file(path, start=start, end=end), f"reading {url}")
+        if self.read_path.kind == "ranged":
+            streaming.count_request(len(data))
+        return data
+
+    def _fetch_next_in_shard_order(self, shard: int) -> None:
+        """Reading in shard order (8 consecutive samples in a row): fetch the shard after `shard` ahead."""
+        if self._cache is None or self._in_order < 8 or self._fetched_after == shard:
+            return
+        self._fetched_after = shard
+        following = int(np.searchsorted(self._my_shards, shard, side="right"))
+        if following < len(self._my_shards):
+            self.prefetch([int(self._my_shards[following])])
 
     def _read(self, index: int) -> bytes:
         shard, offset = int(self._shard[index]), int(self._offset[index])
         end = offset + int(self._size[index])
         block = self._block
+        sequential = index == self._last_index + 1 and self.shard_of(self._last_index) == shard
+        self._in_order = self._in_order + 1 if index == self._last_index + 1 else 0
         if block is not None and block[0] == shard and block[1] <= offset and end <= block[1] + len(block[2]):
             data = block[2][offset - block[1]:end - block[1]]
-        elif self.cache_dir is None and index == self._last_index + 1 and self.shard_of(self._last_index) == shard:
+        elif self._cache is None and sequential:
             # Reading in shard order (evaluation, staging checks): fetch ahead, one request for many samples.
             block_end = max(end, min(offset + SEQUENTIAL_READAHEAD_BYTES, self._shard_ends[shard]))
             self._block = (shard, offset, self._read_range(shard, offset, block_end))
             data = self._block[2][:end - offset]
         else:
             data = self._read_range(shard, offset, end)
+        self._fetch_next_in_shard_order(shard)
         self._last_index = index
         return data
 
@@ -433,11 +469,22 @@ def open_source(url: str, split: str | None = None, cache_dir: str | None = None
     wids index, one .tar) or an ImageFolder tree, local or on any fsspec store.
 
     `split` picks train/ or val/ (default train) when the data holds both; `cache_dir` (or the
-    UNMIX_SHARD_CACHE env) keeps whole shards on local disk after their first read.
+    UNMIX_SHARD_CACHE env) says where whole shards are kept on local disk (trainer/data/streaming.py: on remote
+    storage they are by default, in a temp folder); the read path is logged.
     """
+    source = _open_any(url.rstrip("/"), split, cache_dir)
+    if isinstance(source, ShardedSource):
+        how = source.read_path.describe()
+    else:
+        how = ("one request per file: an ImageFolder tree on remote storage (stage it for whole-shard reads)"
+               if not storage.is_local(source.url) else "one file per sample from a local folder")
+    log.info("reading %s: %s", printable_name(source.url), how)
+    return source
+
+
+def _open_any(url: str, split: str | None, cache_dir: str | None) -> ImageSource:
     from trainer.data import wds  # imports this module
 
-    url = url.rstrip("/")
     if url.endswith("/" + MANIFEST):
         url = url[: -len(MANIFEST) - 1]
     if wds.is_shard_set_url(url):

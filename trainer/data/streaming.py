@@ -1,0 +1,304 @@
+"""Whole-shard streaming from remote storage: a host-local shard cache with a size cap, filled whole shards
+ahead of the reader, and a count of the storage requests this process (and its loader workers) made.
+
+Why: a per-sample ranged GET costs one store round trip (tens of ms) per image, and 64 ranks of them are
+tens of thousands of requests per second on one prefix, past what S3 serves before it answers SlowDown.
+Here a shard is fetched with one GET streamed to disk (s3: a few large ranges in parallel above
+`PART_BYTES`), once per host, and samples are then read from the local file (the page cache), so the
+shuffle inside a shard happens at memory speed. `ResumableSampler` knows the rank's shard sequence and
+asks for the next `SHARDS_AHEAD` shards in the background while the current one is read; the order itself
+is untouched, so resume and per-rank disjointness are the sampler's alone.
+
+Bounds (per rank): memory for downloads PART_CONCURRENCY x PART_BYTES (32 MB) in the process that
+downloads, one sample's bytes per loader worker (no shard is held in a worker's memory); disk
+(1 + SHARDS_AHEAD + 1) x shard size (the shard being read, the ones fetched ahead, and one that late
+workers still finish), under the cache's cap. Settings come from the environment:
+  UNMIX_SHARD_CACHE     folder of the cache (default: <tmp>/unmix-shard-cache-<uid>); `off`: no cache, one
+                        ranged GET per sample in trainer order (read-ahead in shard order), the old path
+  UNMIX_SHARD_CACHE_GB  the cap (default: half the free space of the folder's disk, at most 50 GB)
+  UNMIX_SHARDS_AHEAD    shards fetched ahead of the one being read (default 2)
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import hashlib
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+import weakref
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from trainer import storage
+
+log = logging.getLogger(__name__)
+
+SHARDS_AHEAD = int(os.environ.get("UNMIX_SHARDS_AHEAD", "2"))
+DEFAULT_CAP_BYTES = 50 * 2**30
+PART_BYTES = 8 * 2**20  # s3: shards above this are fetched as parts of this size, PART_CONCURRENCY at a time
+PART_CONCURRENCY = 4
+_SUFFIX = ".tar"
+
+
+# --- the request counter -------------------------------------------------------------------------------------
+
+# Shared memory made at import, before DataLoader workers fork: the workers' requests add to the same counts.
+# (With the spawn start method a worker re-imports this module and counts alone.)
+_COUNTS = multiprocessing.RawArray("q", 2)
+_COUNTS_LOCK = multiprocessing.Lock()
+
+
+@dataclass(frozen=True)
+class ReadCounts:
+    """Storage requests and bytes read from remote storage so far by this process and its forked workers."""
+
+    requests: int
+    bytes: int
+
+
+def count_request(nbytes: int, requests: int = 1) -> None:
+    with _COUNTS_LOCK:
+        _COUNTS[0] += requests
+        _COUNTS[1] += nbytes
+
+
+def read_counts() -> ReadCounts:
+    with _COUNTS_LOCK:
+        return ReadCounts(int(_COUNTS[0]), int(_COUNTS[1]))
+
+
+def fetch_requests(url: str, size: int) -> int:
+    """Requests one whole-shard fetch of `size` bytes makes: s3fs opens one GET, and above PART_BYTES closes it
+    and fetches the parts (trainer.data.streaming docstring); other stores one streamed read."""
+    if url.startswith(("s3://", "s3a://")) and size > PART_BYTES:
+        return 1 + math.ceil(size / PART_BYTES)
+    return 1
+
+
+# --- which read path ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadPath:
+    """How a sharded source reads: `cache` (whole shards into `folder`), `direct` (local shards, read in
+    place) or `ranged` (one ranged read per sample; read-ahead in shard order); `why` says why, for the log."""
+
+    kind: str
+    why: str
+    folder: str | None = None
+    cap_bytes: int = 0
+
+    def describe(self) -> str:
+        if self.kind == "cache":
+            return (f"whole shards into the local shard cache {self.folder} (cap {self.cap_bytes / 2**30:.1f} GB, "
+                    f"{SHARDS_AHEAD} shards fetched ahead): {self.why}")
+        return f"{'one ranged read per sample' if self.kind == 'ranged' else 'in place'}: {self.why}"
+
+
+def default_cache_folder() -> str:
+    return os.path.join(tempfile.gettempdir(), f"unmix-shard-cache-{os.getuid()}")
+
+
+def cache_cap_bytes(folder: str) -> int:
+    """UNMIX_SHARD_CACHE_GB, else half the free space of `folder`'s disk, at most DEFAULT_CAP_BYTES."""
+    if os.environ.get("UNMIX_SHARD_CACHE_GB"):
+        return int(float(os.environ["UNMIX_SHARD_CACHE_GB"]) * 2**30)
+    os.makedirs(folder, exist_ok=True)
+    return min(DEFAULT_CAP_BYTES, shutil.disk_usage(folder).free // 2)
+
+
+def choose_read_path(url: str, cache_dir: str | None) -> ReadPath:
+    """`cache_dir` if given; else UNMIX_SHARD_CACHE (`off`: ranged reads); else the cache in a temp folder for
+    remote shards, and local shards read in place."""
+    setting = cache_dir or os.environ.get("UNMIX_SHARD_CACHE") or None
+    if setting == "off":
+        return ReadPath("ranged", "UNMIX_SHARD_CACHE=off")
+    if setting is not None:
+        why = "cache_dir given" if cache_dir else "UNMIX_SHARD_CACHE set"
+        return ReadPath("cache", why, setting, cache_cap_bytes(setting))
+    if storage.is_local(url):
+        return ReadPath("direct", "the shards are on a local filesystem")
+    folder = default_cache_folder()
+    return ReadPath("cache", "remote storage (the default; UNMIX_SHARD_CACHE=<folder> sets where, =off turns it off)",
+                    folder, cache_cap_bytes(folder))
+
+
+# --- the cache ------------------------------------------------------------------------------------------------
+
+
+class ShardCache:
+    """Whole shards on local disk under `folder`, named by their content key, at most `cap_bytes` of them.
+
+    One download per host: processes that need a shard being fetched wait on its lock file instead of
+    fetching it again; a background fetch (`wait=False`) skips a shard another process is fetching. Full:
+    the least recently used shards go first (a reader holding one open keeps reading it: Linux frees an
+    unlinked file when its last reader closes it).
+    """
+
+    def __init__(self, folder: str, cap_bytes: int) -> None:
+        self.folder, self.cap_bytes = folder, cap_bytes
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.folder, key + _SUFFIX)
+
+    def fetch(self, url: str, key: str, size: int, checksum: str | None, wait: bool = True) -> str | None:
+        """Local path of shard `url` (downloaded first if absent); None when `wait` is False and another process
+        holds its download."""
+        local = self.path(key)
+        if os.path.exists(local):
+            return local
+        os.makedirs(self.folder, exist_ok=True)
+        with open(f"{local}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            if not os.path.exists(local):
+                self._download(url, local, size, checksum)
+        return local
+
+    def _download(self, url: str, local: str, size: int, checksum: str | None) -> None:
+        self.make_room(size)
+        fs, path = storage.filesystem(url)
+        options = {"chunksize": PART_BYTES, "max_concurrency": PART_CONCURRENCY} if url.startswith(
+            ("s3://", "s3a://")) else {}
+        tmp = f"{local}.{uuid.uuid4().hex}.tmp"
+        try:
+            storage.with_retries(lambda: fs.get_file(path, tmp, **options), f"fetching shard {url}")
+            got = os.path.getsize(tmp)
+            count_request(got, fetch_requests(url, got))
+            if checksum is not None and _sha256(tmp) != checksum:
+                raise OSError(f"shard {url} does not match its manifest checksum")
+            os.replace(tmp, local)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def make_room(self, size: int) -> None:
+        """Remove the least recently used shards until `size` more bytes fit under the cap."""
+        entries = []
+        for name in os.listdir(self.folder):
+            if name.endswith(_SUFFIX):
+                try:
+                    info = os.stat(os.path.join(self.folder, name))
+                except FileNotFoundError:  # another process evicted it
+                    continue
+                entries.append((max(info.st_atime, info.st_mtime), info.st_size, name))
+        total = sum(entry[1] for entry in entries)
+        for _, nbytes, name in sorted(entries):
+            if total + size <= self.cap_bytes:
+                break
+            try:
+                os.remove(os.path.join(self.folder, name))
+                total -= nbytes
+            except FileNotFoundError:
+                pass
+        if total + size > self.cap_bytes:
+            log.warning("shard cache %s: a %.0f MB shard does not fit under its %.1f GB cap; raise "
+                        "UNMIX_SHARD_CACHE_GB", self.folder, size / 2**20, self.cap_bytes / 2**30)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(2**22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class OpenShards:
+    """A few shard files kept open in this process, read with pread; the least recently used is closed."""
+
+    def __init__(self, keep: int = 4, touch: bool = True) -> None:
+        self.keep, self.touch = keep, touch
+        self._files: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._pid = os.getpid()
+
+    def read(self, local: str, start: int, end: int) -> bytes:
+        if self._pid != os.getpid():  # descriptors inherited over fork share their offsets: start afresh
+            self._files, self._pid = collections.OrderedDict(), os.getpid()
+        fd = self._files.pop(local, None)
+        if fd is None:
+            fd = os.open(local, os.O_RDONLY)
+            if self.touch:
+                os.utime(fd)  # marks it recently used for eviction
+        self._files[local] = fd
+        while len(self._files) > self.keep:
+            os.close(self._files.popitem(last=False)[1])
+        return os.pread(fd, end - start, start)
+
+    def forget(self, local: str) -> None:
+        fd = self._files.pop(local, None)
+        if fd is not None:
+            os.close(fd)
+
+
+# --- fetching ahead ------------------------------------------------------------------------------------------
+
+
+class Prefetchable(Protocol):
+    def fetch_shard(self, shard: int, wait: bool) -> str | None: ...
+
+
+class Prefetcher:
+    """One background thread per process that fetches the shards last asked for, in order; a new request
+    replaces the ones not started (they are stale: the reader has moved on)."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a fork copies neither the thread nor a free lock
+
+    def _reset(self) -> None:
+        self._pending: collections.deque[tuple[Prefetchable, int]] = collections.deque()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def ahead(self, source: Prefetchable, shards: list[int]) -> None:
+        with self._wake:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="shard-prefetch", daemon=True)
+                self._thread.start()
+            self._pending = collections.deque((source, shard) for shard in shards)
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending:
+                    self._wake.wait()
+                source, shard = self._pending.popleft()
+            try:
+                source.fetch_shard(shard, wait=False)
+            except Exception as error:  # the reader fetches it itself, with its own error reporting
+                log.warning("fetching shard %d ahead failed (%s); it is read when needed", shard,
+                            storage.describe(error))
+
+
+PREFETCHER = Prefetcher()
+
+
+# --- linking a sampler to its source -------------------------------------------------------------------------
+
+_SOURCES: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+
+
+def register(source: Any) -> None:
+    """Make `source` findable by a sampler built from its shard numbers (`source_for`)."""
+    _SOURCES[id(source)] = source
+
+
+def source_for(shard_of: np.ndarray) -> Any | None:
+    """The most recently opened streaming source of this process whose samples lie in `shard_of`'s shards."""
+    for source in reversed(list(_SOURCES.values())):
+        if len(source) == len(shard_of) and np.array_equal(source.shard_numbers, shard_of):
+            return source
+    return None
