@@ -1,16 +1,248 @@
-"""The report page: every section's numbers, the loss curve as an embedded PNG, written to storage."""
+"""The run report from hand-written step folders (no training; about 5 s): the summary table with its random-init
+twins, gains, chance, published figures and statuses; the recipe; the warnings; the kfp artifacts; the older
+page the DAG's current `report` step still asks for."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+from pathlib import Path
 
-from kfp.dsl import HTML
+from kfp.dsl import HTML, ClassificationMetrics, Markdown, Metrics
 
-from components.report_page import build_report, render_html
+from components.report_page import build_report, collect, differing_flags, dump_of, legacy_page, render_html
+from trainer.config import FLAGS
+from trainer.presets import preset
+
+CLASSES = ["circle", "square", "star", "triangle"]
 
 
-def test_report_holds_every_section_and_the_loss_curve(tmp_path):
+def write_step(folder: Path, document: dict | None, records: list[dict] = ()) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    if document is not None:
+        (folder / "metrics.json").write_text(json.dumps(document))
+    if records:
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    return str(folder)
+
+
+def pretrain_args(**changes) -> dict:
+    return {**{name: spec[2] for name, spec in FLAGS.items()}, **preset("demo_cpu"), "preset": "demo_cpu",
+            "data_path": "/data/shapes", "dump_path": "/run/pretrain", **changes}
+
+
+def pretraining(folder: Path, status: str = "ok", reason: str = "", skipped: int = 0, **changes) -> str:
+    records = [{"kind": "train_step", "step": step, "epoch": 0, "iteration": step, "loss": 9.0 - step / 4,
+                "loss_ori": 4.5 - step / 8, "loss_mix": 4.4 - step / 8, "loss_mix_rev": 4.6 - step / 8,
+                "lr": 1e-3 * step, "images_per_s": 100.0 + step, "skipped_files": 0} for step in range(1, 9)]
+    records += [{"kind": "knn", "step": 4, "top1": 40.0, "top5": 100.0},
+                {"kind": "knn", "step": 8, "top1": 55.0, "top5": 100.0}]
+    return write_step(folder, {"command": "pretrain", "status": status, "status_reason": reason, "steps": 8,
+                               "epochs": 2, "world_size": 2, "global_batch": 64, "skipped_files": skipped,
+                               "last_log": records[7], "args": pretrain_args(**changes)}, records)
+
+
+def evaluation(folder: Path, command: str, top1: list[float], random: bool = False, status: str = "ok",
+               reason: str = "", **extra) -> str:
+    history = [{"epoch": epoch + 1, "top1": value, "top5": 100.0, "loss": 2.0 - epoch / 10, "lr": 0.1}
+               for epoch, value in enumerate(top1)]
+    weights = {"url": "random", "random_init": True, "seed": 31, "sha256": None} if random else \
+        {"url": "/run/pretrain/backbone.pth", "sha256": "ab" * 32, "loaded": 60, "expected": 60}
+    document = {"command": command, "top1": top1[-1], "top5": 100.0, "history": history, "status": status,
+                "status_reason": reason, "best": max(history, key=lambda row: row["top1"]), "pretrained": weights,
+                "args": {"data_path": "/data/shapes", "epochs": len(top1), "lr": 0.1, "batch_size": 8,
+                         "pretrained": weights["url"], "dump_path": str(folder)}, **extra}
+    return write_step(folder, document, [{"kind": "eval_epoch", "step": row["epoch"], **row} for row in history])
+
+
+def detr(folder: Path, ap: float, ap50: float, random: bool = False) -> str:
+    history = [{"epoch": epoch, "train_loss": 7.0 - epoch, "box_ap": {"AP": ap * (epoch + 1) / 2,
+                                                                      "AP50": ap50 * (epoch + 1) / 2, "APl": -1.0}}
+               for epoch in range(2)]
+    return write_step(folder, {"command": "detr", "status": "ok", "status_reason": "", "box_ap": history[-1]["box_ap"],
+                               "num_classes": 4, "history": history,
+                               "pretrained": {"url": "random", "seed": 42} if random else {"url": "/b.pth"},
+                               "args": {"coco_path": "/data/coco", "epochs": 2, "lr": 1e-4,
+                                        "pretrained": "random" if random else "/b.pth"}})
+
+
+def full_run(root: Path) -> tuple[dict[str, str], dict[str, str]]:
+    confusion = {"classes": CLASSES, "confusion_matrix": [[8, 0, 0, 0], [1, 7, 0, 0], [0, 0, 6, 2], [0, 1, 0, 7]]}
+    steps = {
+        "pretrain": pretraining(root / "pretrain", epochs=2),
+        "eval-knn": evaluation(root / "eval-knn", "eval-knn", [60.0], k=20),
+        "eval-linear": evaluation(root / "eval-linear", "eval-linear", [50.0, 87.5, 84.375], **confusion),
+        "eval-semisup-1pct": evaluation(root / "eval-semisup-1pct", "eval-semisup", [30.0, 25.0], classes=CLASSES,
+                                        status="diverged", reason="the loss climbed from 1.4 to 654; lower "
+                                                                  "--lr_last_layer"),
+        "eval-semisup-10pct": evaluation(root / "eval-semisup-10pct", "eval-semisup", [40.0, 50.0], classes=CLASSES),
+        "detr": detr(root / "detr", 0.02, 0.06),
+    }
+    baselines = {
+        "eval-knn": evaluation(root / "eval-knn-random", "eval-knn", [45.0], random=True, k=20),
+        "eval-linear": evaluation(root / "eval-linear-random", "eval-linear", [40.0, 42.0, 45.0], random=True,
+                                  **confusion),
+        "eval-semisup-1pct": evaluation(root / "eval-semisup-1pct-random", "eval-semisup", [25.0, 25.0], random=True,
+                                        classes=CLASSES),
+        "eval-semisup-10pct": evaluation(root / "eval-semisup-10pct-random", "eval-semisup", [50.0, 55.0],
+                                         random=True, classes=CLASSES),
+        "detr": detr(root / "detr-random", 0.01, 0.03, random=True),
+    }
+    return steps, baselines
+
+
+def artifacts(tmp_path: Path) -> tuple[HTML, Markdown, Metrics, ClassificationMetrics]:
+    return (HTML(name="report_html", uri=str(tmp_path / "report_html")),
+            Markdown(name="report_markdown", uri=str(tmp_path / "report_markdown")),
+            Metrics(name="headline_metrics", uri=str(tmp_path / "headline_metrics")),
+            ClassificationMetrics(name="linear_confusion", uri=str(tmp_path / "linear_confusion")))
+
+
+def rows_of(report) -> dict[tuple[str, str], object]:
+    return {(row.headline.step, row.headline.metric): row for row in report.rows}
+
+
+def test_the_summary_table_sets_each_number_beside_its_random_init_twin(tmp_path):
+    steps, baselines = full_run(tmp_path / "run")
+    rows = rows_of(collect(str(tmp_path / "run"), steps, baselines))
+    assert list(rows) == [("eval-knn", "top-1"), ("eval-linear", "top-1"), ("eval-semisup-1pct", "top-1"),
+                          ("eval-semisup-10pct", "top-1"), ("detr", "box AP"), ("detr", "AP50")]  # no top-5 of 4
+    linear = rows[("eval-linear", "top-1")]
+    assert (linear.pretrained, linear.random, linear.gain, linear.chance) == (84.375, 45.0, 39.375, 25.0)
+    assert linear.status == "ok" and linear.best == "best 87.5 at epoch 2"
+    assert rows[("eval-knn", "top-1")].chance == 25.0  # from the evaluations of the same data
+    assert rows[("eval-knn", "top-1")].title == "kNN (k = 20)"
+    semisup_1 = rows[("eval-semisup-1pct", "top-1")]
+    assert (semisup_1.status, semisup_1.gain) == ("diverged", 0.0)  # diverged outranks below_baseline
+    semisup_10 = rows[("eval-semisup-10pct", "top-1")]
+    assert (semisup_10.status, semisup_10.gain) == ("below_baseline", -5.0)
+    ap, ap50 = rows[("detr", "box AP")], rows[("detr", "AP50")]
+    assert (round(ap.pretrained, 6), round(ap.random, 6), ap.chance) == (2.0, 1.0, None)  # AP x 100
+    assert (round(ap50.pretrained, 6), ap50.status) == (6.0, "ok")
+    assert all(row.published is None for row in rows.values())  # demo_cpu is not a published recipe
+
+
+def test_warnings_name_every_problem_first(tmp_path):
+    steps, baselines = full_run(tmp_path / "run")
+    steps["pretrain"] = pretraining(tmp_path / "run" / "pretrain", status="collapsed", skipped=3,
+                                    reason="the loss stayed at ln(K) for epoch 1: try epsilon 0.03")
+    steps["eval-semisup-1pct"] = evaluation(tmp_path / "run" / "eval-semisup-1pct", "eval-semisup", [30.0, 25.0],
+                                            classes=CLASSES, status="diverged",
+                                            reason="lower --lr_last_layer")
+    steps["detr"] = str(tmp_path / "run" / "detr-never-finished")
+    warnings = collect(str(tmp_path / "run"), steps, baselines).warnings
+    assert warnings[0] == "Pretraining: collapsed — the loss stayed at ln(K) for epoch 1: try epsilon 0.03"
+    assert "Pretraining: 3 undecodable files skipped (their paths are in the step's log)" in warnings
+    assert "Semi-supervised, 1% labels: diverged — lower --lr_last_layer" in warnings
+    assert any(text.startswith("DETR detection transfer: no metrics.json under ") for text in warnings)
+    assert ("Semi-supervised, 10% labels top-1: pretrained 50.0 is not above random init (55.0): below_baseline"
+            in warnings)
+    assert ("Semi-supervised, 1% labels top-1: pretrained 25.0 is not above random init (25.0): below_baseline "
+            "and at chance (25.0)") in warnings
+    assert not any("Linear probe" in text or "kNN" in text for text in warnings)
+
+
+def test_a_twin_run_with_other_flags_is_named(tmp_path):
+    steps, baselines = full_run(tmp_path / "run")
+    baselines["eval-linear"] = evaluation(tmp_path / "run" / "other", "eval-linear", [40.0, 45.0], random=True)
+    warnings = collect(str(tmp_path / "run"), steps, baselines).warnings
+    assert warnings[-1] == ("Linear probe: the random-init twin ran with other flags (epochs 3 vs 2): the gain "
+                            "compares unlike runs")
+
+
+def test_the_recipe_lists_what_differs_from_the_preset(tmp_path):
+    url = pretraining(tmp_path / "pretrain", epochs=2, batch_size=32, base_lr=0.004, nmb_crops=[2, 2],
+                      size_crops=[32, 16], min_scale_crops=[0.3, 0.1], max_scale_crops=[1.0, 0.3])
+    recipe = dict(collect(str(tmp_path), {"pretrain": url}).recipe)
+    assert recipe["Preset"] == "demo_cpu"
+    assert recipe["Flags that differ from demo_cpu"] == [
+        "--nmb_crops 2 2 (demo_cpu: 2)", "--size_crops 32 16 (demo_cpu: 32)",
+        "--min_scale_crops 0.3 0.1 (demo_cpu: 0.3)", "--max_scale_crops 1.0 0.3 (demo_cpu: 1.0)",
+        "--epochs 2 (demo_cpu: 40)", "--base_lr 0.004 (demo_cpu: 0.002)"]
+    assert recipe["Scale"] == "2 processes × 32 = global batch 64"
+    assert recipe["Length"] == "8 steps, 2 epochs"
+    assert recipe["Throughput"] == "105 images/s (median of the logged steps)"  # the first logged step left out
+    assert recipe["Trunk and crops"] == "resnet_tiny; 2×32 px (scale 0.3–1) + 2×16 px (scale 0.1–0.3)"
+    assert recipe["kNN monitor"] == "top-1 55.0 at step 8 (first 40.0 at step 4)"
+    assert recipe["Wall time"] == "not known"  # no TensorBoard events in a hand-written folder
+    assert differing_flags({**pretrain_args(), "preset": None, "epochs": 100}) == [
+        (name, pretrain_args()[name], FLAGS[name][2]) for name in FLAGS
+        if name not in ("data_path", "dump_path", "epochs") and pretrain_args()[name] != FLAGS[name][2]]
+
+
+def test_a_published_preset_brings_its_reference_figures(tmp_path):
+    steps = {"pretrain": pretraining(tmp_path / "pretrain", preset="swav_200ep_bs256"),
+             "eval-linear": evaluation(tmp_path / "eval-linear", "eval-linear", [70.1], classes=CLASSES),
+             "eval-semisup-10pct": evaluation(tmp_path / "eval-semisup-10pct", "eval-semisup", [66.0],
+                                              classes=CLASSES)}
+    report = collect(str(tmp_path), steps)
+    rows = rows_of(report)
+    assert rows[("eval-linear", "top-1")].published.value == 72.7
+    assert rows[("eval-semisup-10pct", "top-1")].published.value == 70.2
+    assert ("eval-linear", "top-5") not in rows  # 4 classes: top-5 is always 100
+    page = render_html(report)
+    assert "<th>Published</th>" in page and ">72.7<" in page and "comparable only with a full run" in page
+
+
+def test_missing_steps_and_baselines_are_left_out(tmp_path):
+    steps, _ = full_run(tmp_path / "run")
+    report = collect(str(tmp_path / "run"), {"pretrain": steps["pretrain"], "eval-linear": steps["eval-linear"],
+                                             "detr": ""}, {"eval-linear": ""})
+    assert [row.headline.step for row in report.rows] == ["eval-linear"]
+    assert report.rows[0].random is None and report.rows[0].gain is None and report.rows[0].status == "ok"
+    assert [figure.name for figure in report.figures] == ["pretraining.png", "evaluations.png"]
+    assert report.warnings == []
+    assert dump_of("s3://b/run/eval-linear/metrics.json") == "s3://b/run/eval-linear" == dump_of("s3://b/run/eval-linear/")
+
+
+def test_build_report_writes_the_page_markdown_figures_and_kfp_artifacts(tmp_path):
+    steps, baselines = full_run(tmp_path / "run")
+    steps["eval-linear"] += "/metrics.json"  # what the evaluation steps return
+    html_artifact, markdown_artifact, metrics, confusion = artifacts(tmp_path)
+    url = build_report(str(tmp_path / "run"), steps, baselines, html_artifact, markdown_artifact, metrics, confusion)
+    report_dir = tmp_path / "run" / "report"
+    assert url == str(report_dir / "report.html")
+    page = (report_dir / "report.html").read_text()
+    assert page == (tmp_path / "report_html").read_text() and html_artifact.metadata["url"] == url
+    for name in ("pretraining.png", "evaluations.png", "detr.png"):
+        png = (report_dir / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and base64.b64encode(png).decode() in page
+    sources = re.findall(r"src='([^']*)'", page)
+    assert len(sources) == 3 and all(source.startswith("data:image/png;base64,") for source in sources)
+    assert "http" not in page.replace(url, "")  # self-contained: nothing fetched
+    for dumped in ("best.lr", "pretrained.expected", "<td>url</td>", "status_reason", "box_ap."):
+        assert dumped not in page
+    markdown = (report_dir / "report.md").read_text()
+    assert markdown == (tmp_path / "report_markdown").read_text()
+    assert "| Linear probe | top-1 | 84.4 | 45.0 | +39.4 | 25.0 | ok |" in markdown
+    assert "| Semi-supervised, 1% labels | top-1 | 25.0 | 25.0 | +0.0 | 25.0 | diverged |" in markdown
+    assert metrics.metadata["linear_top1"] == 84.375 and metrics.metadata["linear_top1_random"] == 45.0
+    assert metrics.metadata["linear_top1_gain"] == 39.375 and metrics.metadata["detr_AP50"] == 6.0
+    assert metrics.metadata["knn_top1"] == 60.0 and metrics.metadata["pretrain_final_loss"] == 7.0
+    matrix = confusion.metadata["confusionMatrix"]
+    assert [spec["displayName"] for spec in matrix["annotationSpecs"]] == CLASSES
+    assert matrix["rows"][2] == {"row": [0, 0, 6, 2]}
+
+
+def test_no_confusion_matrix_no_classification_metrics(tmp_path):
+    url = evaluation(tmp_path / "eval-linear", "eval-linear", [50.0])
+    *_, metrics, confusion = artifacts(tmp_path)
+    build_report(str(tmp_path), {"eval-linear": url}, None, None, None, metrics, confusion)
+    assert "confusionMatrix" not in confusion.metadata
+    assert metrics.metadata == {"linear_top1": 50.0, "linear_top5": 100.0}  # classes unknown: top-5 kept
+    assert rows_of(collect(str(tmp_path), {"eval-linear": url}))[("eval-linear", "top-1")].chance is None
+
+
+def test_values_are_escaped(tmp_path):
+    steps, _ = full_run(tmp_path / "run")
+    steps["eval-knn"] = evaluation(tmp_path / "run" / "knn", "eval-knn", [50.0], status="diverged",
+                                   reason="<script>alert(1)</script>")
+    page = render_html(collect(str(tmp_path / "<run>"), steps))
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;run&gt;" in page
+
+
+def test_the_dags_current_call_still_writes_the_older_page(tmp_path):
     pretrain = tmp_path / "run" / "pretrain"
     pretrain.mkdir(parents=True)
     records = [{"epoch": 0, "iteration": i, "loss": 8.0 - i / 10} for i in range(5)]
@@ -26,8 +258,17 @@ def test_report_holds_every_section_and_the_loss_curve(tmp_path):
     png = (tmp_path / "run" / "report" / "loss_curve.png").read_bytes()
     assert png.startswith(b"\x89PNG") and base64.b64encode(png).decode() in page
     assert artifact.metadata["url"] == url
+    assert "&lt;script&gt;" in legacy_page({"<script>": {"k<": "v>"}}, b"\x89PNG")
 
 
-def test_values_are_escaped():
-    page = render_html({"<script>": {"k<": "v>"}}, b"\x89PNG")
-    assert "<script>" not in page and "&lt;script&gt;" in page
+def test_a_pretraining_that_stopped_still_shows_its_curves_and_settings(tmp_path):
+    folder = tmp_path / "run" / "pretrain"
+    pretraining(folder, epochs=2)
+    (folder / "params.json").write_text(json.dumps(pretrain_args(epochs=2, world_size=1)))
+    (folder / "metrics.json").unlink()  # stopped: a non-finite loss, a kill
+    report = collect(str(tmp_path / "run"), {"pretrain": str(folder)})
+    assert report.warnings == [f"Pretraining: no metrics.json under {folder}: the step did not finish"]
+    assert [figure.name for figure in report.figures] == ["pretraining.png"]
+    recipe = dict(report.recipe)
+    assert recipe["Preset"] == "demo_cpu" and recipe["Flags that differ from demo_cpu"] == ["--epochs 2 (demo_cpu: 40)"]
+    assert recipe["Status"].startswith("missing: no metrics.json") and "Scale" not in recipe
