@@ -26,10 +26,11 @@ test: setup lint tools
 demo: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pipeline run-local --size demo --output $(DEMO_DIR)
 
-bench: setup  ## measurements, not tests: loader, CPU training, staged shards (new vs previous format) vs files on loopback S3
+bench: setup  ## measurements, not tests: loader, CPU training, staged shards (new vs previous format) vs files on loopback S3, S3 with 30 ms a request vs local disk
 	$(BIN)/python benchmarks/bench_loader.py
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/bench_train.py
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_data.py --images_per_class 20 --shard_size_mb 0.25
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_storage.py --latency_ms 30
 
 gpu-bench: setup  ## one GPU, under 8 minutes: ResNet-50 SwAV (+ Un-Mix) images/s and MFU
 	$(BIN)/python benchmarks/gpu_bench.py

@@ -9,8 +9,9 @@ shuffle inside a shard happens at memory speed. `ResumableSampler` knows the ran
 asks for the next `SHARDS_AHEAD` shards in the background while the current one is read; the order itself
 is untouched, so resume and per-rank disjointness are the sampler's alone.
 
-Bounds (per rank): memory for downloads PART_CONCURRENCY x PART_BYTES (32 MB) in the process that
-downloads, one sample's bytes per loader worker (no shard is held in a worker's memory); disk
+Bounds (per rank): memory for downloads FETCH_THREADS x PART_CONCURRENCY x PART_BYTES (64 MB) in the main
+process (a loader worker that needs a shard no one fetched yet fetches it itself: 32 MB), one sample's bytes
+per loader worker (no shard is held in a worker's memory); disk
 (1 + SHARDS_AHEAD + 1) x shard size (the shard being read, the ones fetched ahead, and one that late
 workers still finish), under the cache's cap. Settings come from the environment:
   UNMIX_SHARD_CACHE     folder of the cache (default: <tmp>/unmix-shard-cache-<uid>); `off`: no cache, one
@@ -46,6 +47,7 @@ SHARDS_AHEAD = int(os.environ.get("UNMIX_SHARDS_AHEAD", "2"))
 DEFAULT_CAP_BYTES = 50 * 2**30
 PART_BYTES = 8 * 2**20  # s3: shards above this are fetched as parts of this size, PART_CONCURRENCY at a time
 PART_CONCURRENCY = 4
+FETCH_THREADS = 2  # background fetches at a time per process
 _SUFFIX = ".tar"
 
 
@@ -250,32 +252,37 @@ class Prefetchable(Protocol):
 
 
 class Prefetcher:
-    """One background thread per process that fetches the shards last asked for, in order; a new request
-    replaces the ones not started (they are stale: the reader has moved on)."""
+    """FETCH_THREADS background threads per process that fetch the shards asked for, earliest asked first; a
+    shard already cached, or being fetched by another process, is skipped. What is asked is bounded by how far
+    the sampler runs ahead of the readers (the DataLoader's prefetch_factor x workers batches) plus SHARDS_AHEAD.
+    """
 
     def __init__(self) -> None:
         self._reset()
-        os.register_at_fork(after_in_child=self._reset)  # a fork copies neither the thread nor a free lock
+        os.register_at_fork(after_in_child=self._reset)  # a fork copies neither the threads nor a free lock
 
     def _reset(self) -> None:
-        self._pending: collections.deque[tuple[Prefetchable, int]] = collections.deque()
+        self._pending: collections.OrderedDict[tuple[int, int], Prefetchable] = collections.OrderedDict()
         self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def ahead(self, source: Prefetchable, shards: list[int]) -> None:
         with self._wake:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="shard-prefetch", daemon=True)
-                self._thread.start()
-            self._pending = collections.deque((source, shard) for shard in shards)
-            self._wake.notify()
+            if not self._threads:
+                self._threads = [threading.Thread(target=self._run, name=f"shard-fetch-{n}", daemon=True)
+                                 for n in range(FETCH_THREADS)]
+                for thread in self._threads:
+                    thread.start()
+            for shard in shards:
+                self._pending.setdefault((id(source), shard), source)
+            self._wake.notify_all()
 
     def _run(self) -> None:
         while True:
             with self._wake:
                 while not self._pending:
                     self._wake.wait()
-                source, shard = self._pending.popleft()
+                (_, shard), source = self._pending.popitem(last=False)
             try:
                 source.fetch_shard(shard, wait=False)
             except Exception as error:  # the reader fetches it itself, with its own error reporting
