@@ -166,6 +166,7 @@ def test_every_output_lands_on_s3_and_the_run_resumes_from_there(s3_run, tmp_pat
     assert {"checkpoint.pth.tar", "backbone.pth", "params.json", "metrics.jsonl", "checkpoints/ckp-0.pth"} <= names
     assert storage.load_torch(f"{dump}/checkpoint.pth.tar")["step"] == 6
     steps = [record["step"] for record in read_records(dump, "train_step")]
+    assert all(record["gets_per_s"] >= 0 and "read_mb_per_s" in record for record in read_records(dump, "train_step"))
     assert steps == [2, 4, 6]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -31,6 +31,7 @@ from trainer.data.multicrop import MultiCropDataset, crop_specs
 from trainer.data.photometric import Photometric
 from trainer.data.sampler import ResumableSampler
 from trainer.data.sources import ImageSource, loader_timeout, open_source
+from trainer.data.streaming import read_counts
 from trainer.distributed import DistEnv, barrier, cleanup, init_distributed, syncbn_group
 from trainer.errors import Preempted, UserError
 from trainer.models.heads import SwAVHead, SwAVModel
@@ -410,6 +411,7 @@ class Trainer:
         self.metrics, self.last_step = metrics, last_step
         self.preemption = PreemptionFlag()
         self.last_logged: dict[str, float] = {}  # the last train_step record: metrics.json's final numbers
+        self.reads_at_window = read_counts()  # remote GETs and bytes of this process and its loader workers
         self.skipped_since_log = 0
         self.window_start, self.data_time = time.perf_counter(), 0.0
 
@@ -490,6 +492,10 @@ class Trainer:
                   "images_per_s": steps_in_window * cfg.batch_size * self.env.world_size / elapsed,
                   "data_time": self.data_time / steps_in_window, "skipped_files": state.skipped_files,
                   **{k: float(v) for k, v in parts.items()}}
+        reads = read_counts()  # this rank's request rate against the store: whole-shard reads keep it low
+        values["gets_per_s"] = (reads.requests - self.reads_at_window.requests) / elapsed
+        values["read_mb_per_s"] = (reads.bytes - self.reads_at_window.bytes) / 2**20 / elapsed
+        self.reads_at_window = reads
         self.metrics.record("train_step", state.step, values)
         self.last_logged = {"step": state.step, **values}
         log.info("epoch %d step %d/%d loss %.4f lr %.4g %.1f img/s data %.3fs", epoch, state.step, self.last_step,
