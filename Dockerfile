@@ -26,16 +26,17 @@ RUN apt-get update \
 COPY pyproject.toml README.md ./
 COPY images/constraints.txt images/constraints.txt
 COPY trainer/ trainer/
+COPY launch/ launch/
 COPY components/ components/
 COPY pipeline/ pipeline/
 RUN pip install --no-cache-dir --constraint images/constraints.txt . \
-    && python -c "import trainer.cli, components.runtime, pipeline.launcher, kfp.dsl.executor_main" \
+    && python -c "import trainer.cli, launch.kube, launch.torchrun, components.runtime, kfp.dsl.executor_main" \
     && python -c "from trainer.run.resources import compiler_problem as p; import sys; sys.exit(p('cuda'))" \
     && groupadd --gid 10001 trainer \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin trainer
 
-# Matches runAsUser in k8s/ and pipeline/pytorchjob.py; the root filesystem can be mounted read-only.
+# Matches runAsUser in k8s/ and launch/spec.py; the root filesystem can be mounted read-only.
 USER 10001:10001
-# No ENTRYPOINT: the PyTorchJob runs `torchrun ... -m trainer pretrain`, kfp runs `sh -c ... python3`,
-# the k8s Jobs run `unmix-swav <command>`.
+# No ENTRYPOINT: the PyTorchJobs run `python -m launch.torchrun ... -m trainer <command>`, kfp runs
+# `sh -c ... python3`.
 CMD ["unmix-swav", "--help"]

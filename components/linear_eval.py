@@ -1,4 +1,4 @@
-"""Step 3a: linear evaluation on the frozen pretrained trunk."""
+"""Step 4a: linear evaluation on the frozen pretrained trunk, as a distributed job."""
 
 from kfp import dsl
 from kfp.dsl import Metrics, Output
@@ -7,13 +7,40 @@ from components.image import TRAINER_IMAGE
 
 
 @dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
-def linear_eval(images_url: str, backbone_url: str, run_root: str, arch: str, eval_args: list,
-                metrics: Output[Metrics]) -> str:
-    """Returns the URL of the metrics.json it wrote (top1 / top5)."""
-    from components.runtime import log_metrics, read_metrics, run_trainer, step_url
+def linear_eval(
+    images_url: str,
+    backbone_url: str,
+    run_root: str,
+    arch: str,
+    eval_args: list,
+    launcher: str,
+    image: str,
+    namespace: str,
+    num_nodes: int,
+    gpus_per_node: int,
+    cpu_per_node: str,
+    memory_per_node: str,
+    shm_size: str,
+    node_selector: dict,
+    tolerations: list,
+    s3_secret_name: str,
+    queue: str,
+    priority_class: str,
+    max_restarts: int,
+    timeout_hours: float,
+    metrics: Output[Metrics],
+) -> str:
+    """Launches the job (checked first), then returns the URL of the metrics.json it wrote (top1 / top5)."""
+    from components import jobs
+    from components.runtime import log_metrics, read_metrics, step_url
 
-    dump_url = step_url(run_root, "eval-linear")
-    run_trainer("eval-linear", ["--data_path", images_url, "--pretrained", backbone_url,
-                                "--dump_path", dump_url, "--arch", arch, *eval_args])
+    dump_url = jobs.dump_url(run_root, "eval-linear")
+    argv = jobs.linear_argv(images_url, backbone_url, dump_url, arch, eval_args)
+    spec = jobs.job_spec("eval-linear", dump_url, argv, launcher, num_nodes, gpus_per_node, image=image,
+                         namespace=namespace, cpu_per_node=cpu_per_node, memory_per_node=memory_per_node,
+                         shm_size=shm_size, node_selector=node_selector, tolerations=tolerations,
+                         s3_secret_name=s3_secret_name, queue=queue, priority_class=priority_class,
+                         max_restarts=max_restarts)
+    jobs.launch_step(spec, launcher, timeout_hours)
     log_metrics(metrics, read_metrics(dump_url), dump_url)
     return step_url(dump_url, "metrics.json")

@@ -1,4 +1,7 @@
-"""Step 2: SwAV + Un-Mix pretraining as a PyTorchJob (or, locally, its replicas run with torchrun)."""
+"""Step 3: SwAV + Un-Mix pretraining as a distributed job (a PyTorchJob; locally, its replicas with torchrun).
+
+The step only checks the flags, launches and follows the job; the GPUs belong to the job's pods.
+"""
 
 from typing import NamedTuple
 
@@ -11,11 +14,13 @@ from components.image import TRAINER_IMAGE
 @dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
 def pretrain(
     images_url: str,
-    run_root: str,
+    storage_root: str,
+    run_id: str,
     arch: str,
     preset: str,
     config_url: str,
     pretrain_args: list,
+    knn_monitor: bool,
     launcher: str,
     image: str,
     namespace: str,
@@ -27,29 +32,32 @@ def pretrain(
     node_selector: dict,
     tolerations: list,
     s3_secret_name: str,
+    queue: str,
+    priority_class: str,
+    max_restarts: int,
     timeout_hours: float,
     model: Output[Model],
     metrics: Output[Metrics],
-) -> NamedTuple("Pretrained", [("backbone_url", str), ("dump_url", str)]):
-    """`launcher` is `pytorchjob` (Kubernetes) or `local` (this machine, same command and env)."""
+) -> NamedTuple("Pretrained", [("run_root", str), ("backbone_url", str), ("dump_url", str)]):
+    """`launcher` is `pytorchjob` (Kubernetes) or `local` (this machine, same command, env and restarts)."""
     from collections import namedtuple
 
+    from components import jobs
     from components.runtime import log_metrics, read_train_steps, record_url, step_url
-    from pipeline.pretrain_launch import PretrainRequest, launch_pretraining
 
-    dump_url = step_url(run_root, "pretrain")
-    request = PretrainRequest(
-        images_url=images_url, dump_url=dump_url, arch=arch, preset=preset, config_url=config_url,
-        extra_args=[str(arg) for arg in pretrain_args], image=image, namespace=namespace,
-        num_nodes=num_nodes, gpus_per_node=gpus_per_node, cpu_per_node=cpu_per_node,
-        memory_per_node=memory_per_node, shm_size=shm_size, node_selector=node_selector,
-        tolerations=tolerations, s3_secret_name=s3_secret_name, timeout_s=timeout_hours * 3600)
-    launch_pretraining(request, launcher)
+    run_root = step_url(storage_root, run_id)
+    dump_url = jobs.dump_url(run_root, "pretrain")
+    argv = jobs.pretrain_argv(images_url, dump_url, arch, preset, config_url, pretrain_args, knn_monitor)
+    spec = jobs.job_spec("pretrain", dump_url, argv, launcher, num_nodes, gpus_per_node, image=image,
+                         namespace=namespace, cpu_per_node=cpu_per_node, memory_per_node=memory_per_node,
+                         shm_size=shm_size, node_selector=node_selector, tolerations=tolerations,
+                         s3_secret_name=s3_secret_name, queue=queue, priority_class=priority_class,
+                         max_restarts=max_restarts)
+    jobs.launch_step(spec, launcher, timeout_hours)
 
-    records = read_train_steps(dump_url)
-    last = records[-1]
+    last = read_train_steps(dump_url)[-1]
     log_metrics(metrics, {"final_loss": last["loss"], "epochs": last["epoch"] + 1,
                           "images_per_s": last.get("images_per_s", 0.0)}, dump_url)
     backbone_url = step_url(dump_url, "backbone.pth")
     record_url(model, backbone_url, arch=arch, checkpoint=step_url(dump_url, "checkpoint.pth.tar"))
-    return namedtuple("Pretrained", ["backbone_url", "dump_url"])(backbone_url, dump_url)
+    return namedtuple("Pretrained", ["run_root", "backbone_url", "dump_url"])(run_root, backbone_url, dump_url)

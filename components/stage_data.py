@@ -1,4 +1,8 @@
-"""Step 1: validate and stage the image dataset and the detection dataset into object storage."""
+"""Step 1: validate and stage the image dataset and the detection dataset, once per source and options.
+
+The locations derive from the source and the staging options, not the run: a later run with the same
+inputs reuses what an earlier one staged (components/staged.py), and the step is cached by kfp.
+"""
 
 from typing import NamedTuple
 
@@ -13,29 +17,21 @@ def stage_data(
     data_source: str,
     detection_source: str,
     storage_root: str,
-    run_id: str,
+    staged_data: str,
     stage_args: list,
     detection_options: dict,
     images: Output[Dataset],
     detection: Output[Dataset],
-) -> NamedTuple("StagedData", [("run_root", str), ("images_url", str), ("detection_url", str)]):
-    """Stage `data_source` (builtin:shapes or a URL) and `detection_source` (builtin:shapes-coco or a URL)."""
+) -> NamedTuple("StagedData", [("images_url", str), ("detection_url", str)]):
+    """Stage `data_source` (a URL or builtin:<kind>) unless `staged_data` names a staged dataset; generate or
+    pass through `detection_source` (builtin:shapes-coco or a COCO-format URL)."""
     from collections import namedtuple
 
-    from components.runtime import json_ints, record_url, run_trainer, step_url
+    from components.runtime import json_ints, record_url
+    from components.staged import stage_detection, stage_images
 
-    run_root = step_url(storage_root, run_id)
-    images_url = step_url(run_root, "data/images")
-    run_trainer("stage", ["--source", data_source, "--dest", images_url, *stage_args])
-    record_url(images, images_url, source=data_source)
-
-    if detection_source == "builtin:shapes-coco":
-        from trainer.detr.synthetic_coco import make_shapes_coco
-
-        detection_url = step_url(run_root, "data/detection")
-        make_shapes_coco(detection_url, **json_ints(detection_options))
-    else:
-        detection_url = detection_source
+    images_url = stage_images(storage_root, data_source, [str(arg) for arg in stage_args], staged_data)
+    record_url(images, images_url, source=staged_data or data_source)
+    detection_url = stage_detection(storage_root, detection_source, json_ints(detection_options))
     record_url(detection, detection_url, source=detection_source)
-    return namedtuple("StagedData", ["run_root", "images_url", "detection_url"])(
-        run_root, images_url, detection_url)
+    return namedtuple("StagedData", ["images_url", "detection_url"])(images_url, detection_url)

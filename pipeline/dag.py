@@ -1,12 +1,15 @@
-"""The pipeline: stage -> pretrain (PyTorchJob) -> linear, semi-supervised 1% and 10%, DETR -> report.
+"""The pipeline: stage -> check flags -> pretrain -> linear, semi-supervised 1% and 10%, DETR -> report.
 
-The evaluations depend only on pretraining, so they run in parallel on a cluster. The same function
-runs on kfp's local SubprocessRunner (`python -m pipeline run-local`) with launcher=local.
+Every distributed step (pretraining and the four evaluations) runs as its own job, sized by its own
+parameters (`num_nodes` / `gpus_per_node` for pretraining, `<step>_num_nodes` / `<step>_gpus_per_node` for
+the others); the pipeline's own pods are small CPU pods that check, launch and follow those jobs. The
+evaluations depend only on pretraining, so they run in parallel on a cluster. The same function runs on
+kfp's local SubprocessRunner (`python -m pipeline run-local`) with launcher=local.
 """
-
 
 from kfp import dsl
 
+from components.check_args import check_args
 from components.detr_transfer import detr_transfer
 from components.image import TRAINER_IMAGE
 from components.linear_eval import linear_eval
@@ -14,19 +17,20 @@ from components.pretrain import pretrain
 from components.report import report
 from components.semisup_eval import semisup_eval
 from components.stage_data import stage_data
-from pipeline.platform import on_cpu_node, on_gpu_node, with_s3_secret
+from launch.spec import DEFAULT_GPU_NODE_SELECTOR, DEFAULT_GPU_TOLERATIONS, JobSpec
+from pipeline.platform import launching, on_cpu_node, with_s3_secret
 
 PIPELINE_NAME = "unmix-swav"
-DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
-DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+JOB = JobSpec(command="pretrain", name="defaults", image=TRAINER_IMAGE)  # the one set of job defaults
 
 
 @dsl.pipeline(name=PIPELINE_NAME,
-              description="SwAV + Un-Mix pretraining as a PyTorchJob, then linear, semi-supervised and "
-                          "DETR evaluations, and a report")
+              description="SwAV + Un-Mix pretraining, then linear, semi-supervised and DETR evaluations, each a "
+                          "gang-scheduled PyTorchJob, and a report")
 def unmix_swav_pipeline(
     storage_root: str = "s3://unmix-swav/runs",
     data_source: str = "builtin:shapes",
+    staged_data: str = "",
     detection_source: str = "builtin:shapes-coco",
     arch: str = "resnet50",
     preset: str = "",
@@ -37,58 +41,84 @@ def unmix_swav_pipeline(
     linear_args: list = [],  # noqa: B006
     semisup_args: list = [],  # noqa: B006
     detr_args: list = [],  # noqa: B006
+    knn_monitor: bool = False,
     launcher: str = "pytorchjob",
     image: str = TRAINER_IMAGE,
     namespace: str = "",
     num_nodes: int = 2,
-    gpus_per_node: int = 8,
-    cpu_per_node: str = "32",
-    memory_per_node: str = "256Gi",
-    shm_size: str = "64Gi",
-    eval_gpus: int = 1,
+    gpus_per_node: int = JOB.gpus_per_node,
+    linear_num_nodes: int = 1,
+    linear_gpus_per_node: int = JOB.gpus_per_node,
+    semisup_num_nodes: int = 1,
+    semisup_gpus_per_node: int = JOB.gpus_per_node,
+    detr_num_nodes: int = 2,
+    detr_gpus_per_node: int = JOB.gpus_per_node,
+    cpu_per_node: str = JOB.cpu_per_node,
+    memory_per_node: str = JOB.memory_per_node,
+    shm_size: str = JOB.shm_size,
     gpu_node_selector: dict = DEFAULT_GPU_NODE_SELECTOR,
     gpu_tolerations: list = DEFAULT_GPU_TOLERATIONS,
     s3_secret_name: str = "unmix-swav-s3",
+    queue: str = JOB.queue,
+    priority_class: str = JOB.priority_class,
+    max_restarts: int = JOB.max_restarts,
     pretrain_timeout_hours: float = 72.0,
+    eval_timeout_hours: float = 96.0,
 ) -> str:
-    staged = stage_data(data_source=data_source, detection_source=detection_source,
-                        storage_root=storage_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                        stage_args=stage_args, detection_options=detection_options)
-    staged.set_display_name("stage data")
+    staged = stage_data(data_source=data_source, detection_source=detection_source, storage_root=storage_root,
+                        staged_data=staged_data, stage_args=stage_args, detection_options=detection_options)
+    # Deterministic: same source, options and storage root -> the same staged location.
+    staged.set_display_name("stage data").set_caching_options(enable_caching=True)
+    images_url, detection_url = staged.outputs["images_url"], staged.outputs["detection_url"]
 
-    pretrained = pretrain(
-        images_url=staged.outputs["images_url"], run_root=staged.outputs["run_root"], arch=arch,
-        preset=preset, config_url=config_url, pretrain_args=pretrain_args, launcher=launcher, image=image,
-        namespace=namespace, num_nodes=num_nodes, gpus_per_node=gpus_per_node, cpu_per_node=cpu_per_node,
-        memory_per_node=memory_per_node, shm_size=shm_size, node_selector=gpu_node_selector,
-        tolerations=gpu_tolerations, s3_secret_name=s3_secret_name, timeout_hours=pretrain_timeout_hours)
-    # The step only launches and follows the PyTorchJob; its GPUs belong to the job's pods.
-    pretrained.set_display_name("pretrain (PyTorchJob)").set_caching_options(enable_caching=False)
+    checked = check_args(
+        images_url=images_url, detection_url=detection_url, storage_root=storage_root, arch=arch, preset=preset,
+        config_url=config_url, knn_monitor=knn_monitor, pretrain_args=pretrain_args, linear_args=linear_args,
+        semisup_args=semisup_args, detr_args=detr_args, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
+        linear_num_nodes=linear_num_nodes, linear_gpus_per_node=linear_gpus_per_node,
+        semisup_num_nodes=semisup_num_nodes, semisup_gpus_per_node=semisup_gpus_per_node,
+        detr_num_nodes=detr_num_nodes, detr_gpus_per_node=detr_gpus_per_node)
+    checked.set_display_name("check every step's flags").set_caching_options(enable_caching=False)
 
-    common = {"backbone_url": pretrained.outputs["backbone_url"], "run_root": staged.outputs["run_root"],
-              "arch": arch}
-    linear = linear_eval(images_url=staged.outputs["images_url"], eval_args=linear_args, **common)
-    linear.set_display_name("linear evaluation")
-    semisup_1 = semisup_eval(images_url=staged.outputs["images_url"], labels_percent=1,
-                             eval_args=semisup_args, **common)
-    semisup_1.set_display_name("semi-supervised 1%")
-    semisup_10 = semisup_eval(images_url=staged.outputs["images_url"], labels_percent=10,
-                              eval_args=semisup_args, **common)
-    semisup_10.set_display_name("semi-supervised 10%")
-    detr = detr_transfer(detection_url=staged.outputs["detection_url"], detr_args=detr_args, **common)
-    detr.set_display_name("DETR transfer")
+    job = {"launcher": launcher, "image": image, "namespace": namespace, "cpu_per_node": cpu_per_node,
+           "memory_per_node": memory_per_node, "shm_size": shm_size, "node_selector": gpu_node_selector,
+           "tolerations": gpu_tolerations, "s3_secret_name": s3_secret_name, "queue": queue,
+           "priority_class": priority_class, "max_restarts": max_restarts}
+    pretrained = pretrain(images_url=images_url, storage_root=storage_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                          arch=arch, preset=preset, config_url=config_url, pretrain_args=pretrain_args,
+                          knn_monitor=knn_monitor, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
+                          timeout_hours=pretrain_timeout_hours, **job).after(checked)
+    pretrained.set_display_name("pretrain (PyTorchJob)")
 
-    summary = report(run_root=staged.outputs["run_root"], pretrain_dump_url=pretrained.outputs["dump_url"],
+    common = {"backbone_url": pretrained.outputs["backbone_url"], "run_root": pretrained.outputs["run_root"],
+              "arch": arch, "timeout_hours": eval_timeout_hours, **job}
+    linear = linear_eval(images_url=images_url, eval_args=linear_args, num_nodes=linear_num_nodes,
+                         gpus_per_node=linear_gpus_per_node, **common)
+    linear.set_display_name("linear evaluation (PyTorchJob)")
+    semisup_1 = semisup_eval(images_url=images_url, labels_percent=1, eval_args=semisup_args,
+                             num_nodes=semisup_num_nodes, gpus_per_node=semisup_gpus_per_node, **common)
+    semisup_1.set_display_name("semi-supervised 1% (PyTorchJob)")
+    semisup_10 = semisup_eval(images_url=images_url, labels_percent=10, eval_args=semisup_args,
+                              num_nodes=semisup_num_nodes, gpus_per_node=semisup_gpus_per_node, **common)
+    semisup_10.set_display_name("semi-supervised 10% (PyTorchJob)")
+    detr = detr_transfer(detection_url=detection_url, detr_args=detr_args, num_nodes=detr_num_nodes,
+                         gpus_per_node=detr_gpus_per_node, **common)
+    detr.set_display_name("DETR transfer (PyTorchJob)")
+
+    summary = report(run_root=pretrained.outputs["run_root"], pretrain_dump_url=pretrained.outputs["dump_url"],
                      pretrain_metrics=pretrained.outputs["metrics"], linear_metrics=linear.outputs["metrics"],
                      semisup_1pct_metrics=semisup_1.outputs["metrics"],
                      semisup_10pct_metrics=semisup_10.outputs["metrics"],
                      detr_metrics=detr.outputs["metrics"])
-    summary.set_display_name("report")
+    summary.set_display_name("report").set_caching_options(enable_caching=True)
 
-    for task in (staged, pretrained, linear, semisup_1, semisup_10, detr, summary):
+    for task in (staged, checked, pretrained, linear, semisup_1, semisup_10, detr, summary):
         with_s3_secret(task, s3_secret_name)
-    for task in (staged, pretrained, summary):
+    for task in (staged, summary):
         on_cpu_node(task)
-    for task in (linear, semisup_1, semisup_10, detr):
-        on_gpu_node(task, eval_gpus, gpu_node_selector, gpu_tolerations)
+    # DETR's checks read the COCO annotations (instances_train2017.json is 450 MB of JSON).
+    on_cpu_node(checked, memory="8Gi")
+    for task in (pretrained, linear, semisup_1, semisup_10):
+        launching(task)
+    launching(detr, memory="8Gi")
     return summary.outputs["Output"]

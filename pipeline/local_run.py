@@ -2,7 +2,8 @@
 
 Every step runs as a subprocess of this interpreter (use_venv=False: the project's .venv), storage is
 a local folder (or S3 when AWS_ENDPOINT_URL names an endpoint), data are the builtin generated sets,
-and pretraining runs the PyTorchJob's replicas here with torchrun and the operator's env.
+and every distributed step runs its PyTorchJob's replicas here with torchrun, the operator's env and
+its ExitCode restart policy. `--param NAME=VALUE` (the `submit` syntax) sets any pipeline parameter.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ SIZES: dict[str, dict[str, Any]] = {
         "stage_args": ["--num_classes", "4", "--images_per_class", "12", "--val_images_per_class", "4",
                        "--image_size", "32", "--workers", "1"],
         "detection_options": {"train_images": 6, "val_images": 3, "image_size": 48},
-        "pretrain_args": ["--epochs", "1", "--batch_size", "8", "--workers", "0", "--max_steps", "3",
-                          "--log_freq", "1"],
+        "pretrain_args": ["--epochs", "1", "--batch_size", "8", "--workers", "0", "--log_freq", "1"],
         "linear_args": ["--epochs", "1", "--batch_size", "16", "--workers", "0", "--image_size", "32"],
         "semisup_args": ["--epochs", "1", "--batch_size", "16", "--workers", "0", "--image_size", "32"],
         "detr_args": ["--epochs", "1", "--batch_size", "2", "--image_size", "48", "--num_queries", "8",
                       "--hidden_dim", "32", "--enc_layers", "1", "--dec_layers", "1", "--dim_feedforward", "64",
                       "--nheads", "2", "--workers", "0"],
         "num_nodes": 1,
+        "knn_monitor": True,
     },
     "demo": {
         "stage_args": ["--num_classes", "6", "--images_per_class", "60", "--val_images_per_class", "20",
@@ -43,14 +44,16 @@ SIZES: dict[str, dict[str, Any]] = {
                       "--hidden_dim", "64", "--enc_layers", "2", "--dec_layers", "2", "--dim_feedforward", "128",
                       "--nheads", "4", "--workers", "0"],
         "num_nodes": 2,
+        "knn_monitor": True,
     },
 }
 
 
-def pipeline_arguments(size: str, storage_root: str, num_nodes: int | None = None) -> dict[str, Any]:
-    """The pipeline parameters of a local run: CPU nodes, launcher=local, the demo recipe."""
+def pipeline_arguments(size: str, storage_root: str, num_nodes: int | None = None,
+                       params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The pipeline parameters of a local run: CPU nodes, launcher=local, the demo recipe; `params` last."""
     chosen = SIZES[size]
-    return {
+    arguments = {
         "storage_root": storage_root,
         "data_source": "builtin:textures",
         "detection_source": "builtin:shapes-coco",
@@ -62,12 +65,28 @@ def pipeline_arguments(size: str, storage_root: str, num_nodes: int | None = Non
         "linear_args": chosen["linear_args"],
         "semisup_args": chosen["semisup_args"],
         "detr_args": chosen["detr_args"],
+        "knn_monitor": chosen["knn_monitor"],
         "launcher": "local",
         "num_nodes": num_nodes or chosen["num_nodes"],
+        **{f"{step}_gpus_per_node": 0 for step in ("linear", "semisup", "detr")},
         "gpus_per_node": 0,
-        "eval_gpus": 0,
         "pretrain_timeout_hours": 1.0,
+        "eval_timeout_hours": 1.0,
     }
+    unknown = set(params or {}) - set(pipeline_parameters())
+    if unknown:
+        raise UserError(f"--param {', '.join(sorted(unknown))}: not a pipeline parameter; use one of "
+                        f"{', '.join(pipeline_parameters())}")
+    return {**arguments, **(params or {})}
+
+
+def pipeline_parameters() -> list[str]:
+    """The names of the pipeline's parameters, from the pipeline function itself."""
+    import inspect
+
+    from pipeline.dag import unmix_swav_pipeline
+
+    return list(inspect.signature(unmix_swav_pipeline.pipeline_func).parameters)
 
 
 def default_storage_root(output: Path, bucket: str) -> str:
@@ -81,7 +100,7 @@ def default_storage_root(output: Path, bucket: str) -> str:
 
 
 def run_local(size: str, output: Path, storage_root: str | None = None, num_nodes: int | None = None,
-              bucket: str = "unmix-swav-demo") -> dict[str, str]:
+              bucket: str = "unmix-swav-demo", params: dict[str, Any] | None = None) -> dict[str, str]:
     """Run the whole pipeline here; returns where the report is (storage URL and local HTML file)."""
     from kfp import local
 
@@ -96,7 +115,7 @@ def run_local(size: str, output: Path, storage_root: str | None = None, num_node
     # The subprocess runner warns about any image without "python" in its name: ours has kfp inside.
     warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
     started = time.monotonic()
-    result = unmix_swav_pipeline(**pipeline_arguments(size, root, num_nodes))
+    result = unmix_swav_pipeline(**pipeline_arguments(size, root, num_nodes, params))
     # A reused output folder holds earlier runs too: this run's report is the newest one.
     report_html = max(output.glob("kfp/*/report/report_html"), key=lambda path: path.stat().st_mtime, default=None)
     return {"report_url": str(result.output), "report_html": str(report_html),
@@ -113,11 +132,17 @@ def add_arguments(parser) -> None:
                         help="fsspec URL for the run's data (default: output/storage, or s3://BUCKET/runs "
                              "when AWS_ENDPOINT_URL is set)")
     parser.add_argument("--bucket", default="unmix-swav-demo")
-    parser.add_argument("--num-nodes", type=int, default=None, help="local PyTorchJob replicas")
+    parser.add_argument("--num-nodes", type=int, default=None, help="pretraining's local PyTorchJob replicas")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="pipeline parameter (repeatable, as for submit; JSON when it parses), e.g. "
+                             "linear_num_nodes=2 or detr_args='[\"--epochs\", \"1\"]'")
 
 
 def run(args) -> None:
-    where = run_local(args.size, args.output, args.storage_root, args.num_nodes, args.bucket)
+    from pipeline.submit import parse_params
+
+    where = run_local(args.size, args.output, args.storage_root, args.num_nodes, args.bucket,
+                      parse_params(args.param))
     print(f"pipeline finished in {where['seconds']} s")
     print(f"report: {where['report_html']}")
     print(f"report in storage: {where['report_url']}")

@@ -1,13 +1,20 @@
-"""Kubernetes settings of the pipeline's own pods, through kfp-kubernetes and kfp's task config."""
+"""Kubernetes settings of the pipeline's own pods, through kfp-kubernetes and kfp's task config.
+
+The pipeline's steps are small CPU pods: the GPUs belong to the jobs the launching steps create.
+"""
 
 from __future__ import annotations
 
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
-from pipeline.pytorchjob import S3_SECRET_KEYS
+from launch.spec import S3_SECRET_KEYS
 
-SHM_VOLUME = "dshm"
+# A launching step lost with its node (a drain, a preemption) is retried: the new attempt adopts its job.
+LAUNCH_RETRIES = 3
+LAUNCH_BACKOFF = "60s"
+LAUNCH_BACKOFF_FACTOR = 2.0
+LAUNCH_BACKOFF_MAX = "1800s"
 
 
 def with_s3_secret(task: PipelineTask, secret_name) -> PipelineTask:
@@ -20,17 +27,14 @@ def with_s3_secret(task: PipelineTask, secret_name) -> PipelineTask:
     return task
 
 
-def on_gpu_node(task: PipelineTask, gpus, node_selector, tolerations, shm_size: str = "8Gi") -> PipelineTask:
-    """GPU request, the GPU node pool's selector and tolerations, and a memory-backed /dev/shm."""
-    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
-    task.set_cpu_request("4").set_memory_request("16Gi").set_memory_limit("48Gi")
-    kubernetes.add_node_selector_json(task, node_selector)
-    kubernetes.add_toleration_json(task, tolerations)
-    kubernetes.empty_dir_mount(task, volume_name=SHM_VOLUME, mount_path="/dev/shm", medium="Memory",
-                               size_limit=shm_size)
-    return task
-
-
 def on_cpu_node(task: PipelineTask, cpu: str = "1", memory: str = "2Gi") -> PipelineTask:
     task.set_cpu_request(cpu).set_memory_request(memory).set_memory_limit(memory)
     return task
+
+
+def launching(task: PipelineTask, memory: str = "2Gi") -> PipelineTask:
+    """A step that launches and follows a job: never cached (it has effects), retried with backoff."""
+    task.set_caching_options(enable_caching=False)
+    task.set_retry(num_retries=LAUNCH_RETRIES, backoff_duration=LAUNCH_BACKOFF,
+                   backoff_factor=LAUNCH_BACKOFF_FACTOR, backoff_max_duration=LAUNCH_BACKOFF_MAX)
+    return on_cpu_node(task, memory=memory)

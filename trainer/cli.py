@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
+from trainer.errors import UserError
 from trainer.run.boundary import run_guarded
 from trainer.run.logs import setup_logging
 
@@ -43,6 +44,23 @@ def run_command(command: str, argv: list[str]) -> None:
     """Parse `argv` for `command` and run it (raises on failure; `main` turns that into an exit code)."""
     module, args = parse(command, argv)
     module.run(args)
+
+
+def check_command(command: str, argv: list[str], world_size: int) -> None:
+    """Parse `argv` for `command` and run the command's own checks for `world_size` processes, doing no work:
+    launchers call it before they start anything. A bad flag raises UserError (one line, exit 2) instead of
+    argparse's usage text; a command without a `check` is only parsed."""
+    module = importlib.import_module(COMMANDS[command][0])
+    parser = build_parser(command)
+
+    def refuse(message: str) -> None:
+        raise UserError(f"unmix-swav {command}: {message}")
+
+    parser.error = refuse  # type: ignore[method-assign]
+    args = parser.parse_args(argv)
+    check = getattr(module, "check", None)
+    if check is not None:
+        check(args, world_size)
 
 
 def usage(commands: dict[str, tuple[str, str]], prog: str, argv: list[str]) -> int | None:

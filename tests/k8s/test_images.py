@@ -37,7 +37,9 @@ def test_image_runs_as_the_manifests_non_root_user(dockerfile):
     text = dockerfile.read_text()
     assert "USER 10001:10001" in text
     assert "--constraint images/constraints.txt ." in text
-    assert 'python -c "import trainer.cli, components.runtime, pipeline.launcher, kfp.dsl.executor_main"' in text
+    assert "COPY launch/ launch/" in text  # the job's pods run python -m launch.torchrun
+    assert 'python -c "import trainer.cli, launch.kube, launch.torchrun, components.runtime, kfp.dsl.executor_main"' \
+        in text
 
 
 def test_constraints_pin_exact_versions_of_every_runtime_dependency():

@@ -1,6 +1,7 @@
 """k8s/: the kustomize base and overlays render, every resource validates (Kubernetes' schemas; the
-PyTorchJob through the Training Operator SDK's models), pods are locked down, RBAC is minimal, and
-checkov passes with the exceptions written in k8s/.checkov.yaml."""
+PyTorchJobs through the Training Operator SDK's models), every job file is exactly what
+`python -m pipeline job-manifest` prints for the command in its header, gangs take every replica, pods are
+locked down, RBAC is minimal, and checkov passes with the exceptions written in k8s/.checkov.yaml."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ import pytest
 import yaml
 from kubeflow.training.api_client import ApiClient
 
-from pipeline.pytorchjob import PretrainJobSpec, build_pytorchjob, to_manifest
+from launch.pytorchjob import to_manifest
+from pipeline.__main__ import main as pipeline_main
+from pipeline.job_manifest import header_command
 from tests.k8s.kustomize_render import render
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 TARGETS = [K8S / "base", K8S / "overlays" / "gpu", K8S / "overlays" / "cpu-smoke"]
+JOB_FILES = sorted([*(K8S / "base").glob("*.yaml"), *(K8S / "overlays" / "cpu-smoke").glob("*.yaml")])
+JOB_FILES = [path for path in JOB_FILES if path.name != "kustomization.yaml"]
 K8S_VERSION = "1.30"
 
 
@@ -30,16 +35,33 @@ class _Response:
 def _pod_templates(resource: dict) -> list[dict]:
     if resource["kind"] == "PyTorchJob":
         return [replica["template"] for replica in resource["spec"]["pytorchReplicaSpecs"].values()]
-    if resource["kind"] == "Job":
-        return [resource["spec"]["template"]]
     return []
+
+
+@pytest.mark.parametrize("path", JOB_FILES, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_every_job_file_is_what_job_manifest_prints(path, capsys):
+    text = path.read_text(encoding="utf-8")
+    argv = header_command(text)
+    assert argv, f"{path} has no header saying how it was made"
+    capsys.readouterr()
+    assert pipeline_main(["job-manifest", *argv]) == 0
+    printed = capsys.readouterr().out
+    assert printed and text.endswith(printed), \
+        f"{path} drifted from `python -m pipeline job-manifest`: make it again with the command in its header"
+
+
+def test_the_four_distributed_steps_are_there_in_both_sets():
+    for folder in (K8S / "base", K8S / "overlays" / "cpu-smoke"):
+        steps = {resource["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"]
+                 ["app.kubernetes.io/component"] for resource in render(folder) if resource["kind"] == "PyTorchJob"}
+        assert steps == {"pretrain", "eval-linear", "eval-semisup", "detr"}
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda path: path.name)
 def test_every_rendered_resource_validates(target):
     resources = render(target)
     kinds = sorted({resource["kind"] for resource in resources})
-    assert kinds == ["Job", "NetworkPolicy", "PyTorchJob", "Role", "RoleBinding", "ServiceAccount"]
+    assert kinds == ["NetworkPolicy", "PyTorchJob", "Role", "RoleBinding", "ServiceAccount"]
     for resource in resources:
         if resource["kind"] == "PyTorchJob":
             job = ApiClient().deserialize(_Response(resource), "KubeflowOrgV1PyTorchJob")
@@ -49,6 +71,17 @@ def test_every_rendered_resource_validates(target):
                                               **template}, K8S_VERSION, strict=True)
         else:
             kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda path: path.name)
+def test_gangs_take_every_replica_and_restarts_follow_exit_codes(target):
+    for resource in render(target):
+        if resource["kind"] != "PyTorchJob":
+            continue
+        replicas = resource["spec"]["pytorchReplicaSpecs"]
+        assert resource["spec"]["runPolicy"]["schedulingPolicy"]["minAvailable"] == sum(
+            replica["replicas"] for replica in replicas.values()), resource["metadata"]["name"]
+        assert {replica["restartPolicy"] for replica in replicas.values()} == {"ExitCode"}
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda path: path.name)
@@ -69,9 +102,11 @@ def test_pods_are_non_root_read_only_with_requests_limits_and_memory_shm(target)
 
 
 def test_overlays_apply_their_changes():
-    gpu = {r["kind"]: r for r in render(K8S / "overlays" / "gpu")}
-    assert gpu["PyTorchJob"]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3
-    assert gpu["RoleBinding"]["subjects"][0]["namespace"] == "unmix-swav"
+    gpu = {r["metadata"]["name"]: r for r in render(K8S / "overlays" / "gpu") if r["kind"] == "PyTorchJob"}
+    assert gpu["unmix-swav-pretrain"]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3
+    assert gpu["unmix-swav-detr"]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+    role_binding = next(r for r in render(K8S / "overlays" / "gpu") if r["kind"] == "RoleBinding")
+    assert role_binding["subjects"][0]["namespace"] == "unmix-swav"
     cpu = render(K8S / "overlays" / "cpu-smoke")
     for resource in cpu:
         assert resource["metadata"]["namespace"] == "unmix-swav-smoke"
@@ -79,22 +114,11 @@ def test_overlays_apply_their_changes():
             container = template["spec"]["containers"][0]
             assert "nvidia.com/gpu" not in container["resources"]["limits"]
             assert container["image"] == "ghcr.io/unmix-swav/trainer-cpu:0.1.0"
-    job = next(r for r in cpu if r["kind"] == "PyTorchJob")
+            assert "nodeSelector" not in template["spec"]
+    job = next(r for r in cpu if r["metadata"]["name"] == "unmix-swav-pretrain")
     assert job["spec"]["nprocPerNode"] == "1"
     args = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--preset") + 1] == "demo_cpu"
-
-
-def test_base_pytorchjob_is_what_the_launcher_builds():
-    (manifest,) = [r for r in render(K8S / "base") if r["kind"] == "PyTorchJob"]
-    args = manifest["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]
-    built = to_manifest(build_pytorchjob(PretrainJobSpec(
-        name="unmix-swav-pretrain", namespace="unmix-swav", image="ghcr.io/unmix-swav/trainer:0.1.0",
-        trainer_args=args[5:], num_nodes=2, gpus_per_node=8, cpu_per_node="32", memory_per_node="256Gi",
-        shm_size="64Gi", s3_secret_name="unmix-swav-s3", node_selector={"nvidia.com/gpu.present": "true"},
-        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])))
-    del built["metadata"]["namespace"]
-    assert manifest == built, "k8s/base/pretrain-pytorchjob.yaml drifted from pipeline/pytorchjob.py"
 
 
 def test_role_grants_only_what_the_launcher_needs():

@@ -1,13 +1,21 @@
-"""`python -m pipeline` pieces that need no cluster: parameter parsing and where a local run stores."""
+"""`python -m pipeline` pieces that need no cluster: parameters, where a local run stores, job-manifest."""
 
 from __future__ import annotations
 
-import pytest
+import time
 
+import pytest
+import yaml
+
+from launch.spec import KUEUE_QUEUE_LABEL
+from pipeline.__main__ import main
+from pipeline.job_manifest import command_header, header_command
 from pipeline.local_run import default_storage_root, pipeline_arguments
 from pipeline.submit import parse_params
 from trainer import storage
 from trainer.errors import UserError
+
+PRETRAIN = ["--data_path", "s3://b/data", "--dump_path", "s3://b/run/pretrain", "--preset", "swav_100ep"]
 
 
 def test_submit_params_are_json_when_they_parse():
@@ -34,3 +42,51 @@ def test_local_arguments_run_the_cluster_pipeline_on_cpu_with_the_local_launcher
     arguments = pipeline_arguments("tiny", "/tmp/x", num_nodes=2)
     assert arguments["launcher"] == "local" and arguments["gpus_per_node"] == 0
     assert arguments["num_nodes"] == 2 and arguments["preset"] == "demo_cpu"
+    assert all(arguments[f"{step}_gpus_per_node"] == 0 for step in ("linear", "semisup", "detr"))
+
+
+def test_run_local_params_set_any_pipeline_parameter_and_refuse_unknown_ones():
+    params = parse_params(["linear_num_nodes=2", 'detr_args=["--epochs", "1"]', "queue=team-a"])
+    arguments = pipeline_arguments("tiny", "/tmp/x", params=params)
+    assert arguments["linear_num_nodes"] == 2 and arguments["detr_args"] == ["--epochs", "1"]
+    assert arguments["queue"] == "team-a"
+    with pytest.raises(UserError, match="eval_gpus: not a pipeline parameter"):
+        pipeline_arguments("tiny", "/tmp/x", params={"eval_gpus": 1})
+
+
+def test_job_manifest_prints_the_job_with_the_queue_and_priority(capsys):
+    assert main(["job-manifest", "pretrain", "--num-nodes", "4", "--gpus-per-node", "8", "--queue", "team-a",
+                 "--priority-class", "research", "--namespace", "ml", "--", *PRETRAIN]) == 0
+    captured = capsys.readouterr()
+    job = yaml.safe_load(captured.out)
+    assert job["kind"] == "PyTorchJob" and job["metadata"]["namespace"] == "ml"
+    assert job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-a"
+    assert job["spec"]["runPolicy"]["schedulingPolicy"] == {"minAvailable": 4, "queue": "team-a",
+                                                            "priorityClass": "research"}
+    master = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert master["priorityClassName"] == "research"
+    assert master["nodeSelector"] == {"nvidia.com/gpu.present": "true"}  # the GPU pool by default
+    assert master["containers"][0]["args"][-len(PRETRAIN):] == PRETRAIN
+    assert "flags checked for 4 node(s) x 8 process(es)" in captured.err
+
+
+def test_job_manifest_refuses_a_bad_flag_in_seconds_with_the_trainers_line(capsys):
+    started = time.monotonic()
+    code = main(["job-manifest", "pretrain", "--num-nodes", "2", "--", *PRETRAIN, "--epochz", "3"])
+    seconds = time.monotonic() - started
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.strip().splitlines()[-1] == "error: unmix-swav pretrain: unrecognized arguments: --epochz 3"
+    assert seconds < 30
+
+
+def test_job_manifest_needs_a_name_or_a_dump_path(capsys):
+    assert main(["job-manifest", "eval-linear", "--no-check", "--", "--data_path", "d"]) == 2
+    assert "pass --name, or --dump_path" in capsys.readouterr().err
+
+
+def test_a_files_header_gives_back_the_command_that_made_it():
+    argv = ["detr", "--name", "x", "--no-check", "--", "--coco_path", "s3://b/a b", *["--epochs", "300"] * 12]
+    header = command_header(argv)
+    assert all(len(line) <= 112 for line in header.splitlines()[1:])
+    assert header_command(header + "apiVersion: v1\n") == argv

@@ -1,4 +1,5 @@
-"""The compiled pipeline kept in the repo is current and carries each step's Kubernetes settings."""
+"""The compiled pipeline kept in the repo is current, wires every step's own size, retries the launching
+steps, caches the deterministic ones, and gives every step its S3 credentials."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ import yaml
 
 from pipeline.compile import COMPILED_PATH, compile_pipeline
 
-EVALUATIONS = ["linear-eval", "semisup-eval", "semisup-eval-2", "detr-transfer"]
-ALL_STEPS = ["stage-data", "pretrain", *EVALUATIONS, "report"]
+EVALUATIONS = {"linear-eval": "linear", "semisup-eval": "semisup", "semisup-eval-2": "semisup",
+               "detr-transfer": "detr"}
+LAUNCHING = ["pretrain", *EVALUATIONS]
+ALL_STEPS = ["stage-data", "check-args", *LAUNCHING, "report"]
 
 
 def _documents(path: Path) -> tuple[dict, dict]:
     spec, platform = yaml.safe_load_all(path.read_text(encoding="utf-8"))
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _wiring(task: dict) -> dict[str, str | None]:
+    return {name: value.get("componentInputParameter") for name, value in task["inputs"]["parameters"].items()}
 
 
 def test_committed_yaml_is_current(tmp_path):
@@ -23,27 +30,52 @@ def test_committed_yaml_is_current(tmp_path):
         "pipeline/unmix_swav_pipeline.yaml is stale: run `python -m pipeline compile` and commit it"
 
 
-def test_every_step_is_in_the_dag_and_evaluations_depend_only_on_pretraining():
+def test_flags_are_checked_before_pretraining_and_evaluations_depend_only_on_pretraining():
     spec, _ = _documents(COMPILED_PATH)
     tasks = spec["root"]["dag"]["tasks"]
     assert sorted(tasks) == sorted(ALL_STEPS)
+    assert tasks["check-args"]["dependentTasks"] == ["stage-data"]
+    assert sorted(tasks["pretrain"]["dependentTasks"]) == ["check-args", "stage-data"]
     for name in EVALUATIONS:
         assert tasks[name]["dependentTasks"] == ["pretrain", "stage-data"]
-    assert sorted(tasks["report"]["dependentTasks"]) == sorted(["pretrain", "stage-data", *EVALUATIONS])
+    assert sorted(tasks["report"]["dependentTasks"]) == sorted(["pretrain", *EVALUATIONS])
 
 
-def test_gpu_steps_request_gpus_on_the_gpu_pool_with_shm():
-    spec, executors = _documents(COMPILED_PATH)
-    for name in EVALUATIONS:
-        executor = f"exec-{name}"
-        resources = spec["deploymentSpec"]["executors"][executor]["container"]["resources"]
-        assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
-        assert "resourceCount" in resources["accelerator"]
-        platform = executors[executor]
-        assert platform["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "gpu_node_selector"
-        assert platform["tolerations"][0]["tolerationJson"]["componentInputParameter"] == "gpu_tolerations"
-        assert platform["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm",
-                                               "sizeLimit": "8Gi", "volumeName": "dshm"}]
+def test_every_distributed_step_gets_its_own_size_and_the_shared_job_options():
+    spec, _ = _documents(COMPILED_PATH)
+    tasks = spec["root"]["dag"]["tasks"]
+    assert _wiring(tasks["pretrain"])["num_nodes"] == "num_nodes"
+    assert _wiring(tasks["pretrain"])["gpus_per_node"] == "gpus_per_node"
+    for name, prefix in EVALUATIONS.items():
+        wiring = _wiring(tasks[name])
+        assert wiring["num_nodes"] == f"{prefix}_num_nodes" and wiring["gpus_per_node"] == f"{prefix}_gpus_per_node"
+    for name in LAUNCHING:
+        wiring = _wiring(tasks[name])
+        assert wiring["node_selector"] == "gpu_node_selector" and wiring["tolerations"] == "gpu_tolerations"
+        for shared in ("image", "s3_secret_name", "queue", "priority_class", "max_restarts", "launcher"):
+            assert wiring[shared] == shared
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["launcher"]["defaultValue"] == "pytorchjob"
+    assert defaults["detr_num_nodes"]["defaultValue"] == 2 and defaults["linear_gpus_per_node"]["defaultValue"] == 8
+    assert defaults["staged_data"]["defaultValue"] == "" and "eval_gpus" not in defaults
+
+
+def test_launching_steps_are_retried_with_backoff_and_never_cached_deterministic_ones_are_cached():
+    spec, _ = _documents(COMPILED_PATH)
+    tasks = spec["root"]["dag"]["tasks"]
+    for name in LAUNCHING:
+        retry = tasks[name]["retryPolicy"]
+        assert retry["maxRetryCount"] >= 1 and retry["backoffDuration"] == "60s" and retry["backoffFactor"] == 2.0
+        assert tasks[name]["cachingOptions"] == {}  # enableCache false
+    for name in ("stage-data", "report"):
+        assert tasks[name]["cachingOptions"] == {"enableCache": True}
+    assert "retryPolicy" not in tasks["check-args"]  # a bad flag fails once, at once
+
+
+def test_the_pipelines_own_pods_request_no_gpus():
+    spec, _ = _documents(COMPILED_PATH)
+    for executor in spec["deploymentSpec"]["executors"].values():
+        assert "accelerator" not in executor["container"].get("resources", {})
 
 
 def test_every_step_gets_s3_credentials_from_the_secret_parameter():
@@ -54,14 +86,3 @@ def test_every_step_gets_s3_credentials_from_the_secret_parameter():
         assert keys == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"}
         assert all(secret["secretNameParameter"]["componentInputParameter"] == "s3_secret_name"
                    for secret in secrets)
-
-
-def test_pretraining_parameters_reach_the_launcher():
-    spec, _ = _documents(COMPILED_PATH)
-    inputs = spec["root"]["dag"]["tasks"]["pretrain"]["inputs"]["parameters"]
-    wiring = {name: value.get("componentInputParameter") for name, value in inputs.items()}
-    assert wiring["num_nodes"] == "num_nodes" and wiring["gpus_per_node"] == "gpus_per_node"
-    assert wiring["node_selector"] == "gpu_node_selector" and wiring["tolerations"] == "gpu_tolerations"
-    assert wiring["image"] == "image" and wiring["s3_secret_name"] == "s3_secret_name"
-    defaults = spec["root"]["inputDefinitions"]["parameters"]
-    assert defaults["launcher"]["defaultValue"] == "pytorchjob"

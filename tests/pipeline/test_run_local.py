@@ -1,20 +1,39 @@
-"""End to end at tiny size: the SAME pipeline function on kfp's local SubprocessRunner, every step
-for real (stage, pretraining replicas under torchrun with the operator's env, four evaluations,
-report), storage a local folder. Takes about 2-3 minutes on 2 CPU cores."""
+"""End to end at tiny size: the SAME pipeline function on kfp's local SubprocessRunner, every step for real
+(stage, the flag check, pretraining with the kNN monitor and the four evaluations as 2-replica jobs under
+torchrun with the operator's env, the report), storage a local folder. Then a second run on the same
+storage with a bad flag in every step's args: it reuses the staged data and fails at the check step in
+seconds, before any torchrun. About 3 minutes on 2 CPU cores."""
 
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 
-from pipeline.local_run import run_local
+import pytest
+
+from pipeline.local_run import SIZES, run_local
+
+TWO_NODE_EVALUATIONS = {"linear_num_nodes": 2, "semisup_num_nodes": 2, "detr_num_nodes": 2}
+BAD_FLAGS = {"pretrain_args": ["--epochz", "1"], "linear_args": ["--lr", "-1"],
+             "semisup_args": ["--decay_epochs", "80", "60"], "detr_args": ["--lr_drop", "0"]}
 
 
-def test_tiny_pipeline_runs_end_to_end_and_reports_every_step(tmp_path, monkeypatch):
+def _seconds(pattern: str, log: str) -> float:
+    found = re.search(pattern + r".* in ([0-9.]+)s", log)
+    assert found, f"no line matching {pattern!r} in the log"
+    return float(found.group(1))
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_end_to_end_then_a_second_run_reuses_the_data_and_fails_fast(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    where = run_local("tiny", tmp_path / "out")
+    where = run_local("tiny", tmp_path / "out", params=TWO_NODE_EVALUATIONS)
+    first = capfd.readouterr()
+    first_log = first.out + first.err
 
     report_url = Path(where["report_url"])
     assert report_url.is_file() and report_url.is_relative_to(tmp_path / "out" / "storage")
@@ -23,13 +42,36 @@ def test_tiny_pipeline_runs_end_to_end_and_reports_every_step(tmp_path, monkeypa
     for section in ("Pretraining", "Linear evaluation", "Semi-supervised, 1% labels",
                     "Semi-supervised, 10% labels", "DETR transfer"):
         assert f"<h2>{section}</h2>" in page
-    assert "final_loss" in page and "<td>top1</td>" in page
-    assert "src='data:image/png;base64,iVBOR" in page  # the loss curve, embedded as a PNG
+    assert "final_loss" in page and "<td>top1</td>" in page and "box_ap.AP50" in page
     run_root = report_url.parent.parent
     assert (run_root / "pretrain" / "backbone.pth").is_file()
+    knn = [json.loads(line) for line in (run_root / "pretrain" / "metrics.jsonl").read_text().splitlines()
+           if '"knn"' in line]
+    assert knn and 0.0 <= knn[-1]["top1"] <= 100.0  # the kNN monitor ran inside the pretraining job
     for step in ("eval-linear", "eval-semisup-1pct", "eval-semisup-10pct"):
         metrics = json.loads((run_root / step / "metrics.json").read_text())
         assert 0.0 <= metrics["top1"] <= 100.0 and metrics["top1"] <= metrics["top5"]
-    detr = json.loads((run_root / "detr" / "metrics.json").read_text())
-    assert {"AP", "AP50", "AP75"} <= set(detr["box_ap"])
-    assert "box_ap.AP50" in page  # the AP numbers reached kfp Metrics and the report
+    assert json.loads((run_root / "detr" / "metrics.json").read_text())["world_size"] == 2
+    # Each evaluation ran as one group of two replicas (Master + Worker), checked before it started.
+    assert first_log.count("rank 0/2 initialised") == 4 and first_log.count("rank 1/2 initialised") == 0
+    assert first_log.count("flags checked for 2 node(s) x 1 process(es)") >= 8  # the check step + each launch
+    first_staging_s = _seconds(r"\[stage\] staged builtin:textures", first_log)
+
+    bad = {key: SIZES["tiny"][key] + flags for key, flags in BAD_FLAGS.items()}
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="check-args"):
+        run_local("tiny", tmp_path / "out", params={**TWO_NODE_EVALUATIONS, **bad})
+    failed_after_s = time.monotonic() - started
+    second = capfd.readouterr()
+    second_log = second.out + second.err
+    reuse_s = _seconds(r"\[stage\] reusing .*staged/images-builtin-textures", second_log)
+    print(f"first staging {first_staging_s:.1f}s, reuse {reuse_s:.1f}s, bad flags failed the run in "
+          f"{failed_after_s:.0f}s")
+    assert failed_after_s < 60
+    assert len(list((tmp_path / "out" / "storage" / "staged").glob("images-*"))) == 1  # one staged copy
+    for line in ("pretraining (pretrain): unmix-swav pretrain: unrecognized arguments: --epochz 1",
+                 "linear evaluation (eval-linear): --lr -1.0 is out of range",
+                 "semi-supervised 1% (eval-semisup): --decay_epochs 80 60 must be positive epochs in increasing",
+                 "DETR transfer (detr): --lr_drop 0 is out of range"):
+        assert line in second_log
+    assert "[master-0]" not in second_log and "launch.torchrun" not in second_log  # no job was started

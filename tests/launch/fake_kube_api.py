@@ -3,7 +3,9 @@
 It serves the few endpoints the launcher uses, with the API server's paths and JSON shapes:
 PyTorchJob create/get/delete under /apis/kubeflow.org/v1, pod list and a following pod log under
 /api/v1. A test scripts the job's status over time (`statuses`, one per GET, the last one repeating)
-and reads back what the launcher did (`requests`, `created`, `deleted`).
+and reads back what the launcher did (`requests`, `created`, `deleted`). A status may carry `_generation`
+(not sent): the master pod's uid, so that a test can script a pod recreated by the operator (same name,
+new uid), as restartPolicy ExitCode does.
 """
 
 from __future__ import annotations
@@ -35,11 +37,14 @@ class FakeKubeApi:
         self.log_line_delay_s = 0.0
         self.step_pod_name = "unmix-swav-pretrain-step"
         self.step_pod_uid = "0b1c2d3e-0000-4000-8000-000000000001"
+        self.step_pod_owner = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": "unmix-swav-x7k2p",
+                               "uid": "0b1c2d3e-0000-4000-8000-000000000002", "controller": True}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.created: list[dict[str, Any]] = []
         self.deleted: list[str] = []
         self.requests: list[tuple[str, str]] = []
         self._gets = 0
+        self._generation = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -65,7 +70,8 @@ class FakeKubeApi:
         with self._lock:
             status = self.statuses[min(self._gets, len(self.statuses) - 1)]
             self._gets += 1
-        return status
+            self._generation = status.get("_generation", self._generation)
+        return {key: value for key, value in status.items() if not key.startswith("_")}
 
     def _pod(self, job_name: str) -> dict[str, Any]:
         container_status: dict[str, Any] = {"name": "pytorch", "restartCount": 0, "ready": True,
@@ -74,6 +80,7 @@ class FakeKubeApi:
             container_status["state"] = {"terminated": self.master_terminated}
         return {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": f"{job_name}-master-0", "namespace": self.namespace,
+                             "uid": f"pod-uid-{self._generation}",
                              "labels": {"training.kubeflow.org/job-name": job_name,
                                         "training.kubeflow.org/job-role": "master"}},
                 "status": {"phase": self.master_phase, "containerStatuses": [container_status]}}
@@ -129,7 +136,8 @@ class FakeKubeApi:
                 if url.path.startswith(pods) and url.path[len(pods):] == api.step_pod_name:
                     return self._send(200, {"apiVersion": "v1", "kind": "Pod",
                                             "metadata": {"name": api.step_pod_name, "uid": api.step_pod_uid,
-                                                         "namespace": api.namespace}})
+                                                         "namespace": api.namespace,
+                                                         "ownerReferences": [api.step_pod_owner]}})
                 self._send(404, {"kind": "Status", "code": 404})
 
             def _stream_log(self) -> None:

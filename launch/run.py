@@ -1,0 +1,64 @@
+"""Check a JobSpec with the trainer's own checks, then run it: a PyTorchJob on Kubernetes, or its replicas here.
+
+Both launchers run the SAME job object: `pytorchjob` submits it to the Training Operator and follows it
+(launch.kube), `local` runs its replicas on this machine with the operator's env and restart policy
+(launch.local). Nothing is created before `check` passed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import TextIO
+
+from launch.pytorchjob import build_pytorchjob
+from launch.spec import JobSpec
+from trainer.errors import UserError
+
+LAUNCHERS = ("pytorchjob", "local")
+
+
+def check(spec: JobSpec, out: TextIO | None = None) -> float:
+    """The spec itself, then the trainer's checks of its flags for world size = nodes x processes per node,
+    doing no work (seconds); raises UserError with the trainer's one-line message. Returns the seconds taken."""
+    from trainer.cli import check_command
+
+    out = out or sys.stdout
+    started = time.monotonic()
+    spec.validate()
+    check_command(spec.command, list(spec.trainer_args), spec.world_size)
+    seconds = time.monotonic() - started
+    out.write(f"[launcher] unmix-swav {spec.command} flags checked for {spec.num_nodes} node(s) x "
+              f"{spec.nproc_per_node} process(es) in {seconds:.1f}s\n")
+    out.flush()
+    return seconds
+
+
+def run_job(spec: JobSpec, launcher: str, timeout_s: float, out: TextIO | None = None) -> None:
+    """Check, then run `spec` to its end; raises UserError (bad flags), JobFailed (the job's own failure)."""
+    if launcher not in LAUNCHERS:
+        raise UserError(f"launcher {launcher!r} is not known; use one of {', '.join(LAUNCHERS)}")
+    check(spec, out)
+    if launcher == "local":
+        from launch.local import run_replicas
+
+        run_replicas(build_pytorchjob(spec), out=out, timeout_s=timeout_s)
+        return
+
+    from kubeflow.training import TrainingClient
+
+    from launch.kube import PyTorchJobLauncher
+
+    job = build_pytorchjob(spec)
+    pod_launcher = PyTorchJobLauncher(TrainingClient(namespace=spec.namespace), out=out)
+    if os.environ.get("HOSTNAME"):  # a pod's hostname is its name
+        pod_launcher.own_by_run(job, os.environ["HOSTNAME"])
+    pod_launcher.run(job, timeout_s=timeout_s, max_restarts=spec.max_restarts)
+
+
+def default_namespace() -> str:
+    """The namespace of the pod this runs in (its service account's), else kubeconfig's, else `default`."""
+    from kubeflow.training.utils.utils import get_default_target_namespace
+
+    return get_default_target_namespace()

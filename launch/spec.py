@@ -1,0 +1,123 @@
+"""One typed spec for a distributed trainer command, whatever runs it.
+
+`JobSpec` says what to run (a trainer command and its flags) and on what (nodes x GPUs, per-node CPU,
+memory and /dev/shm, placement, queue, priority, restart budget). It holds no Kubernetes or Kubeflow type:
+a backend renders it (launch.pytorchjob: a PyTorchJob for the Training Operator v1; the local harness runs
+the same replicas here). Its field defaults are the ONLY defaults: the pipeline's parameters and
+`python -m pipeline job-manifest` read them from here.
+
+Every node runs `node_command(...)`: torchrun through launch.torchrun, which exits with the trainer's own
+exit code, so that the Training Operator's ExitCode restart policy can tell a permanent failure (1-127: a
+bad flag, exit 2) from a retryable one (128-255: 138 store down or a rank lost, 143 preempted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainer.errors import UserError
+
+# The trainer commands that run as one distributed job (torchrun on every node).
+COMMANDS = ("pretrain", "eval-linear", "eval-semisup", "detr")
+S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
+RUN_AS_USER = 10001  # high UID: no clash with host users (checkov CKV_K8S_40); the image's user
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
+DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    command: str  # one of COMMANDS
+    name: str  # the job's name; also UNMIX_RUN_ID, so that a restarted pod takes over its own run lock
+    image: str
+    trainer_args: tuple[str, ...] = ()
+    namespace: str = "default"
+    num_nodes: int = 1
+    gpus_per_node: int = 8  # 0: CPU nodes, one process each
+    cpu_per_node: str = "32"
+    memory_per_node: str = "256Gi"
+    shm_size: str = "64Gi"
+    s3_secret_name: str = ""
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    queue: str = ""  # Kueue LocalQueue (label) and the gang scheduler's queue (schedulingPolicy.queue)
+    priority_class: str = ""  # PriorityClass of the pods and of the gang
+    max_restarts: int = 3  # restarts of the whole group after retryable failures, then the job fails
+    ttl_seconds_after_finished: int = 7 * 24 * 3600
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def nproc_per_node(self) -> int:
+        """One process per GPU; one process on a CPU-only node."""
+        return max(self.gpus_per_node, 1)
+
+    @property
+    def world_size(self) -> int:
+        return self.num_nodes * self.nproc_per_node
+
+    def validate(self) -> None:
+        # Pods are named <job>-master-0 / <job>-worker-N and get a Service each: keep room for that.
+        if len(self.name) > 45 or not _DNS_1035.match(self.name):
+            raise UserError(f"job name {self.name!r} is not a DNS-1035 label of at most 45 characters; use "
+                            "lowercase letters, digits and '-', starting with a letter")
+        if self.command not in COMMANDS:
+            raise UserError(f"{self.command!r} does not run as a distributed job; use one of {', '.join(COMMANDS)}")
+        if self.num_nodes < 1:
+            raise UserError(f"num_nodes is {self.num_nodes}; a job needs at least 1 node")
+        if self.gpus_per_node < 0:
+            raise UserError(f"gpus_per_node is {self.gpus_per_node}; use 0 for CPU nodes or a positive count")
+        if self.max_restarts < 0:
+            raise UserError(f"max_restarts is {self.max_restarts}; use 0 (no restart) or more")
+        for what, value in (("cpu_per_node", self.cpu_per_node), ("memory_per_node", self.memory_per_node),
+                            ("shm_size", self.shm_size)):
+            if not _QUANTITY.match(str(value)):
+                raise UserError(f"{what} {value!r} is not a Kubernetes quantity; e.g. 32, 500m, 256Gi")
+
+    def env(self) -> dict[str, str]:
+        """The literal environment of every node (secrets come on top, per backend)."""
+        # Read-only root filesystem: everything that wants a home or a cache goes to the /tmp volume.
+        env = {"HOME": "/tmp"}
+        if self.gpus_per_node > 0 and str(self.cpu_per_node).isdigit():
+            # One intra-op thread per rank, the other CPUs are loader workers (trainer.run.resources); CPU nodes
+            # leave the threads to torch.
+            from trainer.run.resources import pod_sizing
+
+            env.update(pod_sizing(int(self.cpu_per_node), self.gpus_per_node, memory=0)["env"])
+        # The run lock's job identity: a pod the operator restarts takes over its own job's lock at once.
+        env["UNMIX_RUN_ID"] = self.name
+        return env
+
+    def node_command(self, rendezvous_args: list[str]) -> list[str]:
+        """What every node runs: torchrun (no restarts of its own) under launch.torchrun, which exits with the
+        trainer's exit code. `rendezvous_args` are the backend's (how a node finds the master)."""
+        return ["python", "-m", "launch.torchrun", *rendezvous_args, "--max-restarts=0",
+                "-m", "trainer", self.command, *self.trainer_args]
+
+
+def job_name(command: str, dump_url: str) -> str:
+    """Derived from the command and its output location: a retried step finds (and follows) its own job."""
+    return f"unmix-{command}-" + hashlib.sha256(dump_url.encode("utf-8")).hexdigest()[:12]
+
+
+def flag_value(args: list[str] | tuple[str, ...], flag: str) -> str | None:
+    """The value of `--flag VALUE` or `--flag=VALUE` in `args` (the last one wins, as argparse does)."""
+    found = None
+    for index, arg in enumerate(args):
+        if arg == flag and index + 1 < len(args):
+            found = args[index + 1]
+        elif arg.startswith(flag + "="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
+def default_placement(gpus_per_node: int) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Node selector and tolerations of the GPU node pool for GPU jobs; none for CPU jobs."""
+    if gpus_per_node > 0:
+        return dict(DEFAULT_GPU_NODE_SELECTOR), [dict(t) for t in DEFAULT_GPU_TOLERATIONS]
+    return {}, []
