@@ -20,6 +20,7 @@ def check_args(
     config_url: str,
     knn_monitor: bool,
     pretrain_args: list,
+    knn_args: list,
     linear_args: list,
     semisup_args: list,
     detr_args: list,
@@ -43,6 +44,8 @@ def check_args(
     jobs.check_steps([
         ("pretraining", spec("pretrain", jobs.pretrain_argv(images_url, root, arch, preset, config_url,
                                                             pretrain_args, knn_monitor), num_nodes, gpus_per_node)),
+        ("kNN evaluation", spec("eval-knn", jobs.knn_argv(images_url, "", root, arch, knn_args),
+                                linear_num_nodes, linear_gpus_per_node)),
         ("linear evaluation", spec("eval-linear", jobs.linear_argv(images_url, "", root, arch, linear_args),
                                    linear_num_nodes, linear_gpus_per_node)),
         *[(f"semi-supervised {percent}%", spec("eval-semisup", jobs.semisup_argv(images_url, "", root, arch, percent,

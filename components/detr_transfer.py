@@ -1,5 +1,7 @@
 """Step 4c: DETR detection transfer with the pretrained trunk as backbone (COCO box AP), as a distributed job."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import Metrics, Output
 
@@ -13,6 +15,7 @@ def detr_transfer(
     run_root: str,
     arch: str,
     detr_args: list,
+    baselines: bool,
     launcher: str,
     image: str,
     namespace: str,
@@ -29,18 +32,21 @@ def detr_transfer(
     max_restarts: int,
     timeout_hours: float,
     metrics: Output[Metrics],
-) -> str:
-    """Launches the job (checked first), then returns the URL of the metrics.json it wrote (AP numbers)."""
-    from components import jobs
-    from components.runtime import log_metrics, read_metrics, step_url
+) -> NamedTuple("Evaluation", [("metrics_url", str), ("baseline_url", str)]):
+    """Launches the job (checked first) and, with `baselines`, its random-init twin; the metrics.json URLs of
+    both ("" for no twin). COCO box AP."""
+    from collections import namedtuple
 
-    dump_url = jobs.dump_url(run_root, "detr")
-    argv = jobs.detr_argv(detection_url, backbone_url, dump_url, arch, detr_args)
-    spec = jobs.job_spec("detr", dump_url, argv, launcher, num_nodes, gpus_per_node, image=image,
-                         namespace=namespace, cpu_per_node=cpu_per_node, memory_per_node=memory_per_node,
-                         shm_size=shm_size, node_selector=node_selector, tolerations=tolerations,
-                         s3_secret_name=s3_secret_name, queue=queue, priority_class=priority_class,
-                         max_restarts=max_restarts)
-    jobs.launch_step(spec, launcher, timeout_hours)
+    from components import jobs
+    from components.runtime import log_metrics, read_metrics
+
+    metrics_url, baseline_url = jobs.run_evaluation(
+        "detr", run_root, backbone_url,
+        lambda backbone, dump: jobs.detr_argv(detection_url, backbone, dump, arch, detr_args),
+        launcher, num_nodes, gpus_per_node, timeout_hours, baselines, image=image, namespace=namespace,
+        cpu_per_node=cpu_per_node, memory_per_node=memory_per_node, shm_size=shm_size, node_selector=node_selector,
+        tolerations=tolerations, s3_secret_name=s3_secret_name, queue=queue, priority_class=priority_class,
+        max_restarts=max_restarts)
+    dump_url = metrics_url.rsplit("/", 1)[0]
     log_metrics(metrics, read_metrics(dump_url), dump_url)
-    return step_url(dump_url, "metrics.json")
+    return namedtuple("Evaluation", ["metrics_url", "baseline_url"])(metrics_url, baseline_url)

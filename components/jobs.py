@@ -9,6 +9,7 @@ through unchanged; their defaults live in launch.spec.JobSpec.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from launch.run import default_namespace, run_job
@@ -18,16 +19,16 @@ from trainer.errors import UserError
 from trainer.run.boundary import one_line, run_guarded
 
 # Where each step writes under the run's root; the semi-supervised step runs once per label percentage.
-DUMP_FOLDERS = {"pretrain": "pretrain", "eval-linear": "eval-linear", "detr": "detr"}
+DUMP_FOLDERS = {"pretrain": "pretrain", "eval-knn": "eval-knn", "eval-linear": "eval-linear", "detr": "detr"}
+BASELINE_SUFFIX = "-random"  # the random-init twin of an evaluation writes beside it
 # Job options every launching component takes (pipeline parameters), beside its own nodes and GPUs.
 JOB_OPTIONS = ("image", "namespace", "cpu_per_node", "memory_per_node", "shm_size", "node_selector",
                "tolerations", "s3_secret_name", "queue", "priority_class", "max_restarts")
 
 
-def dump_url(run_root: str, command: str, labels_percent: int | None = None) -> str:
-    if command == "eval-semisup":
-        return storage.join(run_root, f"eval-semisup-{labels_percent}pct")
-    return storage.join(run_root, DUMP_FOLDERS[command])
+def dump_url(run_root: str, command: str, labels_percent: int | None = None, baseline: bool = False) -> str:
+    folder = f"eval-semisup-{labels_percent}pct" if command == "eval-semisup" else DUMP_FOLDERS[command]
+    return storage.join(run_root, folder + (BASELINE_SUFFIX if baseline else ""))
 
 
 def pretrain_argv(images_url: str, dump: str, arch: str, preset: str, config_url: str, extra: list[Any],
@@ -40,6 +41,11 @@ def pretrain_argv(images_url: str, dump: str, arch: str, preset: str, config_url
     if knn_monitor:  # weighted kNN on the staged val split every --knn_freq epochs, into metrics.jsonl
         argv += ["--knn_eval_path", images_url]
     return argv + [str(arg) for arg in extra]
+
+
+def knn_argv(images_url: str, backbone_url: str, dump: str, arch: str, extra: list[Any]) -> list[str]:
+    return ["--data_path", images_url, "--pretrained", backbone_url, "--dump_path", dump, "--arch", arch,
+            *map(str, extra)]
 
 
 def linear_argv(images_url: str, backbone_url: str, dump: str, arch: str, extra: list[Any]) -> list[str]:
@@ -104,3 +110,20 @@ def check_steps(checks: list[tuple[str, JobSpec]]) -> None:
         print(f"error: bad flags in {len(failed)} step(s) ({', '.join(failed)}); nothing was started",
               file=sys.stderr, flush=True)
         raise SystemExit(2)
+
+
+def run_evaluation(command: str, run_root: str, backbone_url: str, argv: Callable[[str, str], list[str]],
+                   launcher: str, num_nodes: int, gpus_per_node: int, timeout_hours: float, baselines: bool,
+                   labels_percent: int | None = None, **options: Any) -> tuple[str, str]:
+    """An evaluation's job on the pretrained trunk, then, with `baselines`, the same job on a random-init trunk
+    (`--pretrained random`, seeded) beside it; the metrics.json URLs of both ("" when there is no twin).
+
+    `argv(backbone, dump)` gives the trainer flags for a trunk and an output location."""
+    urls = []
+    for baseline in ([False, True] if baselines else [False]):
+        dump = dump_url(run_root, command, labels_percent, baseline)
+        spec = job_spec(command, dump, argv("random" if baseline else backbone_url, dump), launcher, num_nodes,
+                        gpus_per_node, **options)
+        launch_step(spec, launcher, timeout_hours)
+        urls.append(storage.join(dump, "metrics.json"))
+    return urls[0], urls[1] if baselines else ""

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.runtime import read_train_steps, step_url
+from components.runtime import step_url
 from trainer import storage
 from trainer.config import FLAGS
 from trainer.presets import PRESETS, preset
@@ -763,19 +763,15 @@ def log_to_kfp(report: Report, metrics_artifact: Any = None, confusion_artifact:
                                                 [[int(count) for count in row] for row in document["confusion_matrix"]])
 
 
-def build_report(run_root: str, steps: dict[str, str] | str, baselines: dict[str, str] | None = None,
+def build_report(run_root: str, steps: dict[str, str], baselines: dict[str, str] | None = None,
                  html_artifact: Any = None, markdown_artifact: Any = None, metrics_artifact: Any = None,
                  confusion_artifact: Any = None) -> str:
     """Write `<run_root>/report/report.html`, `report.md` and the figures; fill the kfp artifacts given; the
     report's URL.
 
     steps: dump URL (or metrics.json URL) per step of STEPS; baselines: the same for the random-init twins of
-    EVALUATIONS. Absent or empty: left out. `build_report(run_root, pretrain_dump_url, sections, html)` is the
-    call of the DAG's `report` component before the report took URLs (sections of kfp Metrics metadata): it
-    writes that older page until pipeline/dag.py calls `run_report`.
+    EVALUATIONS. Absent or empty: left out.
     """
-    if isinstance(steps, str):
-        return _legacy_report(run_root, steps, baselines or {}, html_artifact)
     report = collect(run_root, steps, baselines)
     report_url = step_url(run_root, "report/report.html")
     page = render_html(report)
@@ -790,48 +786,4 @@ def build_report(run_root: str, steps: dict[str, str] | str, baselines: dict[str
                 handle.write(text)
             artifact.metadata["url"] = report_url
     log_to_kfp(report, metrics_artifact, confusion_artifact)
-    return report_url
-
-
-# ---------------------------------------------------------------------------------------------- the older page
-# What pipeline/dag.py's `report` step writes until it passes URLs (remove with that step).
-
-def loss_curve_png(records: list[dict[str, Any]]) -> bytes:
-    figure, (axis,) = _axes(1)
-    # `step` counts across epochs; older logs only have the within-epoch `iteration`.
-    axis.plot([record.get("step", record["iteration"]) for record in records],
-              [record["loss"] for record in records], marker=".")
-    axis.set(xlabel="step", ylabel="SwAV + Un-Mix loss", title="Pretraining loss")
-    return _png(figure)
-
-
-def _legacy_table(metrics: dict[str, Any]) -> str:
-    rows = []
-    for key, value in sorted(metrics.items()):
-        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-        rows.append(f"<tr><td>{html.escape(str(key))}</td><td>{html.escape(shown)}</td></tr>")
-    return "<table><tr><th>metric</th><th>value</th></tr>" + "".join(rows) + "</table>"
-
-
-def legacy_page(sections: dict[str, dict[str, Any]], png: bytes) -> str:
-    image = base64.b64encode(png).decode("ascii")
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>unmix-swav run report</title>",
-             f"<style>{CSS}</style></head><body>", "<h1>unmix-swav run report</h1>"]
-    for title, metrics in sections.items():
-        parts.append(f"<h2>{html.escape(title)}</h2>{_legacy_table(metrics)}")
-    parts.append(f"<h2>Pretraining loss</h2><img alt='pretraining loss curve' src='data:image/png;base64,{image}'>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def _legacy_report(run_root: str, pretrain_dump_url: str, sections: dict[str, dict[str, Any]],
-                   html_artifact: Any) -> str:
-    png = loss_curve_png(read_train_steps(pretrain_dump_url))
-    page = legacy_page(sections, png)
-    report_url = step_url(run_root, "report/report.html")
-    storage.write_text(report_url, page)
-    storage.atomic_write_bytes(step_url(run_root, "report/loss_curve.png"), png)
-    with open(html_artifact.path, "w", encoding="utf-8") as handle:
-        handle.write(page)
-    html_artifact.metadata["url"] = report_url
     return report_url

@@ -1,5 +1,7 @@
 """Step 4b: semi-supervised fine-tuning with 1% or 10% of the labels (run twice), as a distributed job."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import Metrics, Output
 
@@ -14,6 +16,7 @@ def semisup_eval(
     arch: str,
     labels_percent: int,
     eval_args: list,
+    baselines: bool,
     launcher: str,
     image: str,
     namespace: str,
@@ -30,19 +33,23 @@ def semisup_eval(
     max_restarts: int,
     timeout_hours: float,
     metrics: Output[Metrics],
-) -> str:
-    """Launches the job (checked first), then returns the URL of the metrics.json it wrote (top1 / top5)."""
-    from components import jobs
-    from components.runtime import log_metrics, read_metrics, step_url
+) -> NamedTuple("Evaluation", [("metrics_url", str), ("baseline_url", str)]):
+    """Launches the job (checked first) and, with `baselines`, its random-init twin; the metrics.json URLs of
+    both ("" for no twin). Top-1 / top-5."""
+    from collections import namedtuple
 
-    dump_url = jobs.dump_url(run_root, "eval-semisup", labels_percent)
-    argv = jobs.semisup_argv(images_url, backbone_url, dump_url, arch, labels_percent, eval_args)
-    spec = jobs.job_spec("eval-semisup", dump_url, argv, launcher, num_nodes, gpus_per_node, image=image,
-                         namespace=namespace, cpu_per_node=cpu_per_node, memory_per_node=memory_per_node,
-                         shm_size=shm_size, node_selector=node_selector, tolerations=tolerations,
-                         s3_secret_name=s3_secret_name, queue=queue, priority_class=priority_class,
-                         max_restarts=max_restarts)
-    jobs.launch_step(spec, launcher, timeout_hours)
+    from components import jobs
+    from components.runtime import log_metrics, read_metrics
+
+    metrics_url, baseline_url = jobs.run_evaluation(
+        "eval-semisup", run_root, backbone_url,
+        lambda backbone, dump: jobs.semisup_argv(images_url, backbone, dump, arch, labels_percent, eval_args),
+        launcher, num_nodes, gpus_per_node, timeout_hours, baselines,
+        labels_percent=labels_percent, image=image, namespace=namespace,
+        cpu_per_node=cpu_per_node, memory_per_node=memory_per_node, shm_size=shm_size, node_selector=node_selector,
+        tolerations=tolerations, s3_secret_name=s3_secret_name, queue=queue, priority_class=priority_class,
+        max_restarts=max_restarts)
+    dump_url = metrics_url.rsplit("/", 1)[0]
     log_metrics(metrics, read_metrics(dump_url), dump_url)
     metrics.metadata["labels_percent"] = labels_percent
-    return step_url(dump_url, "metrics.json")
+    return namedtuple("Evaluation", ["metrics_url", "baseline_url"])(metrics_url, baseline_url)

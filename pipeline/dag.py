@@ -1,10 +1,12 @@
-"""The pipeline: stage -> check flags -> pretrain -> linear, semi-supervised 1% and 10%, DETR -> report.
+"""The pipeline: stage -> check flags -> pretrain -> kNN, linear, semi-supervised 1% and 10%, DETR -> report.
 
 Every distributed step (pretraining and the four evaluations) runs as its own job, sized by its own
 parameters (`num_nodes` / `gpus_per_node` for pretraining, `<step>_num_nodes` / `<step>_gpus_per_node` for
 the others); the pipeline's own pods are small CPU pods that check, launch and follow those jobs. The
 evaluations depend only on pretraining, so they run in parallel on a cluster. The same function runs on
-kfp's local SubprocessRunner (`python -m pipeline run-local`) with launcher=local.
+kfp's local SubprocessRunner (`python -m pipeline run-local`) with launcher=local. With `baselines`, every
+evaluation step also scores a seeded random-init trunk the same way (its twin), so that every headline
+number in the report stands beside its baseline and the gain.
 """
 
 from kfp import dsl
@@ -12,9 +14,10 @@ from kfp import dsl
 from components.check_args import check_args
 from components.detr_transfer import detr_transfer
 from components.image import TRAINER_IMAGE
+from components.knn_eval import knn_eval
 from components.linear_eval import linear_eval
 from components.pretrain import pretrain
-from components.report import report
+from components.report import run_report
 from components.semisup_eval import semisup_eval
 from components.stage_data import stage_data
 from launch.spec import DEFAULT_GPU_NODE_SELECTOR, DEFAULT_GPU_TOLERATIONS, JobSpec
@@ -42,6 +45,8 @@ def unmix_swav_pipeline(
     semisup_args: list = [],  # noqa: B006
     detr_args: list = [],  # noqa: B006
     knn_monitor: bool = False,
+    baselines: bool = False,
+    knn_args: list = [],  # noqa: B006
     launcher: str = "pytorchjob",
     image: str = TRAINER_IMAGE,
     namespace: str = "",
@@ -73,7 +78,8 @@ def unmix_swav_pipeline(
 
     checked = check_args(
         images_url=images_url, detection_url=detection_url, storage_root=storage_root, arch=arch, preset=preset,
-        config_url=config_url, knn_monitor=knn_monitor, pretrain_args=pretrain_args, linear_args=linear_args,
+        config_url=config_url, knn_monitor=knn_monitor, pretrain_args=pretrain_args, knn_args=knn_args,
+        linear_args=linear_args,
         semisup_args=semisup_args, detr_args=detr_args, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
         linear_num_nodes=linear_num_nodes, linear_gpus_per_node=linear_gpus_per_node,
         semisup_num_nodes=semisup_num_nodes, semisup_gpus_per_node=semisup_gpus_per_node,
@@ -91,7 +97,10 @@ def unmix_swav_pipeline(
     pretrained.set_display_name("pretrain (PyTorchJob)")
 
     common = {"backbone_url": pretrained.outputs["backbone_url"], "run_root": pretrained.outputs["run_root"],
-              "arch": arch, "timeout_hours": eval_timeout_hours, **job}
+              "arch": arch, "timeout_hours": eval_timeout_hours, "baselines": baselines, **job}
+    knn = knn_eval(images_url=images_url, eval_args=knn_args, num_nodes=linear_num_nodes,
+                   gpus_per_node=linear_gpus_per_node, **common)
+    knn.set_display_name("kNN evaluation (PyTorchJob)")
     linear = linear_eval(images_url=images_url, eval_args=linear_args, num_nodes=linear_num_nodes,
                          gpus_per_node=linear_gpus_per_node, **common)
     linear.set_display_name("linear evaluation (PyTorchJob)")
@@ -105,20 +114,19 @@ def unmix_swav_pipeline(
                          gpus_per_node=detr_gpus_per_node, **common)
     detr.set_display_name("DETR transfer (PyTorchJob)")
 
-    summary = report(run_root=pretrained.outputs["run_root"], pretrain_dump_url=pretrained.outputs["dump_url"],
-                     pretrain_metrics=pretrained.outputs["metrics"], linear_metrics=linear.outputs["metrics"],
-                     semisup_1pct_metrics=semisup_1.outputs["metrics"],
-                     semisup_10pct_metrics=semisup_10.outputs["metrics"],
-                     detr_metrics=detr.outputs["metrics"])
+    evaluations = {"knn": knn, "linear": linear, "semisup_1pct": semisup_1, "semisup_10pct": semisup_10, "detr": detr}
+    summary = run_report(run_root=pretrained.outputs["run_root"], pretrain_url=pretrained.outputs["dump_url"],
+                         **{f"{name}_url": task.outputs["metrics_url"] for name, task in evaluations.items()},
+                         **{f"{name}_random_url": task.outputs["baseline_url"] for name, task in evaluations.items()})
     summary.set_display_name("report").set_caching_options(enable_caching=True)
 
-    for task in (staged, checked, pretrained, linear, semisup_1, semisup_10, detr, summary):
+    for task in (staged, checked, pretrained, knn, linear, semisup_1, semisup_10, detr, summary):
         with_s3_secret(task, s3_secret_name)
     for task in (staged, summary):
         on_cpu_node(task)
     # DETR's checks read the COCO annotations (instances_train2017.json is 450 MB of JSON).
     on_cpu_node(checked, memory="8Gi")
-    for task in (pretrained, linear, semisup_1, semisup_10):
+    for task in (pretrained, knn, linear, semisup_1, semisup_10):
         launching(task)
     launching(detr, memory="8Gi")
     return summary.outputs["Output"]

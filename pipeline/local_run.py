@@ -66,6 +66,7 @@ def pipeline_arguments(size: str, storage_root: str, num_nodes: int | None = Non
         "semisup_args": chosen["semisup_args"],
         "detr_args": chosen["detr_args"],
         "knn_monitor": chosen["knn_monitor"],
+        "baselines": True,  # every evaluation beside its random-init twin: the report shows the gain
         "launcher": "local",
         "num_nodes": num_nodes or chosen["num_nodes"],
         **{f"{step}_gpus_per_node": 0 for step in ("linear", "semisup", "detr")},

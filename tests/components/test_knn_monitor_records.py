@@ -21,5 +21,6 @@ def test_a_pretraining_with_the_knn_monitor_feeds_the_pipeline_readers(shapes_di
     steps = read_train_steps(str(dump))
     assert [record["step"] for record in steps] == [2, 4] and all(record["loss"] > 0 for record in steps)
     artifact = HTML(name="report_html", uri=str(tmp_path / "report_html"))
-    build_report(str(tmp_path / "run"), str(dump), {"Pretraining": {"final_loss": steps[-1]["loss"]}}, artifact)
-    assert (tmp_path / "run" / "report" / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
+    build_report(str(tmp_path / "run"), {"pretrain": str(dump)}, {}, artifact)
+    page = (tmp_path / "run" / "report" / "report.html").read_text()
+    assert "kNN monitor" in page and "data:image/png;base64," in page

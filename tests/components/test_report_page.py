@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kfp.dsl import HTML, ClassificationMetrics, Markdown, Metrics
 
-from components.report_page import build_report, collect, differing_flags, dump_of, legacy_page, render_html
+from components.report_page import build_report, collect, differing_flags, dump_of, render_html
 from trainer.config import FLAGS
 from trainer.presets import preset
 
@@ -240,25 +240,6 @@ def test_values_are_escaped(tmp_path):
                                    reason="<script>alert(1)</script>")
     page = render_html(collect(str(tmp_path / "<run>"), steps))
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;run&gt;" in page
-
-
-def test_the_dags_current_call_still_writes_the_older_page(tmp_path):
-    pretrain = tmp_path / "run" / "pretrain"
-    pretrain.mkdir(parents=True)
-    records = [{"epoch": 0, "iteration": i, "loss": 8.0 - i / 10} for i in range(5)]
-    (pretrain / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
-    artifact = HTML(name="report_html", uri=str(tmp_path / "report_html"))
-    url = build_report(str(tmp_path / "run"), str(pretrain),
-                       {"Pretraining": {"final_loss": 7.6}, "Linear evaluation": {"top1": 42.5, "top5": 90.0}},
-                       artifact)
-    assert url == str(tmp_path / "run" / "report" / "report.html")
-    page = (tmp_path / "run" / "report" / "report.html").read_text()
-    assert page == (tmp_path / "report_html").read_text()
-    assert "<h2>Linear evaluation</h2>" in page and "<td>top1</td><td>42.5</td>" in page
-    png = (tmp_path / "run" / "report" / "loss_curve.png").read_bytes()
-    assert png.startswith(b"\x89PNG") and base64.b64encode(png).decode() in page
-    assert artifact.metadata["url"] == url
-    assert "&lt;script&gt;" in legacy_page({"<script>": {"k<": "v>"}}, b"\x89PNG")
 
 
 def test_a_pretraining_that_stopped_still_shows_its_curves_and_settings(tmp_path):

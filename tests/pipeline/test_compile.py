@@ -9,10 +9,10 @@ import yaml
 
 from pipeline.compile import COMPILED_PATH, compile_pipeline
 
-EVALUATIONS = {"linear-eval": "linear", "semisup-eval": "semisup", "semisup-eval-2": "semisup",
+EVALUATIONS = {"knn-eval": "linear", "linear-eval": "linear", "semisup-eval": "semisup", "semisup-eval-2": "semisup",
                "detr-transfer": "detr"}
 LAUNCHING = ["pretrain", *EVALUATIONS]
-ALL_STEPS = ["stage-data", "check-args", *LAUNCHING, "report"]
+ALL_STEPS = ["stage-data", "check-args", *LAUNCHING, "run-report"]
 
 
 def _documents(path: Path) -> tuple[dict, dict]:
@@ -38,7 +38,7 @@ def test_flags_are_checked_before_pretraining_and_evaluations_depend_only_on_pre
     assert sorted(tasks["pretrain"]["dependentTasks"]) == ["check-args", "stage-data"]
     for name in EVALUATIONS:
         assert tasks[name]["dependentTasks"] == ["pretrain", "stage-data"]
-    assert sorted(tasks["report"]["dependentTasks"]) == sorted(["pretrain", *EVALUATIONS])
+    assert sorted(tasks["run-report"]["dependentTasks"]) == sorted(["pretrain", *EVALUATIONS])
 
 
 def test_every_distributed_step_gets_its_own_size_and_the_shared_job_options():
@@ -67,7 +67,7 @@ def test_launching_steps_are_retried_with_backoff_and_never_cached_deterministic
         retry = tasks[name]["retryPolicy"]
         assert retry["maxRetryCount"] >= 1 and retry["backoffDuration"] == "60s" and retry["backoffFactor"] == 2.0
         assert tasks[name]["cachingOptions"] == {}  # enableCache false
-    for name in ("stage-data", "report"):
+    for name in ("stage-data", "run-report"):
         assert tasks[name]["cachingOptions"] == {"enableCache": True}
     assert "retryPolicy" not in tasks["check-args"]  # a bad flag fails once, at once
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 from typing import Any
 
 import torch
@@ -148,13 +149,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(cosine / T)")
 
 
+def check(args: argparse.Namespace, world_size: int) -> None:
+    """The checks `run_knn` makes before any work (launchers call it before any pod)."""
+    check_common(args)
+    check_knn(args.k, args.temperature)
+
+
 def run_knn(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate, write metrics.json / TensorBoard / checkpoint (rank 0) and return the results.
 
     A finished run found under --dump_path (same trunk checksum and settings) is reported, not redone.
     """
-    check_common(args)
-    check_knn(args.k, args.temperature)
+    check(args, int(os.environ.get("WORLD_SIZE", "1")))
     owns_group = not (dist.is_available() and dist.is_initialized())
     env = init_distributed(args.device)
     try:
