@@ -26,7 +26,7 @@ from typing import Any
 from kubeflow.training import models
 from kubernetes import client as k8s
 
-from launch.spec import KUEUE_QUEUE_LABEL, RUN_AS_USER, S3_SECRET_KEYS, JobSpec
+from launch.spec import KUEUE_QUEUE_LABEL, RUN_AS_USER, S3_SECRET_KEYS, SHARD_CACHE_PATH, SHARD_CACHE_VOLUME, JobSpec
 from trainer.errors import UserError
 
 CONTAINER_NAME = "pytorch"  # the operator finds the training container (and its port) by this name
@@ -50,6 +50,7 @@ def _env(spec: JobSpec) -> list[k8s.V1EnvVar]:
 
 
 def _resources(spec: JobSpec) -> k8s.V1ResourceRequirements:
+    # Limits = requests: the cgroup CPU quota the trainer sizes its loader from is the CPUs asked for.
     amounts: dict[str, str] = {"cpu": str(spec.cpu_per_node), "memory": str(spec.memory_per_node)}
     if spec.gpus_per_node > 0:
         amounts["nvidia.com/gpu"] = str(spec.gpus_per_node)
@@ -80,7 +81,8 @@ def _pod_template(spec: JobSpec) -> k8s.V1PodTemplateSpec:
         ports=[k8s.V1ContainerPort(name=PORT_NAME, container_port=PORT, protocol="TCP")],
         resources=_resources(spec),
         volume_mounts=[k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
-                       k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+                       k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
+                       k8s.V1VolumeMount(name=SHARD_CACHE_VOLUME, mount_path=SHARD_CACHE_PATH)],
         security_context=k8s.V1SecurityContext(
             allow_privilege_escalation=False, read_only_root_filesystem=True, run_as_non_root=True,
             capabilities=k8s.V1Capabilities(drop=["ALL"])),
@@ -88,9 +90,12 @@ def _pod_template(spec: JobSpec) -> k8s.V1PodTemplateSpec:
     pod_spec = k8s.V1PodSpec(
         containers=[container],
         # DataLoader workers share batches through /dev/shm; the container default of 64 MiB is too small.
-        volumes=[k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory",
-                                                                              size_limit=spec.shm_size)),
-                 k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="8Gi"))],
+        # The root filesystem is read-only: /tmp and the shard cache (UNMIX_SHARD_CACHE) are the writable places.
+        volumes=[k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(
+                     medium="Memory", size_limit=spec.node_shm_size())),
+                 k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="8Gi")),
+                 k8s.V1Volume(name=SHARD_CACHE_VOLUME, empty_dir=k8s.V1EmptyDirVolumeSource(
+                     size_limit=spec.shard_cache_size))],
         node_selector=dict(spec.node_selector) or None,
         tolerations=[k8s.V1Toleration(**_toleration_kwargs(t)) for t in spec.tolerations] or None,
         priority_class_name=spec.priority_class or None,

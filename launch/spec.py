@@ -1,10 +1,10 @@
 """One typed spec for a distributed trainer command, whatever runs it.
 
 `JobSpec` says what to run (a trainer command and its flags) and on what (nodes x GPUs, per-node CPU,
-memory and /dev/shm, placement, queue, priority, restart budget). It holds no Kubernetes or Kubeflow type:
-a backend renders it (launch.pytorchjob: a PyTorchJob for the Training Operator v1; the local harness runs
-the same replicas here). Its field defaults are the ONLY defaults: the pipeline's parameters and
-`python -m pipeline job-manifest` read them from here.
+memory and /dev/shm, the local shard cache, placement, queue, priority, restart budget). It holds no
+Kubernetes or Kubeflow type: a backend renders it (launch.pytorchjob: a PyTorchJob for the Training Operator
+v1; the local harness runs the same replicas here). Its field defaults are the ONLY defaults: the pipeline's
+parameters and `python -m pipeline job-manifest` read them from here.
 
 Every node runs `node_command(...)`: torchrun through launch.torchrun, which exits with the trainer's own
 exit code, so that the Training Operator's ExitCode restart policy can tell a permanent failure (1-127: a
@@ -14,6 +14,7 @@ bad flag, exit 2) from a retryable one (128-255: 138 store down or a rank lost, 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from trainer.errors import UserError
 
 # The trainer commands that run as one distributed job (torchrun on every node).
-COMMANDS = ("pretrain", "eval-linear", "eval-semisup", "detr")
+COMMANDS = ("pretrain", "eval-knn", "eval-linear", "eval-semisup", "detr")
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
 RUN_AS_USER = 10001  # high UID: no clash with host users (checkov CKV_K8S_40); the image's user
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -29,6 +30,29 @@ DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_SUFFIXES = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+             **{s: 1024 ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))}}
+MIB, GIB = 2**20, 2**30
+# The shard cache (trainer.data.streaming): an emptyDir on the node's disk, the one writable place for it under
+# the read-only root; the trainer's cap is this share of the volume's sizeLimit, so that the cache evicts its
+# own shards before the kubelet evicts the pod for going over the limit.
+SHARD_CACHE_VOLUME = "shard-cache"
+SHARD_CACHE_PATH = "/var/cache/unmix-shards"
+SHARD_CACHE_CAP_FRACTION = 0.9
+
+
+def quantity(text: str) -> float:
+    """A Kubernetes quantity (as _QUANTITY accepts it) as a number: bytes for memory, CPUs for cpu."""
+    match = _QUANTITY.match(str(text))
+    if not match:
+        raise UserError(f"{text!r} is not a Kubernetes quantity; e.g. 32, 500m, 256Gi")
+    suffix = match.group(2) or ""
+    return float(str(text)[:len(str(text)) - len(suffix)]) * _SUFFIXES[suffix]
+
+
+def _binary(size_bytes: int) -> str:
+    """Bytes as a quantity in whole Gi, else whole Mi (rounded down)."""
+    return f"{size_bytes // GIB}Gi" if size_bytes % GIB == 0 else f"{size_bytes // MIB}Mi"
 
 
 @dataclass(frozen=True)
@@ -42,7 +66,8 @@ class JobSpec:
     gpus_per_node: int = 8  # 0: CPU nodes, one process each
     cpu_per_node: str = "32"
     memory_per_node: str = "256Gi"
-    shm_size: str = "64Gi"
+    shm_size: str = ""  # memory-backed /dev/shm; "": sized for the node by trainer.run.resources (node_shm_size)
+    shard_cache_size: str = "50Gi"  # sizeLimit of the shard cache's emptyDir; the trainer caps the cache at 90%
     s3_secret_name: str = ""
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
@@ -75,20 +100,51 @@ class JobSpec:
         if self.max_restarts < 0:
             raise UserError(f"max_restarts is {self.max_restarts}; use 0 (no restart) or more")
         for what, value in (("cpu_per_node", self.cpu_per_node), ("memory_per_node", self.memory_per_node),
-                            ("shm_size", self.shm_size)):
+                            ("shm_size", self.shm_size or "0"), ("shard_cache_size", self.shard_cache_size)):
             if not _QUANTITY.match(str(value)):
                 raise UserError(f"{what} {value!r} is not a Kubernetes quantity; e.g. 32, 500m, 256Gi")
+        if quantity(self.shard_cache_size) < MIB:
+            raise UserError(f"shard_cache_size {self.shard_cache_size!r} is too small for a shard cache; e.g. 50Gi")
+        # /dev/shm is memory and counts against the pod's memory limit: it must leave room for the processes.
+        if self.shm_size and quantity(self.shm_size) >= quantity(self.memory_per_node):
+            raise UserError(f"shm_size {self.shm_size} is not below memory_per_node {self.memory_per_node}; "
+                            "/dev/shm counts against the pod's memory (leave shm_size empty to size it for the node)")
+
+    @property
+    def node_cpus(self) -> int:
+        """Whole CPUs of the pod's limit (= its request), as the trainer reads the cgroup quota."""
+        return max(1, math.floor(quantity(self.cpu_per_node)))
+
+    def node_sizing(self) -> dict[str, Any]:
+        """trainer.run.resources.pod_sizing for this node: threads, loader workers, /dev/shm, memory estimate."""
+        from trainer.run.resources import pod_sizing
+
+        return pod_sizing(self.node_cpus, self.gpus_per_node, memory=int(quantity(self.memory_per_node)))
+
+    def node_shm_size(self) -> str:
+        """/dev/shm of every node: `shm_size` when given; else pod_sizing's (2 x the crops the loader workers
+        keep in flight), at most half the memory limit (it counts against it)."""
+        if self.shm_size:
+            return str(self.shm_size)
+        sizing = self.node_sizing()
+        return _binary(min(sizing["shm_bytes"], int(quantity(self.memory_per_node)) // 2))
+
+    def shard_cache_gb(self) -> str:
+        """UNMIX_SHARD_CACHE_GB (GiB, as the trainer reads it): 90% of the volume's sizeLimit, to 0.1 below."""
+        tenths = int(quantity(self.shard_cache_size)) * round(SHARD_CACHE_CAP_FRACTION * 10) // GIB
+        return f"{tenths / 10:g}"
 
     def env(self) -> dict[str, str]:
         """The literal environment of every node (secrets come on top, per backend)."""
         # Read-only root filesystem: everything that wants a home or a cache goes to the /tmp volume.
         env = {"HOME": "/tmp"}
-        if self.gpus_per_node > 0 and str(self.cpu_per_node).isdigit():
+        if self.gpus_per_node > 0:
             # One intra-op thread per rank, the other CPUs are loader workers (trainer.run.resources); CPU nodes
-            # leave the threads to torch.
-            from trainer.run.resources import pod_sizing
-
-            env.update(pod_sizing(int(self.cpu_per_node), self.gpus_per_node, memory=0)["env"])
+            # leave the threads to torch (training runs in the main process there).
+            env.update(self.node_sizing()["env"])
+        # Whole shards from remote storage are cached on the node's disk, in the shard-cache volume.
+        env["UNMIX_SHARD_CACHE"] = SHARD_CACHE_PATH
+        env["UNMIX_SHARD_CACHE_GB"] = self.shard_cache_gb()
         # The run lock's job identity: a pod the operator restarts takes over its own job's lock at once.
         env["UNMIX_RUN_ID"] = self.name
         return env

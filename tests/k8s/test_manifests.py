@@ -85,7 +85,7 @@ def test_gangs_take_every_replica_and_restarts_follow_exit_codes(target):
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda path: path.name)
-def test_pods_are_non_root_read_only_with_requests_limits_and_memory_shm(target):
+def test_pods_are_non_root_read_only_with_requests_limits_memory_shm_and_the_shard_cache(target):
     for resource in render(target):
         for template in _pod_templates(resource):
             pod = template["spec"]
@@ -93,7 +93,12 @@ def test_pods_are_non_root_read_only_with_requests_limits_and_memory_shm(target)
             assert pod["automountServiceAccountToken"] is False
             assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": pod["volumes"][0]["emptyDir"]
                     ["sizeLimit"]}} == pod["volumes"][0]
+            assert {"name": "shard-cache", "emptyDir": {"sizeLimit": "50Gi"}} in pod["volumes"]
             for container in pod["containers"]:
+                env = {item["name"]: item.get("value") for item in container["env"]}
+                assert env["UNMIX_SHARD_CACHE"] == "/var/cache/unmix-shards" and env["UNMIX_SHARD_CACHE_GB"] == "45"
+                assert {"name": "shard-cache", "mountPath": "/var/cache/unmix-shards"} in container["volumeMounts"]
+                assert container["resources"]["limits"]["cpu"] == container["resources"]["requests"]["cpu"]
                 assert container["securityContext"]["readOnlyRootFilesystem"] is True
                 assert container["securityContext"]["allowPrivilegeEscalation"] is False
                 for kind in ("requests", "limits"):
@@ -117,6 +122,12 @@ def test_overlays_apply_their_changes():
             assert "nodeSelector" not in template["spec"]
     job = next(r for r in cpu if r["metadata"]["name"] == "unmix-swav-pretrain")
     assert job["spec"]["nprocPerNode"] == "1"
+    pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert pod["volumes"][0]["emptyDir"]["sizeLimit"] == "1Gi"  # the header's explicit --shm-size
+    assert "OMP_NUM_THREADS" not in {item["name"] for item in pod["containers"][0]["env"]}
+    gpu_pod = gpu["unmix-swav-pretrain"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert gpu_pod["volumes"][0]["emptyDir"]["sizeLimit"] == "6Gi"  # pod_sizing(32 CPUs, 8 GPUs)
+    assert {"name": "OMP_NUM_THREADS", "value": "1"} in gpu_pod["containers"][0]["env"]
     args = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--preset") + 1] == "demo_cpu"
 

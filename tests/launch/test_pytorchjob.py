@@ -16,6 +16,8 @@ from trainer.errors import UserError
 
 K8S_VERSION = "1.30"
 ARGS = {"pretrain": ["--data_path", "s3://b/data", "--dump_path", "s3://b/run/pretrain", "--preset", "swav_100ep"],
+        "eval-knn": ["--data_path", "s3://b/data", "--pretrained", "s3://b/run/pretrain/backbone.pth",
+                     "--dump_path", "s3://b/run/eval-knn"],
         "eval-linear": ["--data_path", "s3://b/data", "--pretrained", "s3://b/run/pretrain/backbone.pth",
                         "--dump_path", "s3://b/run/eval-linear"],
         "eval-semisup": ["--data_path", "s3://b/data", "--pretrained", "s3://b/run/pretrain/backbone.pth",
@@ -88,7 +90,7 @@ def test_master_and_workers_run_the_trainer_through_the_exit_code_wrapper(comman
         assert env["UNMIX_RUN_ID"] == _spec(command).name  # a recreated pod takes over its own run lock
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
         assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
-        assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}} in pod["volumes"]
+        assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "6Gi"}} in pod["volumes"]
         secret_env = {item["name"]: item["valueFrom"]["secretKeyRef"]["name"]
                       for item in container["env"] if "valueFrom" in item}
         assert secret_env == dict.fromkeys(["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"],
@@ -97,6 +99,56 @@ def test_master_and_workers_run_the_trainer_through_the_exit_code_wrapper(comman
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert replica["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == command
+
+
+@pytest.mark.parametrize("command", ["pretrain", "eval-linear"])
+def test_a_32_cpu_8_gpu_pod_gets_the_node_sizing_and_the_shard_cache(command):
+    """trainer.run.resources.pod_sizing(32, 8): 1 intra-op thread, 6Gi of /dev/shm; CPU limit = request; the
+    shard cache on its own emptyDir (the root is read-only) with the trainer's cap at 90% of its size."""
+    manifest = _manifest(command)
+    for replica in manifest["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert env["OMP_NUM_THREADS"] == "1"
+        assert env["UNMIX_SHARD_CACHE"] == "/var/cache/unmix-shards" and env["UNMIX_SHARD_CACHE_GB"] == "45"
+        assert container["resources"]["limits"] == container["resources"]["requests"] == {
+            "cpu": "32", "memory": "256Gi", "nvidia.com/gpu": "8"}
+        assert {"name": "shard-cache", "mountPath": "/var/cache/unmix-shards"} in container["volumeMounts"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        assert volumes["dshm"] == {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "6Gi"}}
+        assert volumes["shard-cache"] == {"name": "shard-cache", "emptyDir": {"sizeLimit": "50Gi"}}
+        pod_object = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "replica"}, **replica["template"]}
+        kubernetes_validate.validate(pod_object, K8S_VERSION, strict=True)
+    job = ApiClient().deserialize(_Response(manifest), "KubeflowOrgV1PyTorchJob")
+    assert to_manifest(job) == manifest
+
+
+def test_an_explicit_shm_size_and_shard_cache_size_win():
+    pod = _manifest("eval-linear", shm_size="20Gi", shard_cache_size="200Gi")["spec"]["pytorchReplicaSpecs"][
+        "Master"]["template"]["spec"]
+    volumes = {volume["name"]: volume["emptyDir"] for volume in pod["volumes"]}
+    assert volumes["dshm"]["sizeLimit"] == "20Gi" and volumes["shard-cache"]["sizeLimit"] == "200Gi"
+    env = {item["name"]: item.get("value") for item in pod["containers"][0]["env"]}
+    assert env["UNMIX_SHARD_CACHE_GB"] == "180"
+
+
+@pytest.mark.parametrize("size, cap", [("50Gi", "45"), ("100G", "83.8"), ("1Gi", "0.9"), ("500Mi", "0.4")])
+def test_the_shard_cache_cap_is_90_percent_of_the_volume_in_gib(size, cap):
+    assert JobSpec(command="pretrain", name="x", image="t", shard_cache_size=size).shard_cache_gb() == cap
+
+
+def test_a_cpu_node_leaves_threads_to_torch_and_fits_shm_in_its_memory():
+    spec = JobSpec(command="pretrain", name="cpu-job", image="t", gpus_per_node=0, cpu_per_node="2",
+                   memory_per_node="4Gi")
+    env = spec.env()
+    assert "OMP_NUM_THREADS" not in env  # training runs in the main process: torch's own threads
+    assert env["UNMIX_SHARD_CACHE"] == "/var/cache/unmix-shards" and env["UNMIX_SHARD_CACHE_GB"] == "45"
+    assert spec.node_shm_size() == "2Gi"  # pod_sizing's 3Gi, capped at half the memory limit
+    pod = to_manifest(build_pytorchjob(spec))["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert {"name": "shard-cache", "emptyDir": {"sizeLimit": "50Gi"}} in pod["volumes"]
+    assert {"name": "shard-cache", "mountPath": "/var/cache/unmix-shards"} in pod["containers"][0]["volumeMounts"]
 
 
 def test_gang_scheduling_takes_every_replica_and_the_queue_and_priority():
@@ -133,9 +185,10 @@ def test_job_name_is_stable_per_step_and_output_and_a_valid_label():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"command": "eval-knn"}, "does not run as a distributed job"), ({"num_nodes": 0}, "at least 1 node"),
+    ({"command": "stage"}, "does not run as a distributed job"), ({"num_nodes": 0}, "at least 1 node"),
     ({"gpus_per_node": -1}, "gpus_per_node"), ({"max_restarts": -1}, "max_restarts"),
-    ({"memory_per_node": "lots"}, "not a Kubernetes quantity")])
+    ({"memory_per_node": "lots"}, "not a Kubernetes quantity"), ({"shard_cache_size": "lots"}, "shard_cache_size"),
+    ({"shard_cache_size": "100k"}, "too small"), ({"shm_size": "8Gi", "memory_per_node": "8Gi"}, "not below")])
 def test_bad_specs_are_refused_with_one_line(overrides, message):
     settings = {"command": "pretrain", "name": "unmix-x", "image": "t", **overrides}
     with pytest.raises(UserError, match=message):
