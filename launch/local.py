@@ -39,6 +39,9 @@ from trainer.errors import UserError
 _VAR_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
+POD_ONLY_ENV = ("UNMIX_SHARD_CACHE", "UNMIX_SHARD_CACHE_GB")  # set for the pod's emptyDir mount
+
+
 @dataclass(frozen=True)
 class Replica:
     replica_type: str  # Master or Worker
@@ -195,6 +198,12 @@ class LocalJob:
         env = {**os.environ, **replica.env, **self.extra_env}
         # HOME=/tmp is for the pod's read-only root; here the user's HOME keeps caches where they are.
         env["HOME"] = os.environ.get("HOME", env["HOME"])
+        # The shard cache's pod volume does not exist here: the local default (or the user's own) applies.
+        for name in POD_ONLY_ENV:
+            if name in os.environ:
+                env[name] = os.environ[name]
+            else:
+                env.pop(name, None)
         process = subprocess.Popen(_resolve_executable(replica.command), env=env, text=True, bufsize=1,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         pump = threading.Thread(target=_pump, args=(process.stdout, replica.pod_name, self.out, self._lock),
