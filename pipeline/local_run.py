@@ -118,7 +118,7 @@ def run_local(size: str, output: Path, storage_root: str | None = None, num_node
     started = time.monotonic()
     result = unmix_swav_pipeline(**pipeline_arguments(size, root, num_nodes, params))
     # A reused output folder holds earlier runs too: this run's report is the newest one.
-    report_html = max(output.glob("kfp/*/report/report_html"), key=lambda path: path.stat().st_mtime, default=None)
+    report_html = max(output.glob("kfp/*/run-report/report_html"), key=lambda path: path.stat().st_mtime, default=None)
     return {"report_url": str(result.output), "report_html": str(report_html),
             "seconds": f"{time.monotonic() - started:.0f}"}
 
