@@ -35,6 +35,7 @@ from trainer import storage
 from trainer.config import FLAGS
 from trainer.presets import PRESETS, preset
 from trainer.reference import Reference, published
+from trainer.run import tracking
 from trainer.run.metrics import METRICS_DOCUMENT, read_document, read_records
 
 STEPS = ("pretrain", "eval-knn", "eval-linear", "eval-semisup-1pct", "eval-semisup-10pct", "detr")
@@ -780,6 +781,7 @@ def build_report(run_root: str, steps: dict[str, str], baselines: dict[str, str]
         storage.atomic_write_bytes(step_url(run_root, f"report/{figure.name}"), figure.png)
     storage.write_text(step_url(run_root, "report/report.md"), markdown)
     storage.write_text(report_url, page)
+    tracking.log_report(run_root, {"report.html": page, "report.md": markdown})
     for artifact, text in ((html_artifact, page), (markdown_artifact, markdown)):
         if artifact is not None:
             with open(artifact.path, "w", encoding="utf-8") as handle:

@@ -19,6 +19,7 @@ import tempfile
 from typing import Any
 
 from trainer import storage
+from trainer.run import tracking
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class MetricsLog:
         for key, value in values.items():
             if isinstance(value, int | float) and not isinstance(value, bool) and key not in NOT_SCALARS:
                 self.writer.add_scalar(f"{kind}/{key}", value, step)
+        tracker = tracking.active(self.dump_path)
+        if tracker is not None:
+            tracker.metrics(kind, step, values, NOT_SCALARS)
 
     def sync(self) -> None:
         """Flush TensorBoard and, for a remote dump_path, upload the records and event files."""
@@ -79,6 +83,9 @@ class MetricsLog:
             return
         self.writer.flush()
         self._upload()
+        tracker = tracking.active(self.dump_path)
+        if tracker is not None:
+            tracker.flush()
 
     def close(self) -> None:
         if not self.enabled:
@@ -134,6 +141,9 @@ def write_document(dump_path: str, document: dict[str, Any]) -> str:
     url = storage.join(dump_path, METRICS_DOCUMENT)
     storage.write_text(url, json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
     log.info("metrics written to %s", url)
+    tracker = tracking.active(dump_path)
+    if tracker is not None:
+        tracker.document(document, METRICS_DOCUMENT)
     return url
 
 

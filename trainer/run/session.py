@@ -22,6 +22,7 @@ import torch.distributed as dist
 from trainer import storage
 from trainer.distributed import DistEnv
 from trainer.errors import RetryableError, UserError
+from trainer.run import tracking
 from trainer.run.boundary import one_line
 from trainer.run.lock import RunLock
 from trainer.run.metrics import MetricsLog
@@ -42,6 +43,7 @@ class RunSession:
         refusal = None
         if self.env.is_main:
             try:
+                tracking.check_available()
                 storage.makedirs(self.dump_path)
                 self.lock = RunLock(self.dump_path, self.command)
                 self.lock.acquire()
@@ -59,6 +61,7 @@ class RunSession:
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         if self.lock is None:
             return
+        tracking.end(self.dump_path, ok=exc_type is None)
         lock, self.lock = self.lock, None
         if exc_type is None:
             lock.release()
@@ -92,6 +95,9 @@ class RunSession:
         if self.env.is_main:
             storage.write_text(self.url(PARAMS), json.dumps(dict(params), indent=2, sort_keys=True, default=str)
                                + "\n")
+            tracker = tracking.start(self.command, self.dump_path)
+            if tracker is not None:
+                tracker.params(self.params)
 
     def metrics(self, resume_step: int | None = None) -> MetricsLog:
         """The run's metrics writer (a no-op on ranks other than the main one)."""
