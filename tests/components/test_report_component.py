@@ -3,7 +3,6 @@ SubprocessRunner (a few seconds); the DAG calls it.
 
 No `from __future__ import annotations` here: kfp reads the pipeline function's annotations as types."""
 
-import inspect
 
 import pytest
 import yaml
