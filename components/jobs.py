@@ -12,11 +12,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from components.runtime import log_metrics
 from launch.run import default_namespace, run_job
 from launch.spec import JobSpec, job_name
 from trainer import storage
 from trainer.errors import UserError
 from trainer.run.boundary import one_line, run_guarded
+from trainer.run.metrics import read_document
 
 # Where each step writes under the run's root; the semi-supervised step runs once per label percentage.
 DUMP_FOLDERS = {"pretrain": "pretrain", "eval-knn": "eval-knn", "eval-linear": "eval-linear", "detr": "detr"}
@@ -114,9 +116,10 @@ def check_steps(checks: list[tuple[str, JobSpec]]) -> None:
 
 def run_evaluation(command: str, run_root: str, backbone_url: str, argv: Callable[[str, str], list[str]],
                    launcher: str, num_nodes: int, gpus_per_node: int, timeout_hours: float, baselines: bool,
-                   labels_percent: int | None = None, **options: Any) -> tuple[str, str]:
+                   metrics: Any, labels_percent: int | None = None, **options: Any) -> tuple[str, str]:
     """An evaluation's job on the pretrained trunk, then, with `baselines`, the same job on a random-init trunk
-    (`--pretrained random`, seeded) beside it; the metrics.json URLs of both ("" when there is no twin).
+    (`--pretrained random`, seeded) beside it; the pretrained run's numbers go into the kfp `metrics`
+    artifact. The metrics.json URLs of both ("" when there is no twin).
 
     `argv(backbone, dump)` gives the trainer flags for a trunk and an output location."""
     urls = []
@@ -126,4 +129,6 @@ def run_evaluation(command: str, run_root: str, backbone_url: str, argv: Callabl
                         gpus_per_node, **options)
         launch_step(spec, launcher, timeout_hours)
         urls.append(storage.join(dump, "metrics.json"))
+    pretrained_dump = dump_url(run_root, command, labels_percent)
+    log_metrics(metrics, read_document(pretrained_dump), pretrained_dump)
     return urls[0], urls[1] if baselines else ""

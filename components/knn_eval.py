@@ -38,7 +38,6 @@ def knn_eval(
     from collections import namedtuple
 
     from components import jobs
-    from components.runtime import log_metrics, read_metrics
 
     metrics_url, baseline_url = jobs.run_evaluation(
         "eval-knn", run_root, backbone_url,
@@ -46,7 +45,5 @@ def knn_eval(
         launcher, num_nodes, gpus_per_node, timeout_hours, baselines, image=image, namespace=namespace,
         cpu_per_node=cpu_per_node, memory_per_node=memory_per_node, shm_size=shm_size, node_selector=node_selector,
         tolerations=tolerations, s3_secret_name=s3_secret_name, queue=queue, priority_class=priority_class,
-        max_restarts=max_restarts)
-    dump_url = metrics_url.rsplit("/", 1)[0]
-    log_metrics(metrics, read_metrics(dump_url), dump_url)
+        max_restarts=max_restarts, metrics=metrics)
     return namedtuple("Evaluation", ["metrics_url", "baseline_url"])(metrics_url, baseline_url)

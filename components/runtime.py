@@ -12,7 +12,7 @@ from typing import Any
 
 from trainer import storage
 from trainer.cli import main
-from trainer.run.metrics import read_document, read_records
+from trainer.run.metrics import read_records
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,6 @@ def run_trainer(command: str, argv: list[str]) -> None:
     code = main([command, *map(str, argv)])
     if code:
         raise SystemExit(code)
-
-
-def read_metrics(dump_url: str) -> dict[str, Any]:
-    """The metrics.json a trainer command wrote under `dump_url`."""
-    return read_document(dump_url)
 
 
 def read_train_steps(dump_url: str) -> list[dict[str, Any]]:
