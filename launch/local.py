@@ -1,16 +1,23 @@
-"""Run a PyTorchJob's replicas as processes on this machine, the way the Training Operator runs its pods.
+"""Run a job's replicas as processes on this machine, the way the Training Operator or Kubeflow Trainer runs its pods.
 
-Each replica's container command and args run unchanged, with the container's literal env plus the env
-the operator injects for a job with a Master and `nprocPerNode` (MASTER_ADDR, MASTER_PORT, WORLD_SIZE,
-RANK, PET_NNODES, PET_NODE_RANK, PET_NPROC_PER_NODE, PYTHONUNBUFFERED), and Kubernetes' $(VAR) expansion
-of command and args. Env from Secrets is not resolved: the local environment (AWS_* for S3) is inherited.
+Each replica's container command and args run unchanged, with the container's literal env plus what the
+cluster injects, and Kubernetes' $(VAR) expansion of command and args. Env from Secrets is not resolved: the
+local environment (AWS_* for S3) is inherited.
 
-Restarts follow the operator's `restartPolicy: ExitCode` (pkg/controller.v1/common/pod.go in v1.9): a
-replica that exits 0 is done; 1-127 fails the job at once and the other replicas are stopped
-(cleanPodPolicy Running); 128-255, or killed by a signal, and the replica is started again, like a deleted
-and recreated pod, at most `max_restarts` times. Killing a replica kills its torchrun and all its
-workers together, as a lost pod does. Used by the local pipeline and by
-the harness tests that prove the manifests' commands train, fail and restart as they should.
+- A PyTorchJob (Training Operator v1) with a Master and `nprocPerNode`: the operator injects MASTER_ADDR,
+  MASTER_PORT, WORLD_SIZE, RANK, PET_NNODES, PET_NODE_RANK, PET_NPROC_PER_NODE and PYTHONUNBUFFERED. Restarts
+  follow `restartPolicy: ExitCode` (pkg/controller.v1/common/pod.go in v1.9): a replica that exits 0 is done;
+  1-127 fails the job at once and the other replicas are stopped (cleanPodPolicy Running); 128-255, or killed
+  by a signal, and that replica is started again, like a deleted and recreated pod.
+- A TrainJob (Trainer v2) on our torch runtime: the torch plugin injects PET_NNODES, PET_NPROC_PER_NODE,
+  PET_NODE_RANK (the Job completion index), PET_MASTER_ADDR and PET_MASTER_PORT (the master here is
+  127.0.0.1 and a free port instead of `<job>-node-0-0.<job>:29500`). Restarts follow the runtime's pod
+  failure policy and JobSet failure policy (k8s/trainer-v2/runtime.yaml): 1-127 fails the job at once;
+  128-255 fails the node's Job, and JobSet restarts the whole group (every node stopped and started again).
+
+Either way at most `max_restarts` times. Killing a replica kills its torchrun and all its workers together, as
+a lost pod does. Used by the local pipeline and by the harness tests that prove the manifests' commands train,
+fail and restart as they should.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kubeflow.training import models
+from kubeflow_trainer_api import models as trainer_models
 
+from launch import trainjob
 from launch.errors import JobFailed, is_retryable
 from launch.pytorchjob import CONTAINER_NAME
 from launch.torchrun import signal_exit_code
@@ -52,6 +61,8 @@ class Replica:
 
     @property
     def pod_name(self) -> str:
+        if self.replica_type == trainjob.CONTAINER_NAME:  # JobSet: <job>-node-<job index>-<completion index>
+            return f"node-0-{self.index}"
         return f"{self.replica_type.lower()}-{self.index}"
 
 
@@ -166,16 +177,17 @@ class _Running:
 
 
 class LocalJob:
-    """The replicas of one PyTorchJob as local process groups, under the ExitCode restart policy."""
+    """The replicas of one job as local process groups, under its backend's restart policy."""
 
-    def __init__(self, job: models.KubeflowOrgV1PyTorchJob, max_restarts: int | None = None,
-                 out: TextIO | None = None, extra_env: dict[str, str] | None = None,
-                 restart_delay_s: float = 1.0) -> None:
-        """`restart_delay_s`: how long a failed replica stays down, as a deleted pod does until the operator's
+    def __init__(self, job: Any, max_restarts: int, out: TextIO | None = None,
+                 extra_env: dict[str, str] | None = None, restart_delay_s: float = 1.0) -> None:
+        """`restart_delay_s`: how long a failed replica stays down, as a deleted pod does until the controller's
         next reconcile has created it again and the kubelet has started it."""
         self.job, self.out, self.extra_env = job, out or sys.stdout, dict(extra_env or {})
         self.restart_delay_s = restart_delay_s
-        self.max_restarts = job.spec.run_policy.backoff_limit if max_restarts is None else max_restarts
+        self.max_restarts = max_restarts
+        # JobSet restarts every Job of a TrainJob together; the v1 operator recreates the failed pod only.
+        self.group_restarts = isinstance(job, trainer_models.TrainerV1alpha1TrainJob)
         self.replicas = plan_replicas(job, master_port=free_port())
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
@@ -195,7 +207,8 @@ class LocalJob:
             self.out.flush()
 
     def _start(self, replica: Replica) -> tuple[subprocess.Popen[str], threading.Thread]:
-        env = {**os.environ, **replica.env, **self.extra_env}
+        # PYTHONUNBUFFERED: the v1 operator sets it; here it also keeps every backend's log lines live in the pipes.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **replica.env, **self.extra_env}
         # HOME=/tmp is for the pod's read-only root; here the user's HOME keeps caches where they are.
         env["HOME"] = os.environ.get("HOME", env["HOME"])
         # The shard cache's pod volume does not exist here: the local default (or the user's own) applies.
@@ -244,6 +257,10 @@ class LocalJob:
                 elif not is_retryable(code):
                     raise JobFailed(f"replica {name} (rank {running.replica.rank}) exited with {code}, a permanent "
                                     f"failure: the job failed after {self.restarts} restart(s)", exit_code=code)
+                elif self.group_restarts:
+                    self._restart_group(name, code)
+                    done.clear()
+                    break
                 elif running.restarts >= self.max_restarts:
                     raise JobFailed(f"replica {name} exited with {code} (retryable) after {running.restarts} "
                                     f"restart(s), the budget of max_restarts={self.max_restarts}: the job failed")
@@ -259,6 +276,21 @@ class LocalJob:
             if deadline is not None and time.monotonic() > deadline:
                 raise JobFailed(f"the job's replicas were still running after {timeout_s:.0f}s; they were stopped")
             time.sleep(0.2)
+
+    def _restart_group(self, name: str, code: int) -> None:
+        """JobSet's RestartJobSet: the failed node's Job failed, so every Job of the group is recreated."""
+        if self.restarts >= self.max_restarts:
+            raise JobFailed(f"replica {name} exited with {code} (retryable) after {self.restarts} restart(s) of "
+                            f"the group, the budget of max_restarts={self.max_restarts}: the job failed")
+        self.say(f"restart {self.restarts + 1}/{self.max_restarts}: replica {name} exited with {code} (retryable); "
+                 "restarting every node, they resume from the last checkpoint")
+        self._stop_all()
+        restart_at = time.monotonic() + self.restart_delay_s
+        for running in self._running.values():
+            running.restarts += 1
+            if running.replica.pod_name != name:
+                running.exit_codes.append(signal_exit_code(running.process.returncode))
+            running.restart_at = restart_at
 
     def _let_workers_finish(self, done: set[str], grace_s: float = 30.0) -> None:
         """The job succeeded with its Master; workers still running get `grace_s` before they are stopped."""
@@ -278,10 +310,10 @@ class LocalJob:
                 running.process.wait()
             running.pump.join(timeout=5)
 
-def run_replicas(job: models.KubeflowOrgV1PyTorchJob, out: TextIO | None = None, timeout_s: float | None = None,
+def run_replicas(job: Any, max_restarts: int, out: TextIO | None = None, timeout_s: float | None = None,
                  extra_env: dict[str, str] | None = None) -> LocalJob:
     """Run every replica to the end (raises JobFailed); returns the finished LocalJob (restart counts)."""
-    local = LocalJob(job, out=out, extra_env=extra_env)
+    local = LocalJob(job, max_restarts=max_restarts, out=out, extra_env=extra_env)
     local.run(timeout_s=timeout_s)
     if local.restarts:
         local.say(f"the job succeeded after {local.restarts} restart(s) of the group")

@@ -26,86 +26,32 @@ from typing import Any
 from kubeflow.training import models
 from kubernetes import client as k8s
 
-from launch.spec import KUEUE_QUEUE_LABEL, RUN_AS_USER, S3_SECRET_KEYS, SHARD_CACHE_PATH, SHARD_CACHE_VOLUME, JobSpec
-from trainer.errors import UserError
+from launch import pod
+from launch.pod import APP_LABELS
+from launch.spec import KUEUE_QUEUE_LABEL, JobSpec
 
 CONTAINER_NAME = "pytorch"  # the operator finds the training container (and its port) by this name
 PORT_NAME = "pytorchjob-port"
 PORT = 23456
 RESTART_POLICY = "ExitCode"
 RENDEZVOUS_ARGS = ["--master_addr=$(MASTER_ADDR)", "--master_port=$(MASTER_PORT)"]
-APP_LABELS = {"app.kubernetes.io/name": "unmix-swav"}
-
-
-def _env(spec: JobSpec) -> list[k8s.V1EnvVar]:
-    env = [k8s.V1EnvVar(name=name, value=value) for name, value in spec.env().items()]
-    if spec.s3_secret_name:
-        env += [
-            k8s.V1EnvVar(name=key, value_from=k8s.V1EnvVarSource(
-                secret_key_ref=k8s.V1SecretKeySelector(name=spec.s3_secret_name, key=key,
-                                                       optional=key == "AWS_ENDPOINT_URL")))
-            for key in S3_SECRET_KEYS
-        ]
-    return env
-
-
-def _resources(spec: JobSpec) -> k8s.V1ResourceRequirements:
-    # Limits = requests: the cgroup CPU quota the trainer sizes its loader from is the CPUs asked for.
-    amounts: dict[str, str] = {"cpu": str(spec.cpu_per_node), "memory": str(spec.memory_per_node)}
-    if spec.gpus_per_node > 0:
-        amounts["nvidia.com/gpu"] = str(spec.gpus_per_node)
-    return k8s.V1ResourceRequirements(requests=dict(amounts), limits=dict(amounts))
-
-
-def _toleration_kwargs(toleration: dict[str, Any]) -> dict[str, Any]:
-    """Accept Kubernetes' camelCase keys (as users write them) and kfp-kubernetes' snake_case."""
-    renamed = {"tolerationSeconds": "toleration_seconds"}
-    allowed = {"key", "operator", "value", "effect", "toleration_seconds"}
-    kwargs = {renamed.get(key, key): value for key, value in toleration.items()}
-    unknown = set(kwargs) - allowed
-    if unknown:
-        raise UserError(f"toleration {toleration} has unknown keys {sorted(unknown)}; "
-                        "use key, operator, value, effect, tolerationSeconds")
-    return kwargs
 
 
 def _pod_template(spec: JobSpec) -> k8s.V1PodTemplateSpec:
     command = spec.node_command(RENDEZVOUS_ARGS)
     container = k8s.V1Container(
-        name=CONTAINER_NAME,
-        image=spec.image,
-        image_pull_policy="IfNotPresent",
-        command=command[:1],
-        args=command[1:],
-        env=_env(spec),
+        name=CONTAINER_NAME, image=spec.image, image_pull_policy="IfNotPresent", command=command[:1],
+        args=command[1:], env=pod.env(spec),
         ports=[k8s.V1ContainerPort(name=PORT_NAME, container_port=PORT, protocol="TCP")],
-        resources=_resources(spec),
-        volume_mounts=[k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
-                       k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
-                       k8s.V1VolumeMount(name=SHARD_CACHE_VOLUME, mount_path=SHARD_CACHE_PATH)],
-        security_context=k8s.V1SecurityContext(
-            allow_privilege_escalation=False, read_only_root_filesystem=True, run_as_non_root=True,
-            capabilities=k8s.V1Capabilities(drop=["ALL"])),
-    )
+        resources=pod.resources(spec), volume_mounts=pod.volume_mounts(),
+        security_context=pod.container_security_context())
     pod_spec = k8s.V1PodSpec(
-        containers=[container],
-        # DataLoader workers share batches through /dev/shm; the container default of 64 MiB is too small.
-        # The root filesystem is read-only: /tmp and the shard cache (UNMIX_SHARD_CACHE) are the writable places.
-        volumes=[k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(
-                     medium="Memory", size_limit=spec.node_shm_size())),
-                 k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="8Gi")),
-                 k8s.V1Volume(name=SHARD_CACHE_VOLUME, empty_dir=k8s.V1EmptyDirVolumeSource(
-                     size_limit=spec.shard_cache_size))],
-        node_selector=dict(spec.node_selector) or None,
-        tolerations=[k8s.V1Toleration(**_toleration_kwargs(t)) for t in spec.tolerations] or None,
+        containers=[container], volumes=pod.volumes(spec),
+        node_selector=dict(spec.node_selector) or None, tolerations=pod.tolerations(spec) or None,
         priority_class_name=spec.priority_class or None,
         automount_service_account_token=False,  # training never talks to the Kubernetes API
-        security_context=k8s.V1PodSecurityContext(
-            run_as_non_root=True, run_as_user=RUN_AS_USER, run_as_group=RUN_AS_USER, fs_group=RUN_AS_USER,
-            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
-    )
-    labels = {**APP_LABELS, "app.kubernetes.io/component": spec.command, **spec.labels}
-    return k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels), spec=pod_spec)
+        security_context=pod.pod_security_context())
+    return k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=pod.pod_labels(spec)), spec=pod_spec)
 
 
 def build_pytorchjob(spec: JobSpec) -> models.KubeflowOrgV1PyTorchJob:
@@ -140,4 +86,4 @@ def build_pytorchjob(spec: JobSpec) -> models.KubeflowOrgV1PyTorchJob:
 
 def to_manifest(job: models.KubeflowOrgV1PyTorchJob) -> dict[str, Any]:
     """The job as the API server receives it (camelCase JSON, no nulls)."""
-    return k8s.ApiClient().sanitize_for_serialization(job)
+    return pod.as_dict(job)

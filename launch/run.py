@@ -1,8 +1,9 @@
-"""Check a JobSpec with the trainer's own checks, then run it: a PyTorchJob on Kubernetes, or its replicas here.
+"""Check a JobSpec with the trainer's own checks, then run it: its job on Kubernetes, or the job's replicas here.
 
-Both launchers run the SAME job object: `pytorchjob` submits it to the Training Operator and follows it
-(launch.kube), `local` runs its replicas on this machine with the operator's env and restart policy
-(launch.local). Nothing is created before `check` passed.
+Both launchers run the SAME job object, a PyTorchJob or a TrainJob as `spec.backend` says (launch.backends):
+`kubernetes` submits it to the Training Operator or Kubeflow Trainer and follows it (launch.kube), `local` runs
+its replicas on this machine with the env and restart policy the cluster would give them (launch.local).
+Nothing is created before `check` passed.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import sys
 import time
 from typing import TextIO
 
-from launch.pytorchjob import build_pytorchjob
+from launch.backends import build_job
 from launch.spec import JobSpec
 from trainer.errors import UserError
 
-LAUNCHERS = ("pytorchjob", "local")
+LAUNCHERS = ("kubernetes", "local")
 
 
 def check(spec: JobSpec, out: TextIO | None = None) -> float:
@@ -40,21 +41,19 @@ def run_job(spec: JobSpec, launcher: str, timeout_s: float, out: TextIO | None =
     if launcher not in LAUNCHERS:
         raise UserError(f"launcher {launcher!r} is not known; use one of {', '.join(LAUNCHERS)}")
     check(spec, out)
+    job = build_job(spec)
     if launcher == "local":
         from launch.local import run_replicas
 
-        run_replicas(build_pytorchjob(spec), out=out, timeout_s=timeout_s)
+        run_replicas(job, out=out, timeout_s=timeout_s, max_restarts=spec.max_restarts)
         return
 
-    from kubeflow.training import TrainingClient
+    from launch.kube import JobLauncher, job_api
 
-    from launch.kube import PyTorchJobLauncher
-
-    job = build_pytorchjob(spec)
-    pod_launcher = PyTorchJobLauncher(TrainingClient(namespace=spec.namespace), out=out)
+    cluster_launcher = JobLauncher(job_api(spec.backend, namespace=spec.namespace), out=out)
     if os.environ.get("HOSTNAME"):  # a pod's hostname is its name
-        pod_launcher.own_by_run(job, os.environ["HOSTNAME"])
-    pod_launcher.run(job, timeout_s=timeout_s, max_restarts=spec.max_restarts)
+        cluster_launcher.own_by_run(job, os.environ["HOSTNAME"])
+    cluster_launcher.run(job, timeout_s=timeout_s, max_restarts=spec.max_restarts)
 
 
 def default_namespace() -> str:

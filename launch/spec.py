@@ -1,14 +1,16 @@
 """One typed spec for a distributed trainer command, whatever runs it.
 
 `JobSpec` says what to run (a trainer command and its flags) and on what (nodes x GPUs, per-node CPU,
-memory and /dev/shm, the local shard cache, placement, queue, priority, restart budget). It holds no
-Kubernetes or Kubeflow type: a backend renders it (launch.pytorchjob: a PyTorchJob for the Training Operator
-v1; the local harness runs the same replicas here). Its field defaults are the ONLY defaults: the pipeline's
-parameters and `python -m pipeline job-manifest` read them from here.
+memory and /dev/shm, the local shard cache, placement, queue, priority, restart budget), and which backend
+renders it. It holds no Kubernetes or Kubeflow type: `pytorchjob` (launch.pytorchjob, a PyTorchJob for the
+Training Operator v1) or `trainjob` (launch.trainjob, a TrainJob for Kubeflow Trainer v2 on the
+ClusterTrainingRuntime `training_runtime`); the local harness runs either one's replicas here. Its field
+defaults are the ONLY defaults: the pipeline's parameters and `python -m pipeline job-manifest` read them.
 
 Every node runs `node_command(...)`: torchrun through launch.torchrun, which exits with the trainer's own
 exit code, so that the Training Operator's ExitCode restart policy can tell a permanent failure (1-127: a
-bad flag, exit 2) from a retryable one (128-255: 138 store down or a rank lost, 143 preempted).
+bad flag, exit 2) from a retryable one (128-255: 138 store down or a rank lost, 143 preempted); Trainer v2's
+runtime (k8s/trainer-v2) draws the same line with a pod failure policy.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from trainer.errors import UserError
 
 # The trainer commands that run as one distributed job (torchrun on every node).
 COMMANDS = ("pretrain", "eval-knn", "eval-linear", "eval-semisup", "detr")
+BACKENDS = ("pytorchjob", "trainjob")  # Training Operator v1 PyTorchJob, Kubeflow Trainer v2 TrainJob
+DEFAULT_TRAINING_RUNTIME = "unmix-swav-torch"  # k8s/trainer-v2/runtime.yaml: torch, exit-code restart policy
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
 RUN_AS_USER = 10001  # high UID: no clash with host users (checkov CKV_K8S_40); the image's user
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _SUFFIXES = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
              **{s: 1024 ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))}}
@@ -76,6 +81,8 @@ class JobSpec:
     max_restarts: int = 3  # restarts of the whole group after retryable failures, then the job fails
     ttl_seconds_after_finished: int = 7 * 24 * 3600
     labels: dict[str, str] = field(default_factory=dict)
+    backend: str = "pytorchjob"  # one of BACKENDS
+    training_runtime: str = DEFAULT_TRAINING_RUNTIME  # the ClusterTrainingRuntime a TrainJob references
 
     @property
     def nproc_per_node(self) -> int:
@@ -87,12 +94,19 @@ class JobSpec:
         return self.num_nodes * self.nproc_per_node
 
     def validate(self) -> None:
-        # Pods are named <job>-master-0 / <job>-worker-N and get a Service each: keep room for that.
+        # Pods are named <job>-master-0 / <job>-worker-N (v1) or <job>-node-0-N-xxxxx (v2, whose Job is named
+        # <job>-node-0, a label value of at most 63 characters) and get Services: keep room for that.
         if len(self.name) > 45 or not _DNS_1035.match(self.name):
             raise UserError(f"job name {self.name!r} is not a DNS-1035 label of at most 45 characters; use "
                             "lowercase letters, digits and '-', starting with a letter")
         if self.command not in COMMANDS:
             raise UserError(f"{self.command!r} does not run as a distributed job; use one of {', '.join(COMMANDS)}")
+        if self.backend not in BACKENDS:
+            raise UserError(f"job backend {self.backend!r} is not known; use pytorchjob (Training Operator v1) or "
+                            "trainjob (Kubeflow Trainer v2)")
+        if self.backend == "trainjob" and not _DNS_1123.match(self.training_runtime or ""):
+            raise UserError(f"training_runtime {self.training_runtime!r} is not a ClusterTrainingRuntime name; e.g. "
+                            f"{DEFAULT_TRAINING_RUNTIME} (k8s/trainer-v2) or torch-distributed")
         if self.num_nodes < 1:
             raise UserError(f"num_nodes is {self.num_nodes}; a job needs at least 1 node")
         if self.gpus_per_node < 0:

@@ -1,11 +1,12 @@
 """A stubbed Kubernetes API server over real HTTP on 127.0.0.1 (no cluster exists on CI).
 
-It serves the few endpoints the launcher uses, with the API server's paths and JSON shapes:
-PyTorchJob create/get/delete under /apis/kubeflow.org/v1, pod list and a following pod log under
-/api/v1. A test scripts the job's status over time (`statuses`, one per GET, the last one repeating)
-and reads back what the launcher did (`requests`, `created`, `deleted`). A status may carry `_generation`
-(not sent): the master pod's uid, so that a test can script a pod recreated by the operator (same name,
-new uid), as restartPolicy ExitCode does.
+It serves the few endpoints the launcher uses, with the API server's paths and JSON shapes: PyTorchJob
+create/get/delete under /apis/kubeflow.org/v1 (`backend="pytorchjob"`) or TrainJob create/get/delete under
+/apis/trainer.kubeflow.org/v1alpha1 (`backend="trainjob"`), pod list and a following pod log under /api/v1.
+A test scripts the job's status over time (`statuses`, one per GET, the last one repeating) and reads back
+what the launcher did (`requests`, `created`, `deleted`). A status may carry `_generation` (not sent): for a
+PyTorchJob the master pod's uid (the operator recreates a pod under the same name, restartPolicy ExitCode);
+for a TrainJob JobSet's restart attempt (new pods, new names, the `jobset.sigs.k8s.io/restart-attempt` label).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from urllib.parse import parse_qs, urlparse
 
 from kubernetes import client as k8s
 
-JOBS = "/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs"
+JOBS = {"pytorchjob": "/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs",
+        "trainjob": "/apis/trainer.kubeflow.org/v1alpha1/namespaces/{ns}/trainjobs"}
+CONTAINERS = {"pytorchjob": "pytorch", "trainjob": "node"}
 
 
 def condition(kind: str, reason: str = "", message: str = "") -> dict[str, Any]:
@@ -28,8 +31,8 @@ def condition(kind: str, reason: str = "", message: str = "") -> dict[str, Any]:
 
 
 class FakeKubeApi:
-    def __init__(self, namespace: str = "ml") -> None:
-        self.namespace = namespace
+    def __init__(self, namespace: str = "ml", backend: str = "pytorchjob") -> None:
+        self.namespace, self.backend = namespace, backend
         self.statuses: list[dict[str, Any]] = [{"conditions": [condition("Created")]}]
         self.master_log: list[str] = []
         self.master_phase = "Running"
@@ -74,15 +77,21 @@ class FakeKubeApi:
         return {key: value for key, value in status.items() if not key.startswith("_")}
 
     def _pod(self, job_name: str) -> dict[str, Any]:
-        container_status: dict[str, Any] = {"name": "pytorch", "restartCount": 0, "ready": True,
+        container_status: dict[str, Any] = {"name": CONTAINERS[self.backend], "restartCount": 0, "ready": True,
                                             "image": "trainer", "imageID": "", "state": {}}
         if self.master_terminated:
             container_status["state"] = {"terminated": self.master_terminated}
+        if self.backend == "trainjob":  # JobSet: <jobset>-<replicated job>-<job index>-<pod index>-<random>
+            name = f"{job_name}-node-0-0-{'abcdefghij'[self._generation % 10] * 5}"
+            labels = {"jobset.sigs.k8s.io/jobset-name": job_name, "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                      "batch.kubernetes.io/job-completion-index": "0",
+                      "jobset.sigs.k8s.io/restart-attempt": str(self._generation)}
+        else:
+            name = f"{job_name}-master-0"
+            labels = {"training.kubeflow.org/job-name": job_name, "training.kubeflow.org/job-role": "master"}
         return {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": f"{job_name}-master-0", "namespace": self.namespace,
-                             "uid": f"pod-uid-{self._generation}",
-                             "labels": {"training.kubeflow.org/job-name": job_name,
-                                        "training.kubeflow.org/job-role": "master"}},
+                "metadata": {"name": name, "namespace": self.namespace, "uid": f"pod-uid-{self._generation}",
+                             "labels": labels},
                 "status": {"phase": self.master_phase, "containerStatuses": [container_status]}}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -103,13 +112,13 @@ class FakeKubeApi:
             def _not_found(self, name: str) -> None:
                 self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                  "reason": "NotFound", "code": 404,
-                                 "message": f'pytorchjobs.kubeflow.org "{name}" not found'})
+                                 "message": f'{api.backend}s "{name}" not found'})
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 url = urlparse(self.path)
                 api.requests.append(("POST", url.path))
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if url.path != JOBS.format(ns=api.namespace):
+                if url.path != JOBS[api.backend].format(ns=api.namespace):
                     return self._send(404, {"kind": "Status", "code": 404})
                 api.created.append(body)
                 api.jobs[body["metadata"]["name"]] = body
@@ -118,7 +127,7 @@ class FakeKubeApi:
             def do_GET(self) -> None:  # noqa: N802
                 url = urlparse(self.path)
                 api.requests.append(("GET", url.path))
-                jobs = JOBS.format(ns=api.namespace) + "/"
+                jobs = JOBS[api.backend].format(ns=api.namespace) + "/"
                 if url.path.startswith(jobs):
                     name = url.path[len(jobs):]
                     if name not in api.jobs:

@@ -53,24 +53,25 @@ def test_flag_value_reads_both_spellings_and_the_last_one_wins():
 
 
 def test_a_bad_flag_fails_before_any_kubernetes_request_and_a_good_one_reaches_it(monkeypatch):
-    import kubeflow.training
+    from kubernetes import client as k8s
 
+    import launch.kube
     from tests.launch.fake_kube_api import condition
 
-    real_client = kubeflow.training.TrainingClient
+    real_api = launch.kube.job_api
     bad = JobSpec(command="pretrain", name="unmix-pretrain-bad", image="t", namespace="ml", num_nodes=4,
                   gpus_per_node=0, trainer_args=(*BASE["pretrain"], "--epochz", "3"))
     with FakeKubeApi() as api:
-        monkeypatch.setattr(kubeflow.training, "TrainingClient", lambda namespace: real_client(
-            client_configuration=api.configuration(), namespace=namespace))
+        monkeypatch.setattr(launch.kube, "job_api", lambda backend, namespace: real_api(
+            backend, api_client=k8s.ApiClient(api.configuration()), namespace=namespace))
         api.statuses = [{"conditions": [condition("Succeeded")]}]
         started = time.monotonic()
         with pytest.raises(UserError, match="unrecognized arguments: --epochz 3"):
-            run_job(bad, "pytorchjob", timeout_s=60, out=io.StringIO())
+            run_job(bad, "kubernetes", timeout_s=60, out=io.StringIO())
         seconds = time.monotonic() - started
         assert api.requests == []  # no job, no pod, not even a read
         good = JobSpec(command="pretrain", name="unmix-pretrain-good", image="t", namespace="ml", num_nodes=4,
                        gpus_per_node=0, trainer_args=tuple(BASE["pretrain"]))
-        run_job(good, "pytorchjob", timeout_s=60, out=io.StringIO())
+        run_job(good, "kubernetes", timeout_s=60, out=io.StringIO())
         assert [job["metadata"]["name"] for job in api.created] == ["unmix-pretrain-good"]
     assert seconds < 30

@@ -17,7 +17,7 @@ import pytest
 from kubeflow.training import TrainingClient
 
 from launch.errors import JobFailed
-from launch.kube import PyTorchJobLauncher
+from launch.kube import JobLauncher, PyTorchJobApi
 from launch.pytorchjob import build_pytorchjob, to_manifest
 from launch.spec import JobSpec
 from tests.launch.fake_kube_api import FakeKubeApi, condition
@@ -31,9 +31,9 @@ def _job(name: str = "unmix-pretrain-test", namespace: str = "ml", max_restarts:
                                     max_restarts=max_restarts))
 
 
-def _launcher(api: FakeKubeApi, out: io.StringIO) -> PyTorchJobLauncher:
+def _launcher(api: FakeKubeApi, out: io.StringIO) -> JobLauncher:
     client = TrainingClient(client_configuration=api.configuration(), namespace=api.namespace)
-    return PyTorchJobLauncher(client, poll_interval_s=0.05, out=out)
+    return JobLauncher(PyTorchJobApi(client), poll_interval_s=0.05, out=out)
 
 
 def test_success_creates_the_job_streams_the_master_log_and_returns():
@@ -43,7 +43,7 @@ def test_success_creates_the_job_streams_the_master_log_and_returns():
                         {"conditions": [condition("Running")]}, {"conditions": [condition("Running")]},
                         {"conditions": [condition("Running"), condition("Succeeded")]}]
         out = io.StringIO()
-        finished = _launcher(api, out).run(_job(), timeout_s=30)
+        finished = _launcher(api, out).run(_job(), timeout_s=30, max_restarts=3)
     assert finished.metadata.name == "unmix-pretrain-test"
     assert [job["metadata"]["name"] for job in api.created] == ["unmix-pretrain-test"]
     created = api.created[0]
@@ -64,7 +64,7 @@ def test_a_permanent_failure_ends_with_the_trainers_exit_code_and_the_operators_
                             "Failed", "PyTorchJobFailed",
                             'job "unmix-pretrain-test" is failing because "Master" replica(s) failed.')]}]
         with pytest.raises(JobFailed) as failure:
-            _launcher(api, io.StringIO()).run(_job(), timeout_s=30)
+            _launcher(api, io.StringIO()).run(_job(), timeout_s=30, max_restarts=3)
     assert failure.value.exit_code == 2
     message = str(failure.value)
     assert "after 0 restart(s)" in message and '"Master" replica(s) failed' in message
@@ -77,7 +77,7 @@ def test_an_oom_killed_master_is_named_with_its_exit_code():
         api.master_terminated = {"exitCode": 137, "reason": "OOMKilled"}
         api.statuses = [{"conditions": [condition("Running"), condition("Failed", "PyTorchJobFailed", "x")]}]
         with pytest.raises(JobFailed) as failure:
-            _launcher(api, io.StringIO()).run(_job(), timeout_s=30)
+            _launcher(api, io.StringIO()).run(_job(), timeout_s=30, max_restarts=3)
     assert failure.value.exit_code == 137 and "OOMKilled" in str(failure.value)
 
 
@@ -92,7 +92,7 @@ def test_restarts_are_counted_from_recreated_pods_and_logged():
                         {"conditions": [condition("Running")], "_generation": 1},
                         {"conditions": [condition("Running"), condition("Succeeded")], "_generation": 1}]
         out = io.StringIO()
-        _launcher(api, out).run(_job(), timeout_s=30)
+        _launcher(api, out).run(_job(), timeout_s=30, max_restarts=3)
     log = out.getvalue()
     assert "restart 1/3: job unmix-pretrain-test is restarting because Worker replica(s) failed." in log
     assert "succeeded after 1 restart(s)" in log and "restart 2/" not in log
@@ -105,7 +105,7 @@ def test_restarts_over_the_budget_delete_the_job_and_fail_the_step():
         api.statuses = [{"conditions": [condition("Running")], "_generation": generation}
                         for generation in range(6)]
         with pytest.raises(JobFailed, match="restarted 2 times, over its budget of max_restarts=1"):
-            _launcher(api, io.StringIO()).run(_job(max_restarts=1), timeout_s=30)
+            _launcher(api, io.StringIO()).run(_job(max_restarts=1), timeout_s=30, max_restarts=1)
     assert api.deleted == ["unmix-pretrain-test"]
 
 
@@ -115,7 +115,7 @@ def test_a_job_held_by_its_queue_is_waited_for():
                         {"conditions": [condition("Created"), condition("Suspended", "JobSuspended")]},
                         {"conditions": [condition("Running"), condition("Succeeded")]}]
         out = io.StringIO()
-        _launcher(api, out).run(_job(), timeout_s=30)
+        _launcher(api, out).run(_job(), timeout_s=30, max_restarts=3)
     assert "Suspended (waiting for its queue to admit it)" in out.getvalue()
 
 
@@ -124,7 +124,7 @@ def test_timeout_is_honoured_and_deletes_the_job():
         api.statuses = [{"conditions": [condition("Running")]}]
         started = time.monotonic()
         with pytest.raises(JobFailed, match="did not finish within 1s"):
-            _launcher(api, io.StringIO()).run(_job(), timeout_s=1.0)
+            _launcher(api, io.StringIO()).run(_job(), timeout_s=1.0, max_restarts=3)
         waited = time.monotonic() - started
     assert 1.0 <= waited < 10.0
     assert api.deleted == ["unmix-pretrain-test"]
@@ -136,7 +136,7 @@ def test_the_job_is_owned_by_the_run_so_deleting_the_run_deletes_it_but_losing_t
         launcher = _launcher(api, io.StringIO())
         job = _job()
         launcher.own_by_run(job, api.step_pod_name)
-        launcher.run(job, timeout_s=30)
+        launcher.run(job, timeout_s=30, max_restarts=3)
         (owner,) = api.created[0]["metadata"]["ownerReferences"]
         assert owner == {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": "unmix-swav-x7k2p",
                          "uid": api.step_pod_owner["uid"]}  # not the pod, not a controller reference
@@ -150,7 +150,7 @@ def test_a_retried_step_follows_its_existing_job_instead_of_creating_another():
         api.jobs["unmix-pretrain-test"] = to_manifest(_job())  # left by the step's first attempt
         api.statuses = [{"conditions": [condition("Running"), condition("Succeeded")]}]
         out = io.StringIO()
-        _launcher(api, out).run(_job(), timeout_s=30)
+        _launcher(api, out).run(_job(), timeout_s=30, max_restarts=3)
     assert api.created == []
     assert "exists already" in out.getvalue()
 
@@ -159,7 +159,7 @@ CANCEL_SCRIPT = """
 import sys
 from kubeflow.training import TrainingClient
 from kubernetes import client as k8s
-from launch.kube import PyTorchJobLauncher
+from launch.kube import JobLauncher, PyTorchJobApi
 from launch.pytorchjob import build_pytorchjob
 from launch.spec import JobSpec
 
@@ -168,7 +168,7 @@ configuration.host = sys.argv[1]
 job = build_pytorchjob(JobSpec(command="pretrain", name="unmix-pretrain-cancel", namespace="ml", image="t",
                                num_nodes=1, gpus_per_node=0))
 client = TrainingClient(client_configuration=configuration, namespace="ml")
-PyTorchJobLauncher(client, poll_interval_s=0.05).run(job, timeout_s=300)
+JobLauncher(PyTorchJobApi(client), poll_interval_s=0.05).run(job, timeout_s=300, max_restarts=3)
 """
 
 

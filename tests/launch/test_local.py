@@ -61,7 +61,7 @@ def _replace_command(job, code: int):
 
 def test_retryable_exits_restart_the_replica_until_the_budget_is_spent():
     out = io.StringIO()
-    local = LocalJob(_replace_command(_job("d", "o", [], num_nodes=1, max_restarts=2), 138), out=out)
+    local = LocalJob(_replace_command(_job("d", "o", [], num_nodes=1), 138), max_restarts=2, out=out)
     with pytest.raises(JobFailed, match="after 2 restart"):
         local.run(timeout_s=60)
     assert local.exit_codes == {"master-0": [138, 138, 138]}
@@ -70,7 +70,8 @@ def test_retryable_exits_restart_the_replica_until_the_budget_is_spent():
 
 def test_a_bad_flag_fails_the_job_at_once_with_exit_2_and_no_restart(shapes_dir, tmp_path):
     out = io.StringIO()
-    local = LocalJob(_job(str(shapes_dir), str(tmp_path / "dump"), ["--epochz", "1"]), out=out, extra_env=QUIET)
+    local = LocalJob(_job(str(shapes_dir), str(tmp_path / "dump"), ["--epochz", "1"]), max_restarts=3, out=out,
+                     extra_env=QUIET)
     with pytest.raises(JobFailed) as failure:
         local.run(timeout_s=120)
     assert failure.value.exit_code == 2 and local.restarts == 0
@@ -97,12 +98,13 @@ def test_a_replica_killed_mid_run_restarts_the_group_and_ends_with_the_uninterru
     extra = ["--epochs", "3"]  # 4 steps per epoch on shapes_dir at 2 x 8
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     out = io.StringIO()
-    plain = _run(lambda: run_replicas(_job(str(shapes_dir), str(reference), extra), out=out, timeout_s=300,
+    plain = _run(lambda: run_replicas(_job(str(shapes_dir), str(reference), extra), max_restarts=3, out=out,
+                                      timeout_s=300,
                                       extra_env=QUIET), out)
     assert plain.restarts == 0 and "global batch 16" in out.getvalue()  # 2 replicas x 8: one group
 
     out = io.StringIO()
-    local = LocalJob(_job(str(shapes_dir), str(killed), extra), out=out, extra_env=QUIET)
+    local = LocalJob(_job(str(shapes_dir), str(killed), extra), max_restarts=3, out=out, extra_env=QUIET)
 
     def kill_after_three_steps() -> None:
         while len(read_records(str(killed), "train_step")) < 3 if (killed / "metrics.jsonl").exists() else True:
