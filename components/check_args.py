@@ -32,6 +32,8 @@ def check_args(
     semisup_gpus_per_node: int,
     detr_num_nodes: int,
     detr_gpus_per_node: int,
+    job_backend: str,
+    training_runtime: str,
 ):
     """Exits 2 with one line per step whose flags the trainer refuses."""
     from components import jobs
@@ -39,7 +41,8 @@ def check_args(
     root = f"{storage_root.rstrip('/')}/flag-check"  # never written: the checks do no work
 
     def spec(command, argv, nodes, gpus):
-        return jobs.job_spec(command, jobs.dump_url(root, command, 1), argv, "local", nodes, gpus, image="check")
+        return jobs.job_spec(command, jobs.dump_url(root, command, 1), argv, "local", nodes, gpus, image="check",
+                             backend=job_backend, training_runtime=training_runtime)
 
     jobs.check_steps([
         ("pretraining", spec("pretrain", jobs.pretrain_argv(images_url, root, arch, preset, config_url,

@@ -25,7 +25,8 @@ DUMP_FOLDERS = {"pretrain": "pretrain", "eval-knn": "eval-knn", "eval-linear": "
 BASELINE_SUFFIX = "-random"  # the random-init twin of an evaluation writes beside it
 # Job options every launching component takes (pipeline parameters), beside its own nodes and GPUs.
 JOB_OPTIONS = ("image", "namespace", "cpu_per_node", "memory_per_node", "shm_size", "node_selector",
-               "tolerations", "s3_secret_name", "queue", "priority_class", "max_restarts")
+               "tolerations", "s3_secret_name", "queue", "priority_class", "max_restarts", "backend",
+               "training_runtime")
 
 
 def dump_url(run_root: str, command: str, labels_percent: int | None = None, baseline: bool = False) -> str:

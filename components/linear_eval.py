@@ -17,6 +17,8 @@ def linear_eval(
     eval_args: list,
     baselines: bool,
     launcher: str,
+    job_backend: str,
+    training_runtime: str,
     image: str,
     namespace: str,
     num_nodes: int,
@@ -45,5 +47,6 @@ def linear_eval(
         launcher, num_nodes, gpus_per_node, timeout_hours, baselines, image=image, namespace=namespace,
         cpu_per_node=cpu_per_node, memory_per_node=memory_per_node, shm_size=shm_size, node_selector=node_selector,
         tolerations=tolerations, s3_secret_name=s3_secret_name, queue=queue, priority_class=priority_class,
-        max_restarts=max_restarts, metrics=metrics)
+        max_restarts=max_restarts, backend=job_backend,
+        training_runtime=training_runtime, metrics=metrics)
     return namedtuple("Evaluation", ["metrics_url", "baseline_url"])(metrics_url, baseline_url)

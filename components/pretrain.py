@@ -1,4 +1,4 @@
-"""Step 3: SwAV + Un-Mix pretraining as a distributed job (a PyTorchJob; locally, its replicas with torchrun).
+"""Step 3: SwAV + Un-Mix pretraining as a distributed job (a PyTorchJob or a TrainJob; locally, its replicas).
 
 The step only checks the flags, launches and follows the job; the GPUs belong to the job's pods.
 """
@@ -22,6 +22,8 @@ def pretrain(
     pretrain_args: list,
     knn_monitor: bool,
     launcher: str,
+    job_backend: str,
+    training_runtime: str,
     image: str,
     namespace: str,
     num_nodes: int,
@@ -39,7 +41,8 @@ def pretrain(
     model: Output[Model],
     metrics: Output[Metrics],
 ) -> NamedTuple("Pretrained", [("run_root", str), ("backbone_url", str), ("dump_url", str)]):
-    """`launcher` is `pytorchjob` (Kubernetes) or `local` (this machine, same command, env and restarts)."""
+    """`launcher` is `kubernetes` or `local` (this machine, same command, env and restarts); `job_backend` is
+    `pytorchjob` (Training Operator v1) or `trainjob` (Kubeflow Trainer v2, on `training_runtime`)."""
     from collections import namedtuple
 
     from components import jobs
@@ -52,7 +55,8 @@ def pretrain(
                          namespace=namespace, cpu_per_node=cpu_per_node, memory_per_node=memory_per_node,
                          shm_size=shm_size, node_selector=node_selector, tolerations=tolerations,
                          s3_secret_name=s3_secret_name, queue=queue, priority_class=priority_class,
-                         max_restarts=max_restarts)
+                         max_restarts=max_restarts, backend=job_backend,
+        training_runtime=training_runtime)
     jobs.launch_step(spec, launcher, timeout_hours)
 
     last = read_train_steps(dump_url)[-1]

@@ -11,7 +11,8 @@ COMMANDS = {
     "compile": ("pipeline.compile", "write the pipeline IR YAML"),
     "submit": ("pipeline.submit", "create a run on a Kubeflow Pipelines cluster"),
     "run-local": ("pipeline.local_run", "run the same pipeline on this machine (kfp local runner)"),
-    "job-manifest": ("pipeline.job_manifest", "print the PyTorchJob a step would run (YAML, for kubectl apply)"),
+    "job-manifest": ("pipeline.job_manifest",
+                     "print the PyTorchJob or TrainJob a step would run (YAML, for kubectl apply)"),
 }
 
 

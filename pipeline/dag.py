@@ -4,7 +4,9 @@ Every distributed step (pretraining and the four evaluations) runs as its own jo
 parameters (`num_nodes` / `gpus_per_node` for pretraining, `<step>_num_nodes` / `<step>_gpus_per_node` for
 the others); the pipeline's own pods are small CPU pods that check, launch and follow those jobs. The
 evaluations depend only on pretraining, so they run in parallel on a cluster. The same function runs on
-kfp's local SubprocessRunner (`python -m pipeline run-local`) with launcher=local. With `baselines`, every
+kfp's local SubprocessRunner (`python -m pipeline run-local`) with launcher=local. `job_backend` picks the
+job kind: `pytorchjob` (Training Operator v1, the default) or `trainjob` (Kubeflow Trainer v2, TrainJobs on the
+ClusterTrainingRuntime `training_runtime`); nothing else changes. With `baselines`, every
 evaluation step also scores a seeded random-init trunk the same way (its twin), so that every headline
 number in the report stands beside its baseline and the gain.
 """
@@ -28,8 +30,8 @@ JOB = JobSpec(command="pretrain", name="defaults", image=TRAINER_IMAGE)  # the o
 
 
 @dsl.pipeline(name=PIPELINE_NAME,
-              description="SwAV + Un-Mix pretraining, then linear, semi-supervised and DETR evaluations, each a "
-                          "gang-scheduled PyTorchJob, and a report")
+              description="SwAV + Un-Mix pretraining, then kNN, linear, semi-supervised and DETR evaluations, each "
+                          "a gang-scheduled PyTorchJob or TrainJob, and a report")
 def unmix_swav_pipeline(
     storage_root: str = "s3://unmix-swav/runs",
     data_source: str = "builtin:shapes",
@@ -47,7 +49,9 @@ def unmix_swav_pipeline(
     knn_monitor: bool = False,
     baselines: bool = False,
     knn_args: list = [],  # noqa: B006
-    launcher: str = "pytorchjob",
+    launcher: str = "kubernetes",
+    job_backend: str = JOB.backend,
+    training_runtime: str = JOB.training_runtime,
     image: str = TRAINER_IMAGE,
     namespace: str = "",
     num_nodes: int = 2,
@@ -83,10 +87,12 @@ def unmix_swav_pipeline(
         semisup_args=semisup_args, detr_args=detr_args, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
         linear_num_nodes=linear_num_nodes, linear_gpus_per_node=linear_gpus_per_node,
         semisup_num_nodes=semisup_num_nodes, semisup_gpus_per_node=semisup_gpus_per_node,
-        detr_num_nodes=detr_num_nodes, detr_gpus_per_node=detr_gpus_per_node)
+        detr_num_nodes=detr_num_nodes, detr_gpus_per_node=detr_gpus_per_node, job_backend=job_backend,
+        training_runtime=training_runtime)
     checked.set_display_name("check every step's flags").set_caching_options(enable_caching=False)
 
-    job = {"launcher": launcher, "image": image, "namespace": namespace, "cpu_per_node": cpu_per_node,
+    job = {"launcher": launcher, "job_backend": job_backend, "training_runtime": training_runtime, "image": image,
+           "namespace": namespace, "cpu_per_node": cpu_per_node,
            "memory_per_node": memory_per_node, "shm_size": shm_size, "node_selector": gpu_node_selector,
            "tolerations": gpu_tolerations, "s3_secret_name": s3_secret_name, "queue": queue,
            "priority_class": priority_class, "max_restarts": max_restarts}
@@ -94,25 +100,25 @@ def unmix_swav_pipeline(
                           arch=arch, preset=preset, config_url=config_url, pretrain_args=pretrain_args,
                           knn_monitor=knn_monitor, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
                           timeout_hours=pretrain_timeout_hours, **job).after(checked)
-    pretrained.set_display_name("pretrain (PyTorchJob)")
+    pretrained.set_display_name("pretrain (distributed job)")
 
     common = {"backbone_url": pretrained.outputs["backbone_url"], "run_root": pretrained.outputs["run_root"],
               "arch": arch, "timeout_hours": eval_timeout_hours, "baselines": baselines, **job}
     knn = knn_eval(images_url=images_url, eval_args=knn_args, num_nodes=linear_num_nodes,
                    gpus_per_node=linear_gpus_per_node, **common)
-    knn.set_display_name("kNN evaluation (PyTorchJob)")
+    knn.set_display_name("kNN evaluation (distributed job)")
     linear = linear_eval(images_url=images_url, eval_args=linear_args, num_nodes=linear_num_nodes,
                          gpus_per_node=linear_gpus_per_node, **common)
-    linear.set_display_name("linear evaluation (PyTorchJob)")
+    linear.set_display_name("linear evaluation (distributed job)")
     semisup_1 = semisup_eval(images_url=images_url, labels_percent=1, eval_args=semisup_args,
                              num_nodes=semisup_num_nodes, gpus_per_node=semisup_gpus_per_node, **common)
-    semisup_1.set_display_name("semi-supervised 1% (PyTorchJob)")
+    semisup_1.set_display_name("semi-supervised 1% (distributed job)")
     semisup_10 = semisup_eval(images_url=images_url, labels_percent=10, eval_args=semisup_args,
                               num_nodes=semisup_num_nodes, gpus_per_node=semisup_gpus_per_node, **common)
-    semisup_10.set_display_name("semi-supervised 10% (PyTorchJob)")
+    semisup_10.set_display_name("semi-supervised 10% (distributed job)")
     detr = detr_transfer(detection_url=detection_url, detr_args=detr_args, num_nodes=detr_num_nodes,
                          gpus_per_node=detr_gpus_per_node, **common)
-    detr.set_display_name("DETR transfer (PyTorchJob)")
+    detr.set_display_name("DETR transfer (distributed job)")
 
     evaluations = {"knn": knn, "linear": linear, "semisup_1pct": semisup_1, "semisup_10pct": semisup_10, "detr": detr}
     summary = run_report(run_root=pretrained.outputs["run_root"], pretrain_url=pretrained.outputs["dump_url"],

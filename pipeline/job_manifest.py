@@ -1,10 +1,11 @@
 """`python -m pipeline job-manifest STEP [options] -- TRAINER_ARGS...`: the job the launcher would create, as YAML.
 
 For users who `kubectl apply` jobs without Kubeflow Pipelines. STEP is a distributed trainer command
-(pretrain, eval-linear, eval-semisup, detr); TRAINER_ARGS are its flags, checked first with the trainer's
-own checks for world size = nodes x processes per node (`--no-check` for templates whose URLs do not
-exist yet). The defaults are the pipeline's (launch.spec.JobSpec). The manifests under k8s/ are this
-command's output; their first line says how each was made (a test keeps them in sync).
+(pretrain, eval-knn, eval-linear, eval-semisup, detr); `--backend` picks a PyTorchJob (Training Operator v1,
+the default) or a TrainJob (Kubeflow Trainer v2, on `--training-runtime`). TRAINER_ARGS are its flags,
+checked first with the trainer's own checks for world size = nodes x processes per node (`--no-check` for
+templates whose URLs do not exist yet). The defaults are the pipeline's (launch.spec.JobSpec). The manifests
+under k8s/ are this command's output; their first line says how each was made (a test keeps them in sync).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from launch.pytorchjob import build_pytorchjob, to_manifest
-from launch.spec import COMMANDS, JobSpec, default_placement, flag_value, job_name
+from launch.backends import build_job, to_manifest
+from launch.spec import BACKENDS, COMMANDS, JobSpec, default_placement, flag_value, job_name
 from trainer.errors import UserError
 
 PASSTHROUGH = "trainer_args"  # python -m pipeline hands everything after `--` to args.trainer_args
@@ -44,6 +45,10 @@ def _toleration(text: str) -> dict[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("step", choices=COMMANDS, help="the trainer command the job runs; its flags follow `--`")
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULTS["backend"],
+                        help="pytorchjob: Training Operator v1; trainjob: Kubeflow Trainer v2")
+    parser.add_argument("--training-runtime", default=DEFAULTS["training_runtime"],
+                        help="the ClusterTrainingRuntime a TrainJob references (k8s/trainer-v2/runtime.yaml's)")
     parser.add_argument("--name", default=None, help="job name (default: derived from --dump_path)")
     parser.add_argument("--namespace", default=DEFAULTS["namespace"])
     parser.add_argument("--image", default=None, help="trainer image (default: the pipeline's)")
@@ -84,11 +89,12 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
                    s3_secret_name=args.s3_secret,
                    node_selector=dict(args.node_selector) if args.node_selector is not None else selector,
                    tolerations=args.toleration if args.toleration is not None else tolerations,
-                   queue=args.queue, priority_class=args.priority_class, max_restarts=args.max_restarts)
+                   queue=args.queue, priority_class=args.priority_class, max_restarts=args.max_restarts,
+                   backend=args.backend, training_runtime=args.training_runtime)
 
 
 def render_yaml(spec: JobSpec) -> str:
-    return yaml.safe_dump(to_manifest(build_pytorchjob(spec)), sort_keys=True, default_flow_style=False)
+    return yaml.safe_dump(to_manifest(build_job(spec)), sort_keys=True, default_flow_style=False)
 
 
 HEADER = "# Made by `python -m pipeline job-manifest` (tests/k8s keep it current). To make it again:\n"

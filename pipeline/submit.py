@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--run-name", default=None)
     parser.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user)")
     parser.add_argument("--service-account", default="unmix-swav-launcher",
-                        help="runs the steps; needs the Role in k8s/ to manage PyTorchJobs")
+                        help="runs the steps; needs the Role in k8s/ to manage PyTorchJobs (or TrainJobs)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="pipeline parameter (repeatable), e.g. storage_root=s3://bucket/runs")
 

@@ -52,10 +52,12 @@ def test_every_distributed_step_gets_its_own_size_and_the_shared_job_options():
     for name in LAUNCHING:
         wiring = _wiring(tasks[name])
         assert wiring["node_selector"] == "gpu_node_selector" and wiring["tolerations"] == "gpu_tolerations"
-        for shared in ("image", "s3_secret_name", "queue", "priority_class", "max_restarts", "launcher"):
+        for shared in ("image", "s3_secret_name", "queue", "priority_class", "max_restarts", "launcher",
+                       "job_backend", "training_runtime"):
             assert wiring[shared] == shared
     defaults = spec["root"]["inputDefinitions"]["parameters"]
-    assert defaults["launcher"]["defaultValue"] == "pytorchjob"
+    assert defaults["launcher"]["defaultValue"] == "kubernetes"
+    assert defaults["job_backend"]["defaultValue"] == "pytorchjob"
     assert defaults["detr_num_nodes"]["defaultValue"] == 2 and defaults["linear_gpus_per_node"]["defaultValue"] == 8
     assert defaults["staged_data"]["defaultValue"] == "" and "eval_gpus" not in defaults
 
