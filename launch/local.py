@@ -107,8 +107,34 @@ def operator_env(job: models.KubeflowOrgV1PyTorchJob, replica_type: str, index: 
     }
 
 
-def plan_replicas(job: models.KubeflowOrgV1PyTorchJob, master_port: int,
-                  master_addr: str = "127.0.0.1") -> list[Replica]:
+def torch_plugin_env(job: trainer_models.TrainerV1alpha1TrainJob, index: int, master_addr: str,
+                     master_port: int) -> dict[str, str]:
+    """What Kubeflow Trainer v2's torch plugin adds to the `node` container of node `index`."""
+    trainer = job.spec.trainer
+    return {
+        "PET_NNODES": str(trainer.num_nodes or 1),
+        "PET_NPROC_PER_NODE": str(trainer.num_proc_per_node or 1),
+        "PET_NODE_RANK": str(index),
+        "PET_MASTER_ADDR": master_addr,
+        "PET_MASTER_PORT": str(master_port),
+    }
+
+
+def _plan_trainjob(job: trainer_models.TrainerV1alpha1TrainJob, master_port: int, master_addr: str) -> list[Replica]:
+    trainer = job.spec.trainer
+    literal_env = {var.name: var.value for var in trainer.env or [] if var.value is not None}
+    replicas = []
+    for index in range(trainer.num_nodes or 1):
+        env = {**literal_env, **torch_plugin_env(job, index, master_addr, master_port)}
+        command = [expand_kubernetes_vars(part, env) for part in [*(trainer.command or []), *(trainer.args or [])]]
+        replicas.append(Replica(trainjob.CONTAINER_NAME, index, index, command, env))
+    return replicas
+
+
+def plan_replicas(job: Any, master_port: int, master_addr: str = "127.0.0.1") -> list[Replica]:
+    """Every node of a PyTorchJob or a TrainJob, with its command and env as its pod would run them."""
+    if isinstance(job, trainer_models.TrainerV1alpha1TrainJob):
+        return _plan_trainjob(job, master_port, master_addr)
     replicas = []
     for replica_type in ("Master", "Worker"):
         spec = job.spec.pytorch_replica_specs.get(replica_type)

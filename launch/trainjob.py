@@ -88,7 +88,9 @@ def build_trainjob(spec: JobSpec) -> models.TrainerV1alpha1TrainJob:
         spec=models.TrainerV1alpha1TrainJobSpec(
             runtime_ref=models.TrainerV1alpha1RuntimeRef(name=spec.training_runtime, kind="ClusterTrainingRuntime",
                                                          api_group="trainer.kubeflow.org"),
-            trainer=trainer, runtime_patches=[_node_patch(spec)]))
+            trainer=trainer, runtime_patches=[_node_patch(spec)],
+            # Kueue resumes a queued job once its LocalQueue admits every node (Trainer's Kueue example).
+            suspend=True if spec.queue else None))
 
 
 def to_manifest(job: models.TrainerV1alpha1TrainJob) -> dict[str, Any]:

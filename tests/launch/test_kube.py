@@ -1,7 +1,8 @@
 """The cluster launcher's create / adopt / stream / restart-count / fail / cancel logic against the real
 Kubernetes and kubeflow-training clients talking HTTP to a STUBBED API server on 127.0.0.1
 (tests/launch/fake_kube_api.py): there is no cluster here, so job status transitions, pod recreations and
-the master's log are scripted by each test."""
+the master's log are scripted by each test. PyTorchJobs (Training Operator v1) first, then TrainJobs
+(Kubeflow Trainer v2)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import pytest
 from kubeflow.training import TrainingClient
+from kubernetes import client as k8s
 
+from launch.backends import build_job
 from launch.errors import JobFailed
-from launch.kube import JobLauncher, PyTorchJobApi
+from launch.kube import JobLauncher, PyTorchJobApi, TrainJobApi
 from launch.pytorchjob import build_pytorchjob, to_manifest
 from launch.spec import JobSpec
 from tests.launch.fake_kube_api import FakeKubeApi, condition
@@ -188,3 +191,72 @@ def test_sigterm_from_a_cancelled_run_deletes_the_job():
     assert process.returncode != 0, output
     assert api.deleted == ["unmix-pretrain-cancel"], output
     assert "step cancelled" in output
+
+
+def _trainjob(name: str = "unmix-pretrain-v2", max_restarts: int = 3):
+    return build_job(JobSpec(command="pretrain", name=name, namespace="ml", image="trainer:test", backend="trainjob",
+                             trainer_args=("--epochs", "1"), num_nodes=2, gpus_per_node=4, max_restarts=max_restarts))
+
+
+def _trainjob_launcher(api: FakeKubeApi, out: io.StringIO) -> JobLauncher:
+    return JobLauncher(TrainJobApi(k8s.ApiClient(api.configuration())), poll_interval_s=0.05, out=out)
+
+
+def test_a_trainjob_is_created_followed_through_its_node_0_log_and_complete():
+    with FakeKubeApi(backend="trainjob") as api:
+        api.master_log = ["epoch 0 loss 8.0", "done"]
+        api.statuses = [{"conditions": []}, {"conditions": [condition("Created", "JobsCreationSucceeded")]},
+                        {"conditions": [condition("Created", "JobsCreationSucceeded")]},
+                        {"conditions": [condition("Created", "JobsCreationSucceeded"),
+                                        condition("Complete", "JobsCompleted", "jobset completed successfully")]}]
+        out = io.StringIO()
+        _trainjob_launcher(api, out).run(_trainjob(), timeout_s=30, max_restarts=3)
+    (created,) = api.created
+    assert created["kind"] == "TrainJob" and created["spec"]["trainer"]["numNodes"] == 2
+    assert ("POST", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/ml/trainjobs") in api.requests
+    log = out.getvalue()
+    assert "created TrainJob ml/unmix-pretrain-v2" in log and "TrainJob ml/unmix-pretrain-v2: Complete" in log
+    assert "[unmix-pretrain-v2-node-0-0-aaaaa] epoch 0 loss 8.0" in log and "restart" not in log
+    assert api.deleted == []
+
+
+def test_a_trainjob_failed_by_a_permanent_exit_ends_with_the_trainers_code_and_the_jobsets_reason():
+    with FakeKubeApi(backend="trainjob") as api:
+        api.master_phase = "Failed"
+        api.master_terminated = {"exitCode": 2, "reason": "Error"}
+        api.statuses = [{"conditions": [condition("Failed", "FailedJobs",
+                                                  'jobset failed: job "unmix-pretrain-v2-node-0" failed: '
+                                                  "PodFailurePolicy")]}]
+        with pytest.raises(JobFailed) as failure:
+            _trainjob_launcher(api, io.StringIO()).run(_trainjob(), timeout_s=30, max_restarts=3)
+    assert failure.value.exit_code == 2
+    message = str(failure.value)
+    assert message.startswith("TrainJob ml/unmix-pretrain-v2 failed after 0 restart(s): FailedJobs")
+    assert "PodFailurePolicy" in message and "unmix-pretrain-v2-node-0-0-aaaaa: Error, exit code 2" in message
+
+
+def test_jobset_restarts_are_counted_from_the_restart_attempt_label_and_bounded_by_the_budget():
+    with FakeKubeApi(backend="trainjob") as api:
+        api.statuses = [{"conditions": [], "_generation": 0}, {"conditions": [], "_generation": 1},
+                        {"conditions": [condition("Complete", "JobsCompleted")], "_generation": 1}]
+        out = io.StringIO()
+        _trainjob_launcher(api, out).run(_trainjob(), timeout_s=30, max_restarts=3)
+    log = out.getvalue()
+    assert "restart 1/3: the pods of the job were recreated" in log and "succeeded after 1 restart(s)" in log
+    with FakeKubeApi(backend="trainjob") as api:
+        api.statuses = [{"conditions": [], "_generation": generation} for generation in range(4)]
+        with pytest.raises(JobFailed, match="restarted 2 times, over its budget of max_restarts=1"):
+            _trainjob_launcher(api, io.StringIO()).run(_trainjob(max_restarts=1), timeout_s=30, max_restarts=1)
+    assert api.deleted == ["unmix-pretrain-v2"]
+
+
+def test_a_queued_trainjob_is_waited_for_adopted_on_retry_and_deleted_on_timeout():
+    with FakeKubeApi(backend="trainjob") as api:
+        api.jobs["unmix-pretrain-v2"] = _trainjob().to_dict()  # left by the step's first attempt
+        api.statuses = [{"conditions": [condition("Suspended", "Suspended")]}]
+        out = io.StringIO()
+        with pytest.raises(JobFailed, match="did not finish within 1s"):
+            _trainjob_launcher(api, out).run(_trainjob(), timeout_s=1.0, max_restarts=3)
+    assert api.created == [] and "exists already" in out.getvalue()
+    assert "Suspended (waiting for its queue to admit it)" in out.getvalue()
+    assert api.deleted == ["unmix-pretrain-v2"]

@@ -1,7 +1,8 @@
-"""The harness: the PyTorchJob the launcher builds, each replica's container command run here with the env
-the Training Operator injects and its ExitCode restart policy. Proves the failure semantics: a bad flag
-ends the job with exit 2 and no restart; a replica killed mid-run restarts the group, which resumes and
-ends with the weights of an uninterrupted run."""
+"""The harness: the PyTorchJob (or TrainJob) the launcher builds, each replica's container command run here
+with the env the Training Operator (or Trainer v2's torch plugin) injects and its restart policy. Proves the
+failure semantics: a bad flag ends the job with exit 2 and no restart; a replica killed mid-run restarts the
+group, which resumes and ends with the weights of an uninterrupted run; a TrainJob's two nodes train as one
+group and a retryable exit restarts both of them."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import time
 import pytest
 import torch
 
+from launch.backends import build_job
 from launch.errors import JobFailed
 from launch.local import LocalJob, expand_kubernetes_vars, plan_replicas, run_replicas
-from launch.pytorchjob import build_pytorchjob
 from launch.spec import JobSpec
 from trainer.run.metrics import read_records
 
@@ -23,11 +24,12 @@ PRETRAIN = ["--arch", "resnet_tiny", "--preset", "demo_cpu", "--batch_size", "8"
 QUIET = {"OMP_NUM_THREADS": "1"}
 
 
-def _job(data: str, dump: str, extra: list[str], num_nodes: int = 2, max_restarts: int = 3):
+def _job(data: str, dump: str, extra: list[str], num_nodes: int = 2, max_restarts: int = 3,
+         backend: str = "pytorchjob"):
     spec = JobSpec(command="pretrain", name="unmix-pretrain-harness", image="unused-here", num_nodes=num_nodes,
-                   gpus_per_node=0, s3_secret_name="unmix-swav-s3", max_restarts=max_restarts,
+                   gpus_per_node=0, s3_secret_name="unmix-swav-s3", max_restarts=max_restarts, backend=backend,
                    trainer_args=("--data_path", data, "--dump_path", dump, *PRETRAIN, *extra))
-    return build_pytorchjob(spec)
+    return build_job(spec)
 
 
 def test_kubernetes_var_expansion_rules():
@@ -124,3 +126,51 @@ def test_a_replica_killed_mid_run_restarts_the_group_and_ends_with_the_uninterru
     assert expected.keys() == got.keys()
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
+
+
+def test_trainjob_nodes_get_the_torch_plugins_env_and_no_rendezvous_flags():
+    first, second = plan_replicas(_job("d", "o", [], backend="trainjob"), master_port=29556)
+    for replica, rank in ((first, 0), (second, 1)):
+        assert {name: replica.env[name] for name in replica.env if name.startswith("PET_")} == {
+            "PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": str(rank),
+            "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": "29556"}
+        assert "MASTER_ADDR" not in replica.env and "RANK" not in replica.env  # v2 sets only the PET_* ones
+        assert replica.command[:4] == ["python", "-m", "launch.torchrun", "--max-restarts=0"]
+        assert not any(name.startswith("AWS_") for name in replica.env)
+    assert (first.pod_name, second.pod_name) == ("node-0-0", "node-0-1")
+
+
+def test_a_retryable_exit_of_one_trainjob_node_restarts_every_node_until_the_budget_is_spent():
+    """JobSet's RestartJobSet: node 1 exits 138, its Job fails (backoffLimit 0), every Job is recreated."""
+    job = _job("d", "o", [], backend="trainjob")
+    job.spec.trainer.command = ["python"]
+    job.spec.trainer.args = ["-c", "import os, time; time.sleep(60 if os.environ['PET_NODE_RANK'] == '0' else 0.5); "
+                                   "raise SystemExit(138)"]
+    out = io.StringIO()
+    local = LocalJob(job, max_restarts=2, out=out, restart_delay_s=0.1)
+    started = time.monotonic()
+    with pytest.raises(JobFailed, match="after 2 restart"):
+        local.run(timeout_s=60)
+    assert time.monotonic() - started < 40  # node 0 never ran out its 60 s: it was stopped each time
+    # node 0 was stopped (SIGTERM, 143) for each of the 2 group restarts, then once more when the job failed.
+    assert local.exit_codes == {"node-0-0": [143, 143], "node-0-1": [138, 138, 138]}
+    assert "restart 2/2: replica node-0-1 exited with 138 (retryable); restarting every node" in out.getvalue()
+
+
+def test_a_bad_flag_fails_a_trainjob_at_once_with_exit_2(shapes_dir, tmp_path):
+    local = LocalJob(_job(str(shapes_dir), str(tmp_path / "dump"), ["--epochz", "1"], backend="trainjob"),
+                     max_restarts=3, out=io.StringIO(), extra_env=QUIET)
+    with pytest.raises(JobFailed) as failure:
+        local.run(timeout_s=120)
+    assert failure.value.exit_code == 2 and local.restarts == 0
+
+
+def test_two_trainjob_nodes_train_as_one_group(shapes_dir, tmp_path):
+    out = io.StringIO()
+    dump = tmp_path / "dump"
+    local = _run(lambda: run_replicas(_job(str(shapes_dir), str(dump), ["--epochs", "1"], backend="trainjob"),
+                                      max_restarts=3, out=out, timeout_s=300, extra_env=QUIET), out)
+    log = out.getvalue()
+    assert local.restarts == 0 and "global batch 16" in log  # 2 nodes x 8: one group of world size 2
+    assert "[node-0-0] " in log and "rank 0/2 initialised" in log  # only rank 0 logs
+    assert [record["step"] for record in read_records(str(dump), "train_step")][-1] == 4  # 64 images / 16
