@@ -25,6 +25,8 @@ def _load_documents(path: Path) -> list[dict[str, Any]]:
 
 def _containers(resource: dict[str, Any]) -> list[dict[str, Any]]:
     found = []
+    if resource["kind"] == "TrainJob":  # its trainer holds the node container's image
+        return [resource["spec"]["trainer"]]
     if resource["kind"] == "PyTorchJob":
         templates = [r["template"] for r in resource["spec"]["pytorchReplicaSpecs"].values()]
     elif resource["kind"] in ("Job", "Deployment", "StatefulSet", "DaemonSet"):

@@ -13,17 +13,21 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubeflow.training.api_client import ApiClient
+from kubeflow_trainer_api import models as trainer_models
 
 from launch.pytorchjob import to_manifest
 from pipeline.__main__ import main as pipeline_main
 from pipeline.job_manifest import header_command
 from tests.k8s.kustomize_render import render
+from tests.launch.trainjob_pod import node_pod
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
+TRAINER_V2 = K8S / "trainer-v2"
 TARGETS = [K8S / "base", K8S / "overlays" / "gpu", K8S / "overlays" / "cpu-smoke"]
-JOB_FILES = sorted([*(K8S / "base").glob("*.yaml"), *(K8S / "overlays" / "cpu-smoke").glob("*.yaml")])
-JOB_FILES = [path for path in JOB_FILES if path.name != "kustomization.yaml"]
+JOB_FILES = sorted([*(K8S / "base").glob("*.yaml"), *(K8S / "overlays" / "cpu-smoke").glob("*.yaml"),
+                    *TRAINER_V2.glob("*.yaml")])
+JOB_FILES = [path for path in JOB_FILES if path.name not in ("kustomization.yaml", "runtime.yaml")]
 K8S_VERSION = "1.30"
 
 
@@ -35,6 +39,9 @@ class _Response:
 def _pod_templates(resource: dict) -> list[dict]:
     if resource["kind"] == "PyTorchJob":
         return [replica["template"] for replica in resource["spec"]["pytorchReplicaSpecs"].values()]
+    if resource["kind"] == "TrainJob":  # the node pod Trainer v2 makes from it on our runtime
+        pod = node_pod(resource)
+        return [{"metadata": pod["metadata"], "spec": pod["spec"]}]
     return []
 
 
@@ -50,11 +57,11 @@ def test_every_job_file_is_what_job_manifest_prints(path, capsys):
         f"{path} drifted from `python -m pipeline job-manifest`: make it again with the command in its header"
 
 
-def test_the_four_distributed_steps_are_there_in_both_sets():
-    for folder in (K8S / "base", K8S / "overlays" / "cpu-smoke"):
-        steps = {resource["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"]
-                 ["app.kubernetes.io/component"] for resource in render(folder) if resource["kind"] == "PyTorchJob"}
-        assert steps == {"pretrain", "eval-linear", "eval-semisup", "detr"}
+def test_the_four_distributed_steps_are_there_in_every_set():
+    for folder in (K8S / "base", K8S / "overlays" / "cpu-smoke", TRAINER_V2):
+        steps = {template["metadata"]["labels"]["app.kubernetes.io/component"] for resource in render(folder)
+                 for template in _pod_templates(resource)[:1]}
+        assert steps == {"pretrain", "eval-linear", "eval-semisup", "detr"}, folder
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda path: path.name)
@@ -73,6 +80,22 @@ def test_every_rendered_resource_validates(target):
             kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
 
 
+def test_trainer_v2_resources_validate_against_the_trainer_api_models_and_kubernetes_schemas():
+    resources = render(TRAINER_V2)
+    kinds = sorted({resource["kind"] for resource in resources})
+    assert kinds == ["ClusterTrainingRuntime", "NetworkPolicy", "Role", "RoleBinding", "ServiceAccount", "TrainJob"]
+    for resource in resources:
+        if resource["kind"] == "TrainJob":
+            assert trainer_models.TrainerV1alpha1TrainJob.from_dict(resource).to_dict() == resource
+            assert resource["spec"]["runtimeRef"]["name"] == "unmix-swav-torch"
+            kubernetes_validate.validate(node_pod(resource), K8S_VERSION, strict=True)
+        elif resource["kind"] == "ClusterTrainingRuntime":
+            assert trainer_models.TrainerV1alpha1ClusterTrainingRuntime.from_dict(resource).to_dict() == resource
+            assert resource["metadata"]["name"] == "unmix-swav-torch"
+        else:
+            kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
+
+
 @pytest.mark.parametrize("target", TARGETS, ids=lambda path: path.name)
 def test_gangs_take_every_replica_and_restarts_follow_exit_codes(target):
     for resource in render(target):
@@ -84,7 +107,7 @@ def test_gangs_take_every_replica_and_restarts_follow_exit_codes(target):
         assert {replica["restartPolicy"] for replica in replicas.values()} == {"ExitCode"}
 
 
-@pytest.mark.parametrize("target", TARGETS, ids=lambda path: path.name)
+@pytest.mark.parametrize("target", [*TARGETS, TRAINER_V2], ids=lambda path: path.name)
 def test_pods_are_non_root_read_only_with_requests_limits_memory_shm_and_the_shard_cache(target):
     for resource in render(target):
         for template in _pod_templates(resource):
@@ -141,6 +164,11 @@ def test_role_grants_only_what_the_launcher_needs():
                                                 ("", "pods"), ("", "pods/log")}
     assert not any("*" in item for item in granted)
     assert {v for g, r, v in granted if r.startswith("pods")} <= {"get", "list", "watch"}
+    (v2_role,) = [r for r in render(TRAINER_V2) if r["kind"] == "Role"]
+    v2_granted = {(group, resource) for rule in v2_role["rules"] for group in rule["apiGroups"]
+                  for resource in rule["resources"]}
+    assert v2_granted == {("trainer.kubeflow.org", "trainjobs"), ("trainer.kubeflow.org", "trainjobs/status"),
+                          ("", "pods"), ("", "pods/log")}
 
 
 def test_secret_template_holds_no_values():
@@ -156,6 +184,17 @@ def test_checkov_passes_on_the_rendered_overlays(tmp_path):
         pytest.skip("checkov is not installed: run k8s/tools-venv.sh (make test does) first")
     for target in TARGETS[1:]:
         (tmp_path / f"{target.name}.yaml").write_text(yaml.safe_dump_all(render(target)))
+    # checkov does not know TrainJobs: it checks the node Jobs Trainer v2 makes from them on our runtime instead,
+    # in a namespace as an overlay of k8s/trainer-v2 puts them (like the base, it names none).
+    v2 = [resource for resource in render(TRAINER_V2) if resource["kind"] not in ("TrainJob", "ClusterTrainingRuntime")]
+    for resource in render(TRAINER_V2):
+        if resource["kind"] == "TrainJob":
+            pod = node_pod(resource)
+            v2.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"{pod['metadata']['name']}"},
+                       "spec": {"backoffLimit": 0, "template": {"metadata": pod["metadata"], "spec": pod["spec"]}}})
+    for resource in v2:
+        resource["metadata"]["namespace"] = "unmix-swav"
+    (tmp_path / "trainer-v2.yaml").write_text(yaml.safe_dump_all(v2))
     (tmp_path / "secret.yaml").write_text((K8S / "s3-secret.template.yaml").read_text())
     result = subprocess.run([str(checkov), "--config-file", str(K8S / ".checkov.yaml"), "-d", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)

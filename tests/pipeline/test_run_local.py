@@ -74,3 +74,24 @@ def test_tiny_pipeline_end_to_end_then_a_second_run_reuses_the_data_and_fails_fa
                  "DETR transfer (detr): --lr_drop 0 is out of range"):
         assert line in second_log
     assert "[master-0]" not in second_log and "launch.torchrun" not in second_log  # no job was started
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_runs_every_distributed_step_as_a_trainjob(tmp_path, monkeypatch, capfd):
+    """job_backend=trainjob: the same pipeline, every distributed step a TrainJob whose nodes run here with the
+    env Kubeflow Trainer v2's torch plugin injects (PET_*) and JobSet's restart rules. About 3 minutes."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    where = run_local("tiny", tmp_path / "out", params={**TWO_NODE_EVALUATIONS, "job_backend": "trainjob"})
+    captured = capfd.readouterr()
+    log = captured.out + captured.err
+    report_url = Path(where["report_url"])
+    assert report_url.is_file() and "id='summary'" in report_url.read_text()
+    run_root = report_url.parent.parent
+    for step in ("eval-knn", "eval-linear", "eval-semisup-1pct", "eval-semisup-10pct"):
+        for folder in (step, f"{step}-random"):
+            assert 0.0 <= json.loads((run_root / folder / "metrics.json").read_text())["top1"] <= 100.0
+    assert json.loads((run_root / "detr" / "metrics.json").read_text())["world_size"] == 2
+    assert log.count("rank 0/2 initialised") == 10  # every evaluation and its twin: one group of two nodes
+    assert "[node-0-0]" in log and "[master-0]" not in log  # TrainJob nodes, no PyTorchJob replicas
