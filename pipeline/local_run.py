@@ -2,8 +2,9 @@
 
 Every step runs as a subprocess of this interpreter (use_venv=False: the project's .venv), storage is
 a local folder (or S3 when AWS_ENDPOINT_URL names an endpoint), data are the builtin generated sets,
-and every distributed step runs its PyTorchJob's replicas here with torchrun, the operator's env and
-its ExitCode restart policy. `--param NAME=VALUE` (the `submit` syntax) sets any pipeline parameter.
+and every distributed step runs its job's replicas here with torchrun, the env and restart policy the
+cluster would give them (a PyTorchJob's by default, a TrainJob's with `--param job_backend=trainjob`).
+`--param NAME=VALUE` (the `submit` syntax) sets any pipeline parameter.
 """
 
 from __future__ import annotations
@@ -136,14 +137,14 @@ def add_arguments(parser) -> None:
                         help="fsspec URL for the run's data (default: output/storage, or s3://BUCKET/runs "
                              "when AWS_ENDPOINT_URL is set)")
     parser.add_argument("--bucket", default="unmix-swav-demo")
-    parser.add_argument("--num-nodes", type=int, default=None, help="pretraining's local PyTorchJob replicas")
+    parser.add_argument("--num-nodes", type=int, default=None, help="pretraining's local job replicas (nodes)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="pipeline parameter (repeatable, as for submit; JSON when it parses), e.g. "
                              "linear_num_nodes=2 or detr_args='[\"--epochs\", \"1\"]'")
 
 
 def run(args) -> None:
-    from pipeline.submit import parse_params
+    from pipeline.compile import parse_params
 
     where = run_local(args.size, args.output, args.storage_root, args.num_nodes, args.bucket,
                       parse_params(args.param))

@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from pipeline.compile import COMPILED_PATH
+from pipeline.compile import COMPILED_PATH, parse_params
 from trainer.errors import UserError
 from trainer.run.boundary import one_line
-
-
-def parse_params(pairs: list[str]) -> dict[str, object]:
-    """`name=value`; the value is read as JSON when it parses (numbers, lists, dicts), else as a string."""
-    params: dict[str, object] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise UserError(f"--param {pair!r} is not name=value; e.g. --param num_nodes=4")
-        try:
-            params[name] = json.loads(value)
-        except json.JSONDecodeError:
-            params[name] = value
-    return params
 
 
 def add_arguments(parser) -> None:

@@ -9,9 +9,9 @@ import yaml
 
 from launch.spec import KUEUE_QUEUE_LABEL
 from pipeline.__main__ import main
+from pipeline.compile import parse_params
 from pipeline.job_manifest import command_header, header_command
 from pipeline.local_run import default_storage_root, pipeline_arguments
-from pipeline.submit import parse_params
 from trainer import storage
 from trainer.errors import UserError
 
@@ -90,3 +90,26 @@ def test_a_files_header_gives_back_the_command_that_made_it():
     header = command_header(argv)
     assert all(len(line) <= 112 for line in header.splitlines()[1:])
     assert header_command(header + "apiVersion: v1\n") == argv
+
+
+def test_compile_bakes_a_parameter_default_and_refuses_an_unknown_name(tmp_path):
+    from pipeline.compile import compile_pipeline
+
+    path = compile_pipeline(tmp_path / "v2.yaml", defaults={"job_backend": "trainjob", "queue": "team-a"})
+    spec = next(yaml.safe_load_all(path.read_text()))
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["job_backend"]["defaultValue"] == "trainjob" and defaults["queue"]["defaultValue"] == "team-a"
+    assert defaults["training_runtime"]["defaultValue"] == "unmix-swav-torch"
+    with pytest.raises(UserError, match="job_backnd: not a pipeline parameter"):
+        compile_pipeline(tmp_path / "bad.yaml", defaults={"job_backnd": "trainjob"})
+
+
+def test_job_manifest_prints_a_trainjob_for_trainer_v2(capsys):
+    assert main(["job-manifest", "pretrain", "--backend", "trainjob", "--training-runtime", "torch-distributed",
+                 "--num-nodes", "2", "--queue", "team-a", "--namespace", "ml", "--", *PRETRAIN]) == 0
+    captured = capsys.readouterr()
+    job = yaml.safe_load(captured.out)
+    assert job["kind"] == "TrainJob" and job["metadata"]["namespace"] == "ml"
+    assert job["spec"]["runtimeRef"]["name"] == "torch-distributed" and job["spec"]["suspend"] is True
+    assert job["spec"]["trainer"]["numNodes"] == 2 and job["spec"]["trainer"]["args"][-len(PRETRAIN):] == PRETRAIN
+    assert "flags checked for 2 node(s) x 8 process(es)" in captured.err
