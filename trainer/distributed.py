@@ -9,13 +9,13 @@ How a dead or stalled peer ends a rank (the exit-code contract, README "Exit cod
   boundary maps it to 138.
 - nccl: torch's watchdog thread notices the failed or timed-out collective. Under torch's default
   TORCH_NCCL_ASYNC_ERROR_HANDLING=3 (or 1) it rethrows in that thread, which std::terminate()s the process:
-  SIGABRT, exit 134, which the Training Operator's ExitCode policy treats as permanent. We set 2
-  (CleanUpOnly) unless the environment says otherwise: the watchdog aborts the communicators and leaves the
-  process alive, and the training thread's next collective raises DistBackendError (a
-  torch.distributed.DistError), which the boundary maps to 138. TORCH_NCCL_BLOCKING_WAIT stays off: it
-  would make every collective's wait block the host. What remains is torch's heartbeat monitor, which still
-  aborts (134) a process whose watchdog is itself stuck (TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC, default 480 s);
-  a launcher that runs the trainer as the pod's main process maps 134 to 138 (see README).
+  SIGABRT, exit 134: retried (both job backends retry 128-255), but with no line saying which collective
+  failed, and no checkpoint of the step's own state. We set 2 (CleanUpOnly) unless the environment says
+  otherwise: the watchdog aborts the communicators and leaves the process alive, and the training thread's
+  next collective raises DistBackendError (a torch.distributed.DistError), which the boundary reports in one
+  line and maps to 138. TORCH_NCCL_BLOCKING_WAIT stays off: it would make every collective's wait block the
+  host. What remains is torch's heartbeat monitor, which still aborts (134, retried too) a process whose
+  watchdog is itself stuck (TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC, default 480 s).
 """
 
 from __future__ import annotations
