@@ -160,25 +160,25 @@ def test_a_retried_step_follows_its_existing_job_instead_of_creating_another():
 
 CANCEL_SCRIPT = """
 import sys
-from kubeflow.training import TrainingClient
 from kubernetes import client as k8s
-from launch.kube import JobLauncher, PyTorchJobApi
-from launch.pytorchjob import build_pytorchjob
+from launch.backends import build_job
+from launch.kube import JobLauncher, job_api
 from launch.spec import JobSpec
 
 configuration = k8s.Configuration()
-configuration.host = sys.argv[1]
-job = build_pytorchjob(JobSpec(command="pretrain", name="unmix-pretrain-cancel", namespace="ml", image="t",
-                               num_nodes=1, gpus_per_node=0))
-client = TrainingClient(client_configuration=configuration, namespace="ml")
-JobLauncher(PyTorchJobApi(client), poll_interval_s=0.05).run(job, timeout_s=300, max_restarts=3)
+configuration.host, backend = sys.argv[1], sys.argv[2]
+job = build_job(JobSpec(command="pretrain", name="unmix-pretrain-cancel", namespace="ml", image="t", num_nodes=1,
+                        gpus_per_node=0, backend=backend))
+api = job_api(backend, api_client=k8s.ApiClient(configuration), namespace="ml")
+JobLauncher(api, poll_interval_s=0.05).run(job, timeout_s=300, max_restarts=3)
 """
 
 
-def test_sigterm_from_a_cancelled_run_deletes_the_job():
-    with FakeKubeApi() as api:
-        api.statuses = [{"conditions": [condition("Running")]}]
-        process = subprocess.Popen([sys.executable, "-c", CANCEL_SCRIPT, api.host], cwd=REPO,
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_sigterm_from_a_cancelled_run_deletes_the_job(backend):
+    with FakeKubeApi(backend=backend) as api:
+        api.statuses = [{"conditions": [condition("Running" if backend == "pytorchjob" else "Created")]}]
+        process = subprocess.Popen([sys.executable, "-c", CANCEL_SCRIPT, api.host, backend], cwd=REPO,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    env={**os.environ, "PYTHONPATH": str(REPO)})
         deadline = time.monotonic() + 60
@@ -260,3 +260,15 @@ def test_a_queued_trainjob_is_waited_for_adopted_on_retry_and_deleted_on_timeout
     assert api.created == [] and "exists already" in out.getvalue()
     assert "Suspended (waiting for its queue to admit it)" in out.getvalue()
     assert api.deleted == ["unmix-pretrain-v2"]
+
+
+def test_a_trainjob_is_owned_by_the_run_like_a_pytorchjob():
+    with FakeKubeApi(backend="trainjob") as api:
+        api.statuses = [{"conditions": [condition("Complete", "JobsCompleted")]}]
+        launcher = _trainjob_launcher(api, io.StringIO())
+        job = _trainjob()
+        launcher.own_by_run(job, api.step_pod_name)
+        launcher.run(job, timeout_s=30, max_restarts=3)
+    (owner,) = api.created[0]["metadata"]["ownerReferences"]
+    assert owner == {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": "unmix-swav-x7k2p",
+                     "uid": api.step_pod_owner["uid"]}
