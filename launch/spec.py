@@ -26,7 +26,7 @@ from trainer.errors import UserError
 # The trainer commands that run as one distributed job (torchrun on every node).
 COMMANDS = ("pretrain", "eval-knn", "eval-linear", "eval-semisup", "detr")
 BACKENDS = ("pytorchjob", "trainjob")  # Training Operator v1 PyTorchJob, Kubeflow Trainer v2 TrainJob
-DEFAULT_TRAINING_RUNTIME = "unmix-swav-torch"  # k8s/trainer-v2/runtime.yaml: torch, exit-code restart policy
+DEFAULT_TRAINING_RUNTIME = "unmix-swav-torch"  # k8s/trainer-v2/access/runtime.yaml: torch, exit-code restarts
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
 RUN_AS_USER = 10001  # high UID: no clash with host users (checkov CKV_K8S_40); the image's user
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
