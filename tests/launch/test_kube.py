@@ -133,21 +133,6 @@ def test_timeout_is_honoured_and_deletes_the_job():
     assert api.deleted == ["unmix-pretrain-test"]
 
 
-def test_the_job_is_owned_by_the_run_so_deleting_the_run_deletes_it_but_losing_the_step_pod_does_not():
-    with FakeKubeApi() as api:
-        api.statuses = [{"conditions": [condition("Succeeded")]}]
-        launcher = _launcher(api, io.StringIO())
-        job = _job()
-        launcher.own_by_run(job, api.step_pod_name)
-        launcher.run(job, timeout_s=30, max_restarts=3)
-        (owner,) = api.created[0]["metadata"]["ownerReferences"]
-        assert owner == {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": "unmix-swav-x7k2p",
-                         "uid": api.step_pod_owner["uid"]}  # not the pod, not a controller reference
-        other = _job(name="unmix-pretrain-other")
-        launcher.own_by_run(other, "not-a-pod")  # outside a pod: no owner, the SIGTERM path still deletes
-        assert other.metadata.owner_references is None
-
-
 def test_a_retried_step_follows_its_existing_job_instead_of_creating_another():
     with FakeKubeApi() as api:
         api.jobs["unmix-pretrain-test"] = to_manifest(_job())  # left by the step's first attempt
@@ -262,13 +247,19 @@ def test_a_queued_trainjob_is_waited_for_adopted_on_retry_and_deleted_on_timeout
     assert api.deleted == ["unmix-pretrain-v2"]
 
 
-def test_a_trainjob_is_owned_by_the_run_like_a_pytorchjob():
-    with FakeKubeApi(backend="trainjob") as api:
-        api.statuses = [{"conditions": [condition("Complete", "JobsCompleted")]}]
-        launcher = _trainjob_launcher(api, io.StringIO())
-        job = _trainjob()
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_the_job_is_owned_by_the_run_so_deleting_the_run_deletes_it_but_losing_the_step_pod_does_not(backend):
+    build, launcher_for = {"pytorchjob": (_job, _launcher), "trainjob": (_trainjob, _trainjob_launcher)}[backend]
+    done = condition("Succeeded") if backend == "pytorchjob" else condition("Complete", "JobsCompleted")
+    with FakeKubeApi(backend=backend) as api:
+        api.statuses = [{"conditions": [done]}]
+        launcher = launcher_for(api, io.StringIO())
+        job = build()
         launcher.own_by_run(job, api.step_pod_name)
         launcher.run(job, timeout_s=30, max_restarts=3)
-    (owner,) = api.created[0]["metadata"]["ownerReferences"]
-    assert owner == {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": "unmix-swav-x7k2p",
-                     "uid": api.step_pod_owner["uid"]}
+        (owner,) = api.created[0]["metadata"]["ownerReferences"]
+        assert owner == {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": "unmix-swav-x7k2p",
+                         "uid": api.step_pod_owner["uid"]}  # not the pod, not a controller reference
+        other = build(name="unmix-pretrain-other")
+        launcher.own_by_run(other, "not-a-pod")  # outside a pod: no owner, the SIGTERM path still deletes
+        assert other.metadata.owner_references is None

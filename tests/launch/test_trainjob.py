@@ -9,9 +9,10 @@ from kubeflow_trainer_api import models
 
 from launch.backends import build_job, to_manifest
 from launch.errors import is_retryable
-from launch.spec import COMMANDS, KUEUE_QUEUE_LABEL, JobSpec, job_name
+from launch.spec import COMMANDS, KUEUE_QUEUE_LABEL, JobSpec
 from launch.trainjob import KUEUE_PRIORITY_LABEL, build_trainjob
 from tests.launch.test_pytorchjob import ARGS, K8S_VERSION
+from tests.launch.test_pytorchjob import _spec as pytorchjob_spec
 from tests.launch.trainjob_pod import node_pod, runtime
 from trainer.errors import UserError
 
@@ -19,12 +20,8 @@ TORCHRUN_RESERVED = {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_M
 
 
 def _spec(command: str = "pretrain", **overrides) -> JobSpec:
-    settings = {"namespace": "ml", "num_nodes": 3, "gpus_per_node": 8, "s3_secret_name": "unmix-swav-s3",
-                "node_selector": {"pool": "a100"}, "backend": "trainjob",
-                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                **overrides}
-    return JobSpec(command=command, name=job_name(command, ARGS[command][ARGS[command].index("--dump_path") + 1]),
-                   image="registry.example/unmix-swav:1", trainer_args=tuple(ARGS[command]), **settings)
+    """The PyTorchJob tests' spec (3 nodes x 8 GPUs, a node pool, the S3 Secret) with the TrainJob backend."""
+    return pytorchjob_spec(command, **{"backend": "trainjob", **overrides})
 
 
 def _manifest(command: str = "pretrain", **overrides) -> dict:
