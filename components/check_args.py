@@ -44,16 +44,17 @@ def check_args(
         return jobs.job_spec(command, jobs.dump_url(root, command, 1), argv, "local", nodes, gpus, image="check",
                              backend=job_backend, training_runtime=training_runtime)
 
+    def evaluation(command, data_url, backbone, extra, nodes, gpus, labels_percent=None):
+        return spec(command, jobs.evaluation_argv(command, data_url, backbone, root, arch, extra, labels_percent),
+                    nodes, gpus)
+
     jobs.check_steps([
         ("pretraining", spec("pretrain", jobs.pretrain_argv(images_url, root, arch, preset, config_url,
                                                             pretrain_args, knn_monitor), num_nodes, gpus_per_node)),
-        ("kNN evaluation", spec("eval-knn", jobs.knn_argv(images_url, "", root, arch, knn_args),
-                                linear_num_nodes, linear_gpus_per_node)),
-        ("linear evaluation", spec("eval-linear", jobs.linear_argv(images_url, "", root, arch, linear_args),
-                                   linear_num_nodes, linear_gpus_per_node)),
-        *[(f"semi-supervised {percent}%", spec("eval-semisup", jobs.semisup_argv(images_url, "", root, arch, percent,
-                                                                                 semisup_args),
-                                               semisup_num_nodes, semisup_gpus_per_node)) for percent in (1, 10)],
-        ("DETR transfer", spec("detr", jobs.detr_argv(detection_url, "random", root, arch, detr_args),
-                               detr_num_nodes, detr_gpus_per_node)),
+        ("kNN evaluation", evaluation("eval-knn", images_url, "", knn_args, linear_num_nodes, linear_gpus_per_node)),
+        ("linear evaluation", evaluation("eval-linear", images_url, "", linear_args, linear_num_nodes,
+                                         linear_gpus_per_node)),
+        *[(f"semi-supervised {percent}%", evaluation("eval-semisup", images_url, "", semisup_args, semisup_num_nodes,
+                                                     semisup_gpus_per_node, percent)) for percent in (1, 10)],
+        ("DETR transfer", evaluation("detr", detection_url, "random", detr_args, detr_num_nodes, detr_gpus_per_node)),
     ])

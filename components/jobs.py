@@ -9,7 +9,6 @@ through unchanged; their defaults live in launch.spec.JobSpec.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from components.runtime import log_metrics
@@ -46,25 +45,17 @@ def pretrain_argv(images_url: str, dump: str, arch: str, preset: str, config_url
     return argv + [str(arg) for arg in extra]
 
 
-def knn_argv(images_url: str, backbone_url: str, dump: str, arch: str, extra: list[Any]) -> list[str]:
-    return ["--data_path", images_url, "--pretrained", backbone_url, "--dump_path", dump, "--arch", arch,
-            *map(str, extra)]
+EVALUATIONS = ("eval-knn", "eval-linear", "eval-semisup", "detr")
 
 
-def linear_argv(images_url: str, backbone_url: str, dump: str, arch: str, extra: list[Any]) -> list[str]:
-    return ["--data_path", images_url, "--pretrained", backbone_url, "--dump_path", dump, "--arch", arch,
-            *map(str, extra)]
-
-
-def semisup_argv(images_url: str, backbone_url: str, dump: str, arch: str, labels_percent: int,
-                 extra: list[Any]) -> list[str]:
-    return ["--data_path", images_url, "--pretrained", backbone_url, "--dump_path", dump, "--arch", arch,
-            "--labels_perc", str(labels_percent), *map(str, extra)]
-
-
-def detr_argv(detection_url: str, backbone_url: str, dump: str, arch: str, extra: list[Any]) -> list[str]:
-    return ["--coco_path", detection_url, "--pretrained", backbone_url, "--dump_path", dump, "--arch", arch,
-            *map(str, extra)]
+def evaluation_argv(command: str, data_url: str, backbone_url: str, dump: str, arch: str, extra: list[Any],
+                    labels_percent: int | None = None) -> list[str]:
+    """An evaluation's flags: its data (images, or the COCO-format set for DETR), the trunk, the output."""
+    data_flag = "--coco_path" if command == "detr" else "--data_path"
+    argv = [data_flag, data_url, "--pretrained", backbone_url, "--dump_path", dump, "--arch", arch]
+    if command == "eval-semisup":
+        argv += ["--labels_perc", str(labels_percent)]
+    return argv + [str(arg) for arg in extra]
 
 
 def job_spec(command: str, dump: str, argv: list[str], launcher: str, num_nodes: int, gpus_per_node: int,
@@ -115,20 +106,21 @@ def check_steps(checks: list[tuple[str, JobSpec]]) -> None:
         raise SystemExit(2)
 
 
-def run_evaluation(command: str, run_root: str, backbone_url: str, argv: Callable[[str, str], list[str]],
-                   launcher: str, num_nodes: int, gpus_per_node: int, timeout_hours: float, baselines: bool,
-                   metrics: Any, labels_percent: int | None = None, **options: Any) -> tuple[str, str]:
+def run_evaluation(command: str, run_root: str, data_url: str, backbone_url: str, arch: str, extra: list[Any],
+                   labels_percent: int | None, launcher: str, num_nodes: int, gpus_per_node: int,
+                   timeout_hours: float, baselines: bool, metrics: Any, **options: Any) -> tuple[str, str]:
     """An evaluation's job on the pretrained trunk, then, with `baselines`, the same job on a random-init trunk
     (`--pretrained random`, seeded) beside it; the pretrained run's numbers go into the kfp `metrics`
-    artifact. The metrics.json URLs of both ("" when there is no twin).
-
-    `argv(backbone, dump)` gives the trainer flags for a trunk and an output location."""
+    artifact. The metrics.json URLs of both ("" when there is no twin)."""
+    if command not in EVALUATIONS:
+        raise UserError(f"{command!r} is not an evaluation; use one of {', '.join(EVALUATIONS)}")
     urls = []
     for baseline in ([False, True] if baselines else [False]):
         dump = dump_url(run_root, command, labels_percent, baseline)
-        spec = job_spec(command, dump, argv("random" if baseline else backbone_url, dump), launcher, num_nodes,
-                        gpus_per_node, **options)
-        launch_step(spec, launcher, timeout_hours)
+        argv = evaluation_argv(command, data_url, "random" if baseline else backbone_url, dump, arch, extra,
+                               labels_percent)
+        launch_step(job_spec(command, dump, argv, launcher, num_nodes, gpus_per_node, **options), launcher,
+                    timeout_hours)
         urls.append(storage.join(dump, "metrics.json"))
     pretrained_dump = dump_url(run_root, command, labels_percent)
     log_metrics(metrics, read_document(pretrained_dump), pretrained_dump)

@@ -14,13 +14,10 @@ number in the report stands beside its baseline and the gain.
 from kfp import dsl
 
 from components.check_args import check_args
-from components.detr_transfer import detr_transfer
+from components.evaluate import evaluate
 from components.image import TRAINER_IMAGE
-from components.knn_eval import knn_eval
-from components.linear_eval import linear_eval
 from components.pretrain import pretrain
 from components.report import run_report
-from components.semisup_eval import semisup_eval
 from components.stage_data import stage_data
 from launch.spec import DEFAULT_GPU_NODE_SELECTOR, DEFAULT_GPU_TOLERATIONS, JobSpec
 from pipeline.platform import launching, on_cpu_node, with_s3_secret
@@ -104,35 +101,30 @@ def unmix_swav_pipeline(
 
     common = {"backbone_url": pretrained.outputs["backbone_url"], "run_root": pretrained.outputs["run_root"],
               "arch": arch, "timeout_hours": eval_timeout_hours, "baselines": baselines, **job}
-    knn = knn_eval(images_url=images_url, eval_args=knn_args, num_nodes=linear_num_nodes,
-                   gpus_per_node=linear_gpus_per_node, **common)
-    knn.set_display_name("kNN evaluation (distributed job)")
-    linear = linear_eval(images_url=images_url, eval_args=linear_args, num_nodes=linear_num_nodes,
-                         gpus_per_node=linear_gpus_per_node, **common)
-    linear.set_display_name("linear evaluation (distributed job)")
-    semisup_1 = semisup_eval(images_url=images_url, labels_percent=1, eval_args=semisup_args,
-                             num_nodes=semisup_num_nodes, gpus_per_node=semisup_gpus_per_node, **common)
-    semisup_1.set_display_name("semi-supervised 1% (distributed job)")
-    semisup_10 = semisup_eval(images_url=images_url, labels_percent=10, eval_args=semisup_args,
-                              num_nodes=semisup_num_nodes, gpus_per_node=semisup_gpus_per_node, **common)
-    semisup_10.set_display_name("semi-supervised 10% (distributed job)")
-    detr = detr_transfer(detection_url=detection_url, detr_args=detr_args, num_nodes=detr_num_nodes,
-                         gpus_per_node=detr_gpus_per_node, **common)
-    detr.set_display_name("DETR transfer (distributed job)")
-
-    evaluations = {"knn": knn, "linear": linear, "semisup_1pct": semisup_1, "semisup_10pct": semisup_10, "detr": detr}
+    # name, title, command, data, flags, labels %, nodes x GPUs per node (kNN runs at the linear step's size)
+    plan = [("knn", "kNN evaluation", "eval-knn", images_url, knn_args, 0, linear_num_nodes, linear_gpus_per_node),
+            ("linear", "linear evaluation", "eval-linear", images_url, linear_args, 0, linear_num_nodes,
+             linear_gpus_per_node),
+            *[(f"semisup_{percent}pct", f"semi-supervised {percent}%", "eval-semisup", images_url, semisup_args,
+               percent, semisup_num_nodes, semisup_gpus_per_node) for percent in (1, 10)],
+            ("detr", "DETR transfer", "detr", detection_url, detr_args, 0, detr_num_nodes, detr_gpus_per_node)]
+    evaluations = {}
+    for name, title, command, data_url, eval_args, percent, nodes, gpus in plan:
+        evaluations[name] = evaluate(command=command, data_url=data_url, eval_args=eval_args, labels_percent=percent,
+                                     num_nodes=nodes, gpus_per_node=gpus, **common)
+        evaluations[name].set_display_name(f"{title} (distributed job)")
     summary = run_report(run_root=pretrained.outputs["run_root"], pretrain_url=pretrained.outputs["dump_url"],
                          **{f"{name}_url": task.outputs["metrics_url"] for name, task in evaluations.items()},
                          **{f"{name}_random_url": task.outputs["baseline_url"] for name, task in evaluations.items()})
     summary.set_display_name("report").set_caching_options(enable_caching=True)
 
-    for task in (staged, checked, pretrained, knn, linear, semisup_1, semisup_10, detr, summary):
+    for task in (staged, checked, pretrained, *evaluations.values(), summary):
         with_s3_secret(task, s3_secret_name)
     for task in (staged, summary):
         on_cpu_node(task)
     # DETR's checks read the COCO annotations (instances_train2017.json is 450 MB of JSON).
     on_cpu_node(checked, memory="8Gi")
-    for task in (pretrained, knn, linear, semisup_1, semisup_10):
-        launching(task)
-    launching(detr, memory="8Gi")
+    for task in (pretrained, *evaluations.values()):
+        # DETR's launcher reads the COCO annotations again for its own check.
+        launching(task, memory="8Gi" if task is evaluations["detr"] else "2Gi")
     return summary.outputs["Output"]

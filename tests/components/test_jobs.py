@@ -17,8 +17,11 @@ def test_each_step_writes_under_the_run_root_and_user_flags_come_last():
                               knn_monitor=True)
     assert argv == ["--data_path", "s3://b/data", "--dump_path", "s3://b/run/pretrain", "--arch", "resnet50",
                     "--preset", "swav_100ep", "--knn_eval_path", "s3://b/data", "--epochs", "3"]
-    assert jobs.semisup_argv("d", "b", "o", "resnet50", 1, ["--lr", "0.1"])[-4:] == ["--labels_perc", "1",
-                                                                                    "--lr", "0.1"]
+    assert jobs.evaluation_argv("eval-semisup", "d", "b", "o", "resnet50", ["--lr", 0.1], 1)[-4:] == [
+        "--labels_perc", "1", "--lr", "0.1"]
+    assert jobs.evaluation_argv("detr", "coco", "random", "o", "resnet50", [])[:4] == [
+        "--coco_path", "coco", "--pretrained", "random"]
+    assert "--labels_perc" not in jobs.evaluation_argv("eval-knn", "d", "b", "o", "resnet50", [], 0)
 
 
 def test_the_job_is_named_after_the_step_and_its_output():

@@ -9,8 +9,11 @@ import yaml
 
 from pipeline.compile import COMPILED_PATH, compile_pipeline
 
-EVALUATIONS = {"knn-eval": "linear", "linear-eval": "linear", "semisup-eval": "semisup", "semisup-eval-2": "semisup",
-               "detr-transfer": "detr"}
+# One `evaluate` component, five tasks (kfp numbers repeated uses), each with its own size parameters.
+EVALUATIONS = {"evaluate": "linear", "evaluate-2": "linear", "evaluate-3": "semisup", "evaluate-4": "semisup",
+               "evaluate-5": "detr"}
+COMMANDS = {"evaluate": "eval-knn", "evaluate-2": "eval-linear", "evaluate-3": "eval-semisup",
+            "evaluate-4": "eval-semisup", "evaluate-5": "detr"}
 LAUNCHING = ["pretrain", *EVALUATIONS]
 ALL_STEPS = ["stage-data", "check-args", *LAUNCHING, "run-report"]
 
@@ -49,6 +52,10 @@ def test_every_distributed_step_gets_its_own_size_and_the_shared_job_options():
     for name, prefix in EVALUATIONS.items():
         wiring = _wiring(tasks[name])
         assert wiring["num_nodes"] == f"{prefix}_num_nodes" and wiring["gpus_per_node"] == f"{prefix}_gpus_per_node"
+        constant = tasks[name]["inputs"]["parameters"]["command"]["runtimeValue"]["constant"]
+        assert constant == COMMANDS[name]
+    assert [tasks[f"evaluate-{n}"]["inputs"]["parameters"]["labels_percent"]["runtimeValue"]["constant"]
+            for n in (3, 4)] == [1, 10]
     for name in LAUNCHING:
         wiring = _wiring(tasks[name])
         assert wiring["node_selector"] == "gpu_node_selector" and wiring["tolerations"] == "gpu_tolerations"

@@ -1,4 +1,10 @@
-"""Step 4a: linear evaluation on the frozen pretrained trunk, as a distributed job."""
+"""Steps 4-7: an evaluation of the pretrained trunk as a distributed job, beside its random-init twin.
+
+One component for the four kinds, chosen by `command`: `eval-knn` (weighted kNN on frozen features, the first
+signal, in minutes), `eval-linear` (a linear classifier on the frozen trunk: top-1 / top-5 and the confusion
+matrix), `eval-semisup` (fine-tuning with `labels_percent` % of the labels; the pipeline runs it for 1 and 10)
+and `detr` (DETR detection transfer with the trunk as backbone: COCO box AP, `data_url` the COCO-format set).
+"""
 
 from typing import NamedTuple
 
@@ -9,12 +15,14 @@ from components.image import TRAINER_IMAGE
 
 
 @dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
-def linear_eval(
-    images_url: str,
+def evaluate(
+    command: str,
+    data_url: str,
     backbone_url: str,
     run_root: str,
     arch: str,
     eval_args: list,
+    labels_percent: int,
     baselines: bool,
     launcher: str,
     job_backend: str,
@@ -36,17 +44,15 @@ def linear_eval(
     metrics: Output[Metrics],
 ) -> NamedTuple("Evaluation", [("metrics_url", str), ("baseline_url", str)]):
     """Launches the job (checked first) and, with `baselines`, its random-init twin; the metrics.json URLs of
-    both ("" for no twin). Top-1 / top-5 and the confusion matrix."""
+    both ("" for no twin). `labels_percent` counts for eval-semisup only."""
     from collections import namedtuple
 
     from components import jobs
 
     metrics_url, baseline_url = jobs.run_evaluation(
-        "eval-linear", run_root, backbone_url,
-        lambda backbone, dump: jobs.linear_argv(images_url, backbone, dump, arch, eval_args),
-        launcher, num_nodes, gpus_per_node, timeout_hours, baselines, image=image, namespace=namespace,
+        command, run_root, data_url, backbone_url, arch, eval_args, labels_percent, launcher, num_nodes,
+        gpus_per_node, timeout_hours, baselines, metrics, image=image, namespace=namespace,
         cpu_per_node=cpu_per_node, memory_per_node=memory_per_node, shm_size=shm_size, node_selector=node_selector,
         tolerations=tolerations, s3_secret_name=s3_secret_name, queue=queue, priority_class=priority_class,
-        max_restarts=max_restarts, backend=job_backend,
-        training_runtime=training_runtime, metrics=metrics)
+        max_restarts=max_restarts, backend=job_backend, training_runtime=training_runtime)
     return namedtuple("Evaluation", ["metrics_url", "baseline_url"])(metrics_url, baseline_url)
