@@ -5,17 +5,22 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from trainer import storage
 from trainer.config import Range, check_ranges
+from trainer.distributed import DistEnv, cleanup, init_distributed
 from trainer.errors import UserError
 from trainer.models.pretrained import is_random_init, load_pretrained_trunk, random_init_record
 from trainer.models.resnet import ARCHS, build_trunk
+from trainer.run.session import RunSession
 from trainer.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -101,3 +106,18 @@ def prepare_trunk(arch: str, pretrained: str, seed: int, device: torch.device
     else:
         log.warning("no --pretrained weights: evaluating a RANDOMLY INITIALISED %s trunk (a baseline)", arch)
     return trunk.to(device), feature_dim, record
+
+
+@contextmanager
+def evaluation_session(command: str, args: argparse.Namespace) -> Iterator[tuple[DistEnv, RunSession]]:
+    """The distributed set-up (from the environment, torchrun's or none) and the RunSession of one evaluation
+    under --dump_path; the process group is ended after, unless the caller had set it up (tests, pretraining's
+    kNN monitor)."""
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    env = init_distributed(args.device)
+    try:
+        with RunSession(command, args.dump_path, env) as session:
+            yield env, session
+    finally:
+        if owns_group:
+            cleanup()

@@ -14,7 +14,6 @@ import os
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -25,10 +24,8 @@ from trainer.distributed import (
     all_gather_rows,
     all_reduce_max,
     all_reduce_sum,
-    cleanup,
-    init_distributed,
 )
-from trainer.evaluation.common import add_common_arguments, check_common, prepare_trunk
+from trainer.evaluation.common import add_common_arguments, check_common, evaluation_session, prepare_trunk
 from trainer.evaluation.features import SourceDataset, aligned_targets, eval_transform, extract_features
 from trainer.evaluation.reporting import CHECKPOINT, finish
 from trainer.run.health import HEALTHY
@@ -161,14 +158,8 @@ def run_knn(args: argparse.Namespace) -> dict[str, Any]:
     A finished run found under --dump_path (same trunk checksum and settings) is reported, not redone.
     """
     check(args, int(os.environ.get("WORLD_SIZE", "1")))
-    owns_group = not (dist.is_available() and dist.is_initialized())
-    env = init_distributed(args.device)
-    try:
-        with RunSession("eval-knn", args.dump_path, env) as session:
-            return _knn_run(args, env, session)
-    finally:
-        if owns_group:
-            cleanup()
+    with evaluation_session("eval-knn", args) as (env, session):
+        return _knn_run(args, env, session)
 
 
 def _knn_run(args: argparse.Namespace, env: DistEnv, session: RunSession) -> dict[str, Any]:

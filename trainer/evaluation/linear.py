@@ -13,19 +13,19 @@ import logging
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer.config import AT_LEAST_0, AT_LEAST_1, POSITIVE, check_ranges
 from trainer.data.sources import open_source
-from trainer.distributed import DistEnv, cleanup, init_distributed
+from trainer.distributed import DistEnv
 from trainer.errors import UserError
 from trainer.evaluation.common import (
     add_common_arguments,
     bool_flag,
     check_common,
     check_milestones,
+    evaluation_session,
     prepare_trunk,
     training_settings,
 )
@@ -40,7 +40,6 @@ from trainer.evaluation.features import (
     train_transform,
 )
 from trainer.evaluation.loop import TrainingSpec, fit
-from trainer.run.session import RunSession
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +114,8 @@ def _check(args: argparse.Namespace) -> None:
 def run_linear(args: argparse.Namespace) -> dict[str, Any]:
     """Train and evaluate the linear classifier; rank 0 writes metrics.json, TensorBoard and checkpoints."""
     _check(args)
-    owns_group = not (dist.is_available() and dist.is_initialized())
-    env = init_distributed(args.device)
-    try:
-        with RunSession("eval-linear", args.dump_path, env) as session:
-            return fit(linear_spec(args, env), session)
-    finally:
-        if owns_group:
-            cleanup()
+    with evaluation_session("eval-linear", args) as (env, session):
+        return fit(linear_spec(args, env), session)
 
 
 def linear_spec(args: argparse.Namespace, env: DistEnv) -> TrainingSpec:

@@ -13,24 +13,23 @@ import logging
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer.config import AT_LEAST_1, POSITIVE, check_ranges
 from trainer.data.sources import open_source
-from trainer.distributed import DistEnv, cleanup, init_distributed
+from trainer.distributed import DistEnv
 from trainer.evaluation.common import (
     add_common_arguments,
     check_common,
     check_milestones,
+    evaluation_session,
     prepare_trunk,
     training_settings,
 )
 from trainer.evaluation.features import SourceDataset, aligned_targets, eval_transform, train_transform
 from trainer.evaluation.loop import TrainingSpec, fit
 from trainer.evaluation.subsets import balanced_subset, check_subset_file, read_subset_file, subset_text
-from trainer.run.session import RunSession
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +93,8 @@ def choose_subset(args: argparse.Namespace, source) -> tuple[list[int], str, str
 def run_semisup(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune and evaluate; rank 0 writes subset.txt, metrics.json, TensorBoard and checkpoints."""
     _resolve(args)
-    owns_group = not (dist.is_available() and dist.is_initialized())
-    env = init_distributed(args.device)
-    try:
-        with RunSession("eval-semisup", args.dump_path, env) as session:
-            return fit(semisup_spec(args, env), session)
-    finally:
-        if owns_group:
-            cleanup()
+    with evaluation_session("eval-semisup", args) as (env, session):
+        return fit(semisup_spec(args, env), session)
 
 
 def semisup_spec(args: argparse.Namespace, env: DistEnv) -> TrainingSpec:
