@@ -44,6 +44,10 @@ TITLES = {"pretrain": "Pretraining", "eval-knn": "kNN", "eval-linear": "Linear p
           "eval-semisup-1pct": "Semi-supervised, 1% labels", "eval-semisup-10pct": "Semi-supervised, 10% labels",
           "detr": "DETR detection transfer"}
 STATUSES_OK = ("ok",)
+# A detection row where neither the pretrained nor the random-init detector found a box: it measures nothing
+# (DETR learns to place boxes only after many epochs), so it is neither a gain nor a loss to random init.
+NO_BOX = "no_box_found"
+WEAK_AP50 = 1.0  # AP50 (x 100) under which a detector has barely started to find boxes: a warning says so
 # Flags that name places or are ignored (the environment decides): not part of a recipe.
 NOT_RECIPE = frozenset({"data_path", "dump_path", "dist_url", "world_size", "rank", "local_rank"})
 # What the "how each evaluation ran" line shows, in this order (keys of the command's echoed args).
@@ -263,7 +267,9 @@ def summary_rows(steps: dict[str, StepRun], baselines: dict[str, StepRun]) -> li
         row = Row(headline, title, value, random, chance, published(pretrain_preset, headline.step)
                   if headline.metric == "top-1" else None, run.status, twin.status if twin else None,
                   _best_note(run, headline))
-        if row.status in STATUSES_OK and row.below_baseline:
+        if row.status in STATUSES_OK and not headline.top_k and value == 0 and random in (None, 0):
+            row.status = NO_BOX
+        elif row.status in STATUSES_OK and row.below_baseline:
             row.status = "below_baseline"
         rows.append(row)
     return rows
@@ -382,6 +388,15 @@ def recipe(run: StepRun) -> list[tuple[str, str | list[str]]]:
 
 # ---------------------------------------------------------------------------------------------- warnings
 
+def _no_box_warning(row: Row, epochs: Any) -> str:
+    ran = f"after {epochs} epochs" if epochs else "in this run"
+    random = " nor the random-init one" if row.baseline_status is not None else ""
+    return (f"{row.title}: AP50 is 0 — neither the pretrained detector{random} found a box {ran}. DETR needs "
+            "hundreds of epochs before it places boxes (the protocol trains 300"
+            + (f"; this run trained {epochs}" if epochs else "") + "), so these rows measure nothing about the "
+            f"pretraining: {NO_BOX}, not a loss to random init")
+
+
 def _number(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
@@ -401,14 +416,24 @@ def collect_warnings(steps: dict[str, StepRun], baselines: dict[str, StepRun], r
         if loaded.get("expected") and loaded.get("loaded", loaded["expected"]) < loaded["expected"]:
             warnings.append(f"{run.title}: only {loaded['loaded']} of {loaded['expected']} trunk tensors were "
                             f"loaded from {loaded.get('url')}")
+    detr = steps.get("detr")
+    detr_epochs = detr.args.get("epochs") if detr and detr.args else None
     for row in rows:
         findings = []
+        if row.status == NO_BOX:
+            if row.headline.metric == "AP50":  # one warning for both detection rows
+                warnings.append(_no_box_warning(row, detr_epochs))
+            continue
         if row.below_baseline:
             findings.append(f"not above random init ({_number(row.random)}): below_baseline")
         if row.chance is not None and row.pretrained is not None and row.pretrained <= row.chance + 1e-9:
             findings.append(f"at chance ({_number(row.chance)})")
         if row.headline.metric == "AP50" and row.pretrained == 0:
             findings.append("zero: the detector found no box (too few epochs or images?)")
+        elif row.headline.metric == "AP50" and row.pretrained is not None and row.pretrained < WEAK_AP50:
+            ran = f"after {detr_epochs} epochs" if detr_epochs else "in this run"
+            findings.append(f"under {WEAK_AP50:g}: the detector barely places a box {ran} (DETR needs hundreds of "
+                            "epochs; the protocol trains 300), so the detection rows say little about the pretraining")
         if findings:
             warnings.append(f"{row.title} {row.headline.metric}: pretrained {_number(row.pretrained)} is "
                             + " and ".join(findings))
@@ -604,6 +629,9 @@ def _status_text(row: Row) -> str:
 def _footnotes(report: Report) -> list[str]:
     notes = ["Last-epoch numbers (a higher best epoch is shown beside them). Gain: pretrained minus random init, "
              "in points. Chance: 100 / classes (top-5: 500 / classes). DETR: COCO box AP x 100."]
+    if any(row.status == NO_BOX for row in report.rows):
+        notes.append(f"{NO_BOX}: neither detector found a box (AP 0), so the detection rows compare nothing; "
+                     "DETR needs hundreds of epochs to learn to place boxes.")
     seeds = {(twin.document or {}).get("pretrained", {}).get("seed") for twin in report.baselines.values()}
     seeds.discard(None)
     if report.baselines:
@@ -651,7 +679,7 @@ margin-right:4px;line-height:1.8}
 
 
 def _chip(status: str) -> str:
-    kind = status if status in ("ok", "below_baseline") else "bad"
+    kind = "below_baseline" if status == NO_BOX else status if status in ("ok", "below_baseline") else "bad"
     return f"<span class='status s-{kind}'>{html.escape(status)}</span>"
 
 

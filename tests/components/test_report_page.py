@@ -143,6 +143,25 @@ def test_warnings_name_every_problem_first(tmp_path):
     assert not any("Linear probe" in text or "kNN" in text for text in warnings)
 
 
+def test_detr_rows_where_neither_detector_found_a_box_say_so_instead_of_below_baseline(tmp_path):
+    steps, baselines = full_run(tmp_path / "run")
+    steps["detr"] = detr(tmp_path / "run" / "detr", 0.0, 0.0)
+    baselines["detr"] = detr(tmp_path / "run" / "detr-random", 0.0, 0.0, random=True)
+    report = collect(str(tmp_path / "run"), steps, baselines)
+    rows = rows_of(report)
+    assert rows[("detr", "box AP")].status == rows[("detr", "AP50")].status == "no_box_found"
+    detr_warnings = [text for text in report.warnings if text.startswith("DETR")]
+    assert detr_warnings == [
+        "DETR detection transfer: AP50 is 0 — neither the pretrained detector nor the random-init one found a box "
+        "after 2 epochs. DETR needs hundreds of epochs before it places boxes (the protocol trains 300; this run "
+        "trained 2), so these rows measure nothing about the pretraining: no_box_found, not a loss to random init"]
+    page = render_html(report)
+    assert "no_box_found" in page and "neither detector found a box" in page
+    baselines["detr"] = detr(tmp_path / "run" / "detr-random", 0.01, 0.03, random=True)  # random init found some
+    rows = rows_of(collect(str(tmp_path / "run"), steps, baselines))
+    assert rows[("detr", "AP50")].status == "below_baseline"
+
+
 def test_a_twin_run_with_other_flags_is_named(tmp_path):
     steps, baselines = full_run(tmp_path / "run")
     baselines["eval-linear"] = evaluation(tmp_path / "run" / "other", "eval-linear", [40.0, 45.0], random=True)
