@@ -47,6 +47,8 @@ STATUSES_OK = ("ok",)
 # A detection row where neither the pretrained nor the random-init detector found a box: it measures nothing
 # (DETR learns to place boxes only after many epochs), so it is neither a gain nor a loss to random init.
 NO_BOX = "no_box_found"
+# A row where both trunks score 100 (top-5 of a few classes): it cannot tell them apart, a ceiling, not a loss.
+SATURATED = "saturated"
 WEAK_AP50 = 1.0  # AP50 (x 100) under which a detector has barely started to find boxes: a warning says so
 # Flags that name places or are ignored (the environment decides): not part of a recipe.
 NOT_RECIPE = frozenset({"data_path", "dump_path", "dist_url", "world_size", "rank", "local_rank"})
@@ -269,6 +271,8 @@ def summary_rows(steps: dict[str, StepRun], baselines: dict[str, StepRun]) -> li
                   _best_note(run, headline))
         if row.status in STATUSES_OK and not headline.top_k and value == 0 and random in (None, 0):
             row.status = NO_BOX
+        elif row.status in STATUSES_OK and value == 100.0 and random == 100.0:
+            row.status = SATURATED
         elif row.status in STATUSES_OK and row.below_baseline:
             row.status = "below_baseline"
         rows.append(row)
@@ -423,6 +427,8 @@ def collect_warnings(steps: dict[str, StepRun], baselines: dict[str, StepRun], r
         if row.status == NO_BOX:
             if row.headline.metric == "AP50":  # one warning for both detection rows
                 warnings.append(_no_box_warning(row, detr_epochs))
+            continue
+        if row.status == SATURATED:
             continue
         if row.below_baseline:
             findings.append(f"not above random init ({_number(row.random)}): below_baseline")
@@ -632,6 +638,9 @@ def _footnotes(report: Report) -> list[str]:
     if any(row.status == NO_BOX for row in report.rows):
         notes.append(f"{NO_BOX}: neither detector found a box (AP 0), so the detection rows compare nothing; "
                      "DETR needs hundreds of epochs to learn to place boxes.")
+    if any(row.status == SATURATED for row in report.rows):
+        notes.append(f"{SATURATED}: both trunks score 100 (top-5 of a few classes), so the row cannot tell them "
+                     "apart.")
     seeds = {(twin.document or {}).get("pretrained", {}).get("seed") for twin in report.baselines.values()}
     seeds.discard(None)
     if report.baselines:
@@ -679,7 +688,9 @@ margin-right:4px;line-height:1.8}
 
 
 def _chip(status: str) -> str:
-    kind = "below_baseline" if status == NO_BOX else status if status in ("ok", "below_baseline") else "bad"
+    if status in (NO_BOX, SATURATED):  # no comparison: the amber chip, not a failure's red
+        return f"<span class='status s-below_baseline'>{html.escape(status)}</span>"
+    kind = status if status in ("ok", "below_baseline") else "bad"
     return f"<span class='status s-{kind}'>{html.escape(status)}</span>"
 
 

@@ -162,6 +162,21 @@ def test_detr_rows_where_neither_detector_found_a_box_say_so_instead_of_below_ba
     assert rows[("detr", "AP50")].status == "below_baseline"
 
 
+def test_a_top5_row_where_both_trunks_score_100_is_saturated_not_below_baseline(tmp_path):
+    six = [*CLASSES, "cross", "ring"]  # top-5 of 6 classes: chance 83.3, both at the ceiling
+    steps, baselines = full_run(tmp_path / "run")
+    confusion = {"classes": six, "confusion_matrix": [[1 if i == j else 0 for j in range(6)] for i in range(6)]}
+    steps["eval-linear"] = evaluation(tmp_path / "run" / "eval-linear", "eval-linear", [70.0], **confusion)
+    baselines["eval-linear"] = evaluation(tmp_path / "run" / "eval-linear-random", "eval-linear", [65.0],
+                                          random=True, **confusion)
+    report = collect(str(tmp_path / "run"), steps, baselines)
+    rows = rows_of(report)
+    assert rows[("eval-linear", "top-5")].status == "saturated"
+    assert rows[("eval-linear", "top-1")].status == "ok"
+    assert not any("Linear probe top-5" in text for text in report.warnings)
+    assert "saturated: both trunks score 100" in render_html(report)
+
+
 def test_a_twin_run_with_other_flags_is_named(tmp_path):
     steps, baselines = full_run(tmp_path / "run")
     baselines["eval-linear"] = evaluation(tmp_path / "run" / "other", "eval-linear", [40.0, 45.0], random=True)
