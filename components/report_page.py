@@ -401,8 +401,11 @@ def _no_box_warning(row: Row, epochs: Any) -> str:
             f"pretraining: {NO_BOX}, not a loss to random init")
 
 
-def _number(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1f}"
+def format_number(value: float | None, sign: str = "") -> str:
+    """One decimal; two under 1 (a short DETR run's AP50 of 0.06 is not 0.1)."""
+    if value is None:
+        return "—"
+    return f"{value:{sign}.2f}" if 0 < abs(value) < 1 else f"{value:{sign}.1f}"
 
 
 def collect_warnings(steps: dict[str, StepRun], baselines: dict[str, StepRun], rows: list[Row]) -> list[str]:
@@ -431,9 +434,9 @@ def collect_warnings(steps: dict[str, StepRun], baselines: dict[str, StepRun], r
         if row.status == SATURATED:
             continue
         if row.below_baseline:
-            findings.append(f"not above random init ({_number(row.random)}): below_baseline")
+            findings.append(f"not above random init ({format_number(row.random)}): below_baseline")
         if row.chance is not None and row.pretrained is not None and row.pretrained <= row.chance + 1e-9:
-            findings.append(f"at chance ({_number(row.chance)})")
+            findings.append(f"at chance ({format_number(row.chance)})")
         if row.headline.metric == "AP50" and row.pretrained == 0:
             findings.append("zero: the detector found no box (too few epochs or images?)")
         elif row.headline.metric == "AP50" and row.pretrained is not None and row.pretrained < WEAK_AP50:
@@ -441,7 +444,7 @@ def collect_warnings(steps: dict[str, StepRun], baselines: dict[str, StepRun], r
             findings.append(f"under {WEAK_AP50:g}: the detector barely places a box {ran} (DETR needs hundreds of "
                             "epochs; the protocol trains 300), so the detection rows say little about the pretraining")
         if findings:
-            warnings.append(f"{row.title} {row.headline.metric}: pretrained {_number(row.pretrained)} is "
+            warnings.append(f"{row.title} {row.headline.metric}: pretrained {format_number(row.pretrained)} is "
                             + " and ".join(findings))
     for key, twin in baselines.items():
         run = steps.get(key)
@@ -617,7 +620,7 @@ def collect(run_root: str, steps: dict[str, str], baselines: dict[str, str] | No
 
 
 def _gain(row: Row) -> str:
-    return "—" if row.gain is None else f"{row.gain:+.1f}"
+    return format_number(row.gain, sign="+")
 
 
 def _published(row: Row) -> str:
@@ -730,8 +733,9 @@ def render_html(report: Report) -> str:
             parts.append(
                 f"<tr class='result' data-step='{e(row.headline.step)}' data-metric='{e(row.headline.metric)}'>"
                 f"<td class='first'>{e(row.title) if first else ''}</td><td>{e(row.headline.metric)}</td>"
-                f"<td class='num'>{_number(row.pretrained)}{best}</td><td class='num'>{_number(row.random)}</td>"
-                f"<td class='num'>{_gain(row)}</td><td class='num'>{_number(row.chance)}</td>"
+                f"<td class='num'>{format_number(row.pretrained)}{best}</td>"
+                f"<td class='num'>{format_number(row.random)}</td>"
+                f"<td class='num'>{_gain(row)}</td><td class='num'>{format_number(row.chance)}</td>"
                 + (f"<td class='num'>{_published(row)}</td>" if shown else "") + f"<td>{_chip(row.status)}"
                 + (f" <span class='best'>random init: {e(row.baseline_status)}</span>"
                    if row.baseline_status not in (None, "ok") else "") + "</td></tr>")
@@ -774,9 +778,10 @@ def render_markdown(report: Report, html_url: str) -> str:
         lines += ["| Evaluation | Metric | Pretrained | Random init | Gain | Chance |"
                   + (" Published |" if shown else "") + " Status |",
                   "|---|---|---:|---:|---:|---:|" + ("---:|" if shown else "") + "---|"]
-        lines += [f"| {_md(row.title)} | {row.headline.metric} | {_number(row.pretrained)} | {_number(row.random)} | "
-                  f"{_gain(row)} | {_number(row.chance)} |" + (f" {_published(row)} |" if shown else "")
-                  + f" {_md(_status_text(row))} |" for row in report.rows]
+        lines += [f"| {_md(row.title)} | {row.headline.metric} | {format_number(row.pretrained)} | "
+                  f"{format_number(row.random)} | {_gain(row)} | {format_number(row.chance)} |"
+                  + (f" {_published(row)} |" if shown else "") + f" {_md(_status_text(row))} |"
+                  for row in report.rows]
         lines += ["", *[_md(note) for note in _footnotes(report)], ""]
     if report.recipe:
         lines += ["## Pretraining recipe", "",

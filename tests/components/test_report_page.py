@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kfp.dsl import HTML, ClassificationMetrics, Markdown, Metrics
 
-from components.report_page import build_report, collect, differing_flags, dump_of, render_html
+from components.report_page import build_report, collect, differing_flags, dump_of, format_number, render_html
 from trainer.config import FLAGS
 from trainer.presets import preset
 
@@ -160,6 +160,12 @@ def test_detr_rows_where_neither_detector_found_a_box_say_so_instead_of_below_ba
     baselines["detr"] = detr(tmp_path / "run" / "detr-random", 0.01, 0.03, random=True)  # random init found some
     rows = rows_of(collect(str(tmp_path / "run"), steps, baselines))
     assert rows[("detr", "AP50")].status == "below_baseline"
+
+
+def test_numbers_under_1_keep_two_decimals():
+    assert [format_number(v) for v in (None, 0.0, 0.0612, 0.5, 1.04, 66.04)] == ["—", "0.0", "0.06", "0.50", "1.0",
+                                                                                "66.0"]
+    assert format_number(0.06, sign="+") == "+0.06" and format_number(-9.26, sign="+") == "-9.3"
 
 
 def test_a_top5_row_where_both_trunks_score_100_is_saturated_not_below_baseline(tmp_path):

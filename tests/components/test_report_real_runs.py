@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from kfp.dsl import HTML, ClassificationMetrics, Markdown, Metrics
 
-from components.report_page import EVALUATIONS, build_report, collect
+from components.report_page import EVALUATIONS, build_report, collect, format_number
 from trainer.cli import main
 from trainer.detr.synthetic_coco import make_shapes_coco
 
@@ -125,8 +125,9 @@ def test_the_page_renders_in_headless_chromium_with_its_table_and_every_image_de
     report = collect(str(real_run["root"]), real_run["steps"], real_run["baselines"])
     assert len(seen["rows"]) == len(report.rows) == 6
     for cells, row in zip(seen["rows"], report.rows, strict=True):
-        assert cells[1] == row.headline.metric and cells[2].startswith(f"{row.pretrained:.1f}")
-        assert cells[3] == f"{row.random:.1f}" and cells[4] == f"{row.gain:+.1f}" and cells[6].startswith(row.status)
+        assert cells[1] == row.headline.metric and cells[2].startswith(format_number(row.pretrained))
+        assert cells[3] == format_number(row.random) and cells[4] == format_number(row.gain, sign="+")
+        assert cells[6].startswith(row.status)
     assert [cells[0] for cells in seen["rows"]] == ["kNN (k = 20)", "Linear probe", "Semi-supervised, 1% labels",
                                                     "Semi-supervised, 10% labels", "DETR detection transfer", ""]
     assert seen["warnings"] == len(report.warnings) >= 1
