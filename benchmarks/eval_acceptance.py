@@ -2,6 +2,11 @@
 
     OMP_NUM_THREADS=2 python benchmarks/eval_acceptance.py [--output DIR] [--epochs N] [--min_gain 10]
 
+`make demo`'s recipe (pipeline/local_run.py) on top of demo_cpu, as the README's table measured it:
+
+    ... --epochs 20 --pretrain_flags "--nmb_crops 2 4 --size_crops 32 16 --min_scale_crops 0.3 0.08
+        --max_scale_crops 1.0 0.3 --base_lr 0.005" --val_images_per_class 50 --images_per_class 60
+
 1. Generates `builtin:textures` (trainer.data.synthetic) with train/ and val/ splits: the class is a
    pattern that fills every crop, its colours vary across each image (see the module's docstring).
 2. Pretrains resnet_tiny with `unmix-swav pretrain --preset demo_cpu` on train/ (SwAV + Un-Mix).

@@ -42,9 +42,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     #   AdamW at 2e-3 learns in a few hundred steps.
     # - Learnable prototypes collapsed to ln(K) at batch 32 (also with 300 of them); prototypes frozen at
     #   their random initialisation, with feat_dim well below nmb_prototypes, keep the codes spread.
-    # - Two 32 px crops beat 2x32 + 2x16 multi-crop at equal time in kNN measured at 224 px (eval-knn's default,
-    #   which upsamples these images 7x and favours a random trunk). At the images' 32 px, four extra 16 px crops
-    #   of 8-30% of the image beat the random trunk in 20 epochs: `make demo` adds them (pipeline/local_run.py).
+    # - Two 32 px crops beat 2x32 + 2x16 multi-crop at equal wall time; at equal epochs four extra 16 px crops of
+    #   8-30% of the image beat the random trunk in 20 epochs (README, Known limits): `make demo` adds them
+    #   (pipeline/local_run.py), this preset stays at two crops (the tests' step time).
     #   SwAV's blur (sigma up to 2 px, sized for 224 px crops) would wash out a pattern whose period is
     #   6 to 10 px: blur_prob 0, as small-image recipes do (not measured separately).
     "demo_cpu": {
