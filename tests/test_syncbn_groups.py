@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from tests.gathered import save_gathered_and_leave
 from trainer.distributed import DistEnv, syncbn_group
 from trainer.errors import UserError
 from trainer.models.heads import SwAVHead, SwAVModel
@@ -43,11 +44,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         syncbn_group(3, env)
     except UserError as error:
         seen["refused"] = str(error)
-    gathered: list[object] = [None] * WORLD
-    dist.all_gather_object(gathered, seen)
-    if rank == 0:
-        torch.save(gathered, out)
-    dist.destroy_process_group()
+    save_gathered_and_leave(seen, WORLD, rank, out)
 
 
 def test_groups_of_two_on_four_processes(tmp_path: Path) -> None:

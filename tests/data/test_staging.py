@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from indexed_pixels import IndexAndPixels
 from planted import PLANTED_BAD, PLANTED_IGNORED
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from trainer.cli import main
 from trainer.data.sampler import ResumableSampler
@@ -102,18 +102,6 @@ def test_stage_to_and_stream_from_s3(s3_server, shapes_dir: Path, tmp_path: Path
     assert {path.stem for path in (tmp_path / "cache").glob("*.tar")} == shard_sums
 
 
-class _IndexAndPixels(Dataset):
-    def __init__(self, source) -> None:
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, item: tuple[int, int]) -> tuple[int, int, torch.Tensor]:
-        _, index = item
-        return index, self.source.shard_of(index), torch.from_numpy(np.asarray(self.source.load(index)).copy())
-
-
 def test_two_ranks_two_workers_read_every_sample_once_per_epoch(s3_server, shapes_dir: Path) -> None:
     dest = s3_server.bucket("sampling") + "/shapes"
     stage_dataset(str(shapes_dir), dest, shard_size_mb=SMALL_SHARD_MB, workers=2, progress=lambda m: None)
@@ -123,7 +111,7 @@ def test_two_ranks_two_workers_read_every_sample_once_per_epoch(s3_server, shape
     seen: list[int] = []
     for rank in (0, 1):
         sampler = ResumableSampler(shard_of, rank=rank, world_size=2, seed=7, batch_size=16)
-        loader = DataLoader(_IndexAndPixels(source), batch_size=16, sampler=sampler, num_workers=2,
+        loader = DataLoader(IndexAndPixels(source), batch_size=16, sampler=sampler, num_workers=2,
                             multiprocessing_context="fork")
         for indices, _, pixels in loader:
             assert pixels.shape == (16, 32, 32, 3)

@@ -19,8 +19,9 @@ import pytest
 import torch
 import webdataset
 import wids
+from indexed_pixels import IndexAndPixels
 from previous_format import PREVIOUS_FORMAT, write_previous_format
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from trainer.cli import main
 from trainer.data.sampler import ResumableSampler
@@ -326,18 +327,6 @@ def test_stage_reuses_a_staged_source_and_a_complete_dest(tmp_path: Path, capsys
     assert "has 1000 bytes" in capsys.readouterr().err
 
 
-class _IndexAndPixels(Dataset):
-    def __init__(self, source) -> None:
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, item: tuple[int, int]) -> tuple[int, int, torch.Tensor]:
-        _, index = item
-        return index, self.source.shard_of(index), torch.from_numpy(np.asarray(self.source.load(index)).copy())
-
-
 def test_webdataset_on_s3_two_ranks_two_workers_read_every_sample_once(s3_server, shapes_dir: Path,
                                                                        tmp_path: Path) -> None:
     import boto3
@@ -356,7 +345,7 @@ def test_webdataset_on_s3_two_ranks_two_workers_read_every_sample_once(s3_server
     seen: list[int] = []
     for rank in (0, 1):
         sampler = ResumableSampler(shard_of, rank=rank, world_size=2, seed=3, batch_size=8)
-        loader = DataLoader(_IndexAndPixels(source), batch_size=8, sampler=sampler, num_workers=2,
+        loader = DataLoader(IndexAndPixels(source), batch_size=8, sampler=sampler, num_workers=2,
                             multiprocessing_context="fork")
         rank_seen = []
         for indices, shard_numbers, pixels in loader:

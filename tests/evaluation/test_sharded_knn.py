@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.gathered import save_gathered_and_leave
 from trainer.distributed import DistEnv
 from trainer.evaluation import knn
 
@@ -33,11 +34,7 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     part = slice(0, 3) if rank == 0 else slice(3, None)
     votes = knn.sharded_knn_votes(normalise(bank[part], dim=1), labels[part], normalise(queries[rank::world], dim=1),
                                   CLASSES, K, 0.07, env)
-    gathered = [None] * world
-    dist.all_gather_object(gathered, votes)
-    if rank == 0:
-        torch.save(gathered, out)
-    dist.destroy_process_group()
+    save_gathered_and_leave(votes, world, rank, out)
 
 
 def test_split_bank_votes_equal_whole_bank_votes(tmp_path: Path) -> None:
