@@ -311,11 +311,12 @@ class LocalJob:
         self.say(f"restart {self.restarts + 1}/{self.max_restarts}: replica {name} exited with {code} (retryable); "
                  "restarting every node, they resume from the last checkpoint")
         self._stop_all()
+        for running in self._running.values():
+            if len(running.exit_codes) <= running.restarts:  # this start's exit is not recorded yet: the stop's
+                running.exit_codes.append(signal_exit_code(running.process.returncode))
         restart_at = time.monotonic() + self.restart_delay_s
         for running in self._running.values():
             running.restarts += 1
-            if running.replica.pod_name != name:
-                running.exit_codes.append(signal_exit_code(running.process.returncode))
             running.restart_at = restart_at
 
     def _let_workers_finish(self, done: set[str], grace_s: float = 30.0) -> None:
