@@ -34,18 +34,25 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
-def compile_pipeline(output: Path = COMPILED_PATH, image: str = TRAINER_IMAGE,
-                     defaults: dict[str, Any] | None = None) -> Path:
-    """Compile; `image` replaces the default trainer image in every step and in the `image` parameter;
-    `defaults` replace parameters' defaults (names checked against the pipeline's)."""
+def check_parameter_names(params: dict[str, Any]) -> None:
+    """Refuse a `--param` name the pipeline function does not have, naming the ones it has."""
     import inspect
 
     from pipeline.dag import unmix_swav_pipeline
 
-    known = inspect.signature(unmix_swav_pipeline.pipeline_func).parameters
-    unknown = sorted(set(defaults or {}) - set(known))
+    known = list(inspect.signature(unmix_swav_pipeline.pipeline_func).parameters)
+    unknown = sorted(set(params) - set(known))
     if unknown:
         raise UserError(f"--param {', '.join(unknown)}: not a pipeline parameter; use one of {', '.join(known)}")
+
+
+def compile_pipeline(output: Path = COMPILED_PATH, image: str = TRAINER_IMAGE,
+                     defaults: dict[str, Any] | None = None) -> Path:
+    """Compile; `image` replaces the default trainer image in every step and in the `image` parameter;
+    `defaults` replace parameters' defaults (names checked against the pipeline's)."""
+    from pipeline.dag import unmix_swav_pipeline
+
+    check_parameter_names(defaults or {})
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder) / "pipeline.yaml"
         compiler.Compiler().compile(unmix_swav_pipeline, str(scratch), pipeline_parameters=defaults or None)

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from pipeline.compile import check_parameter_names, parse_params
 from trainer import storage
 from trainer.errors import UserError
 
@@ -89,20 +90,8 @@ def pipeline_arguments(size: str, storage_root: str, num_nodes: int | None = Non
         "pretrain_timeout_hours": 1.0,
         "eval_timeout_hours": 1.0,
     }
-    unknown = set(params or {}) - set(pipeline_parameters())
-    if unknown:
-        raise UserError(f"--param {', '.join(sorted(unknown))}: not a pipeline parameter; use one of "
-                        f"{', '.join(pipeline_parameters())}")
+    check_parameter_names(params or {})
     return {**arguments, **(params or {})}
-
-
-def pipeline_parameters() -> list[str]:
-    """The names of the pipeline's parameters, from the pipeline function itself."""
-    import inspect
-
-    from pipeline.dag import unmix_swav_pipeline
-
-    return list(inspect.signature(unmix_swav_pipeline.pipeline_func).parameters)
 
 
 def default_storage_root(output: Path, bucket: str) -> str:
@@ -155,8 +144,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    from pipeline.compile import parse_params
-
     where = run_local(args.size, args.output, args.storage_root, args.num_nodes, args.bucket,
                       parse_params(args.param))
     print(f"pipeline finished in {where['seconds']} s")
