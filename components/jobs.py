@@ -1,8 +1,8 @@
 """What the launching components call at run time: each distributed step's trainer flags, its JobSpec, the
 fail-fast checks and the launch itself.
 
-One function per step builds the trainer's argv, so that the up-front check step and the launching step
-check exactly the flags the job will run with. The job options are the pipeline's parameters, passed
+`pretrain_argv` and `evaluation_argv` build the trainer's argv, so that the up-front check step and the
+launching steps check exactly the flags the jobs will run with. The job options are the pipeline's parameters, passed
 through unchanged; their defaults live in launch.spec.JobSpec.
 """
 
@@ -22,6 +22,7 @@ from trainer.run.metrics import read_document
 # Where each step writes under the run's root; the semi-supervised step runs once per label percentage.
 DUMP_FOLDERS = {"pretrain": "pretrain", "eval-knn": "eval-knn", "eval-linear": "eval-linear", "detr": "detr"}
 BASELINE_SUFFIX = "-random"  # the random-init twin of an evaluation writes beside it
+EVALUATIONS = ("eval-knn", "eval-linear", "eval-semisup", "detr")  # what the `evaluate` component runs
 # Job options every launching component takes (pipeline parameters), beside its own nodes and GPUs.
 JOB_OPTIONS = ("image", "namespace", "cpu_per_node", "memory_per_node", "shm_size", "node_selector",
                "tolerations", "s3_secret_name", "queue", "priority_class", "max_restarts", "backend",
@@ -43,9 +44,6 @@ def pretrain_argv(images_url: str, dump: str, arch: str, preset: str, config_url
     if knn_monitor:  # weighted kNN on the staged val split every --knn_freq epochs, into metrics.jsonl
         argv += ["--knn_eval_path", images_url]
     return argv + [str(arg) for arg in extra]
-
-
-EVALUATIONS = ("eval-knn", "eval-linear", "eval-semisup", "detr")
 
 
 def evaluation_argv(command: str, data_url: str, backbone_url: str, dump: str, arch: str, extra: list[Any],
