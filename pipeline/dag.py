@@ -124,7 +124,7 @@ def unmix_swav_pipeline(
         on_cpu_node(task)
     # DETR's checks read the COCO annotations (instances_train2017.json is 450 MB of JSON).
     on_cpu_node(checked, memory="8Gi")
-    for task in (pretrained, *evaluations.values()):
-        # DETR's launcher reads the COCO annotations again for its own check.
-        launching(task, memory="8Gi" if task is evaluations["detr"] else "2Gi")
+    for task in (pretrained, *(task for name, task in evaluations.items() if name != "detr")):
+        launching(task)
+    launching(evaluations["detr"], memory="8Gi")  # its launcher reads the COCO annotations again to check them
     return summary.outputs["Output"]
