@@ -18,7 +18,7 @@ from kubeflow_trainer_api import models as trainer_models
 from launch.pytorchjob import to_manifest
 from pipeline.__main__ import main as pipeline_main
 from pipeline.job_manifest import header_command
-from tests.k8s.kustomize_render import render
+from tests.k8s.kustomize import render
 from tests.launch.trainjob_pod import node_pod
 
 REPO = Path(__file__).resolve().parents[2]
