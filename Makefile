@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 
-.PHONY: setup test lint tools demo bench gpu-bench clean
+.PHONY: setup test test-fast lint tools demo bench gpu-bench clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,9 @@ tools:
 
 test: setup lint tools
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+test-fast: setup lint tools  ## everything but the tests marked slow (processes, servers, the local pipeline)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
 
 demo: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pipeline run-local --size demo --output $(DEMO_DIR)
