@@ -6,6 +6,7 @@ locked down, RBAC is minimal, and checkov passes with the exceptions written in 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -27,7 +28,8 @@ TRAINER_V2 = K8S / "trainer-v2"
 TARGETS = [K8S / "base", K8S / "overlays" / "gpu", K8S / "overlays" / "cpu-smoke"]
 JOB_FILES = sorted([*(K8S / "base").glob("*.yaml"), *(K8S / "overlays" / "cpu-smoke").glob("*.yaml"),
                     *TRAINER_V2.glob("*.yaml")])
-JOB_FILES = [path for path in JOB_FILES if path.name not in ("kustomization.yaml", "runtime.yaml")]
+NOT_JOBS = ("kustomization.yaml", "kustomizeconfig.yaml", "runtime.yaml")
+JOB_FILES = [path for path in JOB_FILES if path.name not in NOT_JOBS]
 K8S_VERSION = "1.30"
 
 
@@ -200,3 +202,22 @@ def test_checkov_passes_on_the_rendered_overlays(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "Failed checks: 0" in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.parametrize("folder", [K8S / "base", TRAINER_V2], ids=lambda path: path.name)
+def test_an_images_override_retargets_every_job_and_the_runtime(folder, tmp_path):
+    """What users write in their own overlay: one `images:` entry moves every pod of every step to their registry."""
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(folder, tmp_path)],
+        "images": [{"name": "ghcr.io/unmix-swav/trainer", "newName": "registry.example/team/unmix", "newTag": "1.2"}]}))
+    images = []
+    for resource in render(tmp_path):
+        if resource["kind"] == "TrainJob":
+            images.append(resource["spec"]["trainer"]["image"])
+        for template in _pod_templates(resource) if resource["kind"] == "PyTorchJob" else []:
+            images += [container["image"] for container in template["spec"]["containers"]]
+        if resource["kind"] == "ClusterTrainingRuntime":
+            for job in resource["spec"]["template"]["spec"]["replicatedJobs"]:
+                images += [c["image"] for c in job["template"]["spec"]["template"]["spec"]["containers"]]
+    assert len(images) >= 4 and set(images) == {"registry.example/team/unmix:1.2"}, images
