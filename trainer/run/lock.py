@@ -13,8 +13,8 @@ holder is gone (taken over).
 
 Bounds (L: this lock's lease; L_h: the holder's recorded lease, at most MAX_LEASE_S; every store call is
 bounded by storage.with_retries): `acquire` makes at most ACQUIRE_ATTEMPTS rounds of (read, [watch], write,
-settle S3_SETTLE_S, read), a watch waiting at most L_h + L_h/4 with at most 5 reads, so acquire returns within
-ACQUIRE_ATTEMPTS x (L_h + L_h/4 + S3_SETTLE_S + 8 store calls); the heartbeat writes every L/4;
+settle S3_SETTLE_S, read), a watch sleeping at most L_h in steps of L_h/4 with at most 5 reads, so acquire
+returns within ACQUIRE_ATTEMPTS x (L_h + S3_SETTLE_S + 8 store calls); the heartbeat writes every L/4;
 `release` waits for at most one heartbeat write, then one delete.
 
 Every change is a compare-and-swap on the lock's version:
