@@ -15,6 +15,7 @@ WATCHDOG_TIMEOUT = ("[Rank 1] Watchdog caught collective operation timeout: Work
                     "NumelIn=2048, NumelOut=2048, Timeout(ms)=1800000) ran for 1800043 milliseconds before timing out.")
 ABORTED = ("NCCL communicator was aborted on rank 3. Original reason for failure was: NCCL Error 6: remote "
            "process exited")
+RANK_3_OF_16 = {"WORLD_SIZE": "16", "RANK": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def cuda_launch(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
                     blocking=distributed.os.environ.get("TORCH_NCCL_BLOCKING_WAIT"))
 
     monkeypatch.setattr(dist, "init_process_group", record)
-    for name, value in {"WORLD_SIZE": "16", "RANK": "3", "LOCAL_RANK": "3"}.items():
+    for name, value in {**RANK_3_OF_16, "LOCAL_RANK": "3"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("TORCH_NCCL_BLOCKING_WAIT", raising=False)
     return seen
@@ -52,6 +53,7 @@ def test_an_explicit_setting_is_kept(cuda_launch, monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize("message", [WATCHDOG_TIMEOUT, ABORTED])
 def test_what_the_training_thread_raises_under_nccl_exits_138(message: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "16")
+    for name, value in RANK_3_OF_16.items():
+        monkeypatch.setenv(name, value)
     code, line = classify(dist.DistBackendError(message))
     assert code == EXIT_RETRYABLE and "another rank died or stalled" in line

@@ -15,8 +15,8 @@ from trainer.errors import UserError
 
 @pytest.fixture
 def quick_retries(monkeypatch):
-    monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 3)
-    monkeypatch.setattr(storage, "RETRY_FIRST_DELAY_S", 0.01)
+    monkeypatch.setenv("UNMIX_STORAGE_RETRIES", "3")
+    monkeypatch.setenv("UNMIX_STORAGE_RETRY_DELAY", "0.01")
 
 
 def test_local_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):

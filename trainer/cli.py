@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
+from trainer import env
 from trainer.errors import UserError
 from trainer.run.boundary import run_guarded
 from trainer.run.logs import setup_logging
@@ -78,14 +79,20 @@ def usage(commands: dict[str, tuple[str, str]], prog: str, argv: list[str]) -> i
 
 def guarded_main(commands: dict[str, tuple[str, str]], prog: str, argv: list[str] | None,
                  run: Callable[[str, list[str], dict], None]) -> int:
-    """The shared entry point of `unmix-swav` and `python -m pipeline`: usage, logging, the boundary."""
+    """The shared entry point of `unmix-swav` and `python -m pipeline`: usage, then inside the boundary the
+    environment's check (trainer.env), logging and the command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     code = usage(commands, prog, argv)
     if code is not None:
         return code
-    setup_logging()
     where: dict[str, str | None] = {"report_dir": None}  # filled in once the flags name a dump path
-    return run_guarded(lambda: run(argv[0], argv[1:], where), lambda: where["report_dir"])
+
+    def checked_run() -> None:
+        env.current()  # a bad variable is one line, exit 2, before any work
+        setup_logging()
+        run(argv[0], argv[1:], where)
+
+    return run_guarded(checked_run, lambda: where["report_dir"])
 
 
 def _run_trainer_command(command: str, argv: list[str], where: dict) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from trainer import env
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,12 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
 
 def init_distributed(device_preference: str = "auto", timeout_minutes: float | None = None) -> DistEnv:
     """Initialise from RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT if they are set."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    settings = env.current()
+    world_size, rank, local_rank = settings.world_size, settings.rank, settings.local_rank
     device = resolve_device(device_preference, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if timeout_minutes is None:
-            timeout_minutes = float(os.environ.get("UNMIX_COLLECTIVE_TIMEOUT_MIN", "30"))
+            timeout_minutes = settings.collective_timeout_min
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)

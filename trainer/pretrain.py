@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import logging
 import math
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from trainer import config, storage
+from trainer import env as env_vars
 from trainer.data.multicrop import MultiCropDataset, crop_specs
 from trainer.data.photometric import Photometric
 from trainer.data.sampler import ResumableSampler
@@ -66,7 +66,7 @@ def check(args: argparse.Namespace, world_size: int) -> None:
 
 def run(args: argparse.Namespace) -> None:
     cfg = config.resolve(args)
-    config.validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    config.validate(cfg, env_vars.current().world_size)
     env = init_distributed(cfg.device)
     try:
         with RunSession("pretrain", cfg.dump_path, env) as session:

@@ -20,15 +20,14 @@ from typing import Any, TypeVar
 import fsspec
 import torch
 
+from trainer import env
 from trainer.errors import RetryableError, UserError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# 8 attempts with 1, 2, 4, ... 30 s between them ride out about 90 s of outage (plus botocore's own
-# quick retries inside each attempt) before the run gives up.
-RETRY_ATTEMPTS = int(os.environ.get("UNMIX_STORAGE_RETRIES", "8"))
-RETRY_FIRST_DELAY_S = float(os.environ.get("UNMIX_STORAGE_RETRY_DELAY", "1.0"))
+# 8 attempts (UNMIX_STORAGE_RETRIES) with 1, 2, 4, ... 30 s (UNMIX_STORAGE_RETRY_DELAY first) between them
+# ride out about 90 s of outage (plus botocore's own quick retries inside each attempt) before the run gives up.
 RETRY_MAX_DELAY_S = 30.0
 
 
@@ -82,21 +81,22 @@ def with_retries(action: Callable[[], T], what: str) -> T:
 
     Raises StorageUnavailable (one line naming `what` and the last error) when every attempt failed.
     """
-    delay = RETRY_FIRST_DELAY_S
+    settings = env.current()
+    attempts, delay = settings.storage_retries, settings.storage_retry_delay_s
     started = time.monotonic()
-    for attempt in range(1, RETRY_ATTEMPTS + 1):
+    for attempt in range(1, attempts + 1):
         try:
             return action()
         except PERMANENT_ERRORS:
             raise
         except _transient_errors() as error:
             reason = describe(error)
-            if attempt == RETRY_ATTEMPTS:
+            if attempt == attempts:
                 raise StorageUnavailable(
                     f"{what} failed {attempt} times over {time.monotonic() - started:.0f}s ({reason}); "
                     "the store is down or failing: check AWS_ENDPOINT_URL and the store, then rerun the same "
                     "command to resume") from error
-            log.warning("%s failed (%s); retry %d/%d in %.1fs", what, reason, attempt, RETRY_ATTEMPTS - 1, delay)
+            log.warning("%s failed (%s); retry %d/%d in %.1fs", what, reason, attempt, attempts - 1, delay)
             time.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY_S)
         except Exception as error:

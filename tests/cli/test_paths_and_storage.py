@@ -16,7 +16,6 @@ import pytest
 from refusal import refused, snapshot
 from servers import free_port, wait_until_serving
 
-from trainer import storage
 from trainer.cli import main
 from trainer.detr.synthetic_coco import make_shapes_coco
 from trainer.errors import EXIT_RETRYABLE
@@ -105,8 +104,8 @@ def test_a_wrong_access_key_is_one_line_and_never_echoed(command, shapes_dir, co
 def test_an_unreachable_endpoint_is_retryable_with_one_line(shapes_dir, coco_dir, monkeypatch, capsys):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 2)
-    monkeypatch.setattr(storage, "RETRY_FIRST_DELAY_S", 0.01)
+    monkeypatch.setenv("UNMIX_STORAGE_RETRIES", "2")
+    monkeypatch.setenv("UNMIX_STORAGE_RETRY_DELAY", "0.01")
     assert main(commands(shapes_dir, coco_dir)["eval-knn"]("s3://b/run")) == EXIT_RETRYABLE
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "AWS_ENDPOINT_URL" in errors[0] and "exiting 138" in errors[0]

@@ -18,10 +18,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from trainer import env
 from trainer.cli import main
 from trainer.data.decode import BadImage, decode, open_image_bytes, oriented_size, to_rgb
 from trainer.data.multicrop import MultiCropDataset, crop_specs
-from trainer.data.sources import READ_TIMEOUT_S, FolderSource, loader_timeout, open_source
+from trainer.data.sources import FolderSource, loader_timeout, open_source
 from trainer.data.staging import NON_UTF8_REASON
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="FIFOs and byte file names are POSIX")
@@ -143,7 +144,7 @@ def test_a_stalled_read_times_the_loader_out(bad_folder: Path, monkeypatch: pyte
     del batches
     os.close(read_end)
     os.close(write_end)
-    assert loader_timeout(0) == 0 and loader_timeout(2) == READ_TIMEOUT_S > 0
+    assert loader_timeout(0) == 0 and loader_timeout(2) == env.current().read_timeout_s > 0
 
 
 @pytest.mark.timeout(60)

@@ -15,7 +15,7 @@ import torch
 from s3_proxy import StorageProxy
 from torch.utils.data import DataLoader, Dataset
 
-from trainer import storage
+from trainer import env, storage
 from trainer.data import streaming
 from trainer.data.sampler import ResumableSampler
 from trainer.data.sources import open_source
@@ -26,8 +26,8 @@ SMALL_SHARD_MB = 12 * 1024 / 2**20  # a dozen 32 px JPEGs per shard
 
 @pytest.fixture
 def quick_retries(monkeypatch):
-    monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 4)
-    monkeypatch.setattr(storage, "RETRY_FIRST_DELAY_S", 0.01)
+    monkeypatch.setenv("UNMIX_STORAGE_RETRIES", "4")
+    monkeypatch.setenv("UNMIX_STORAGE_RETRY_DELAY", "0.01")
 
 
 @pytest.fixture
@@ -99,9 +99,9 @@ def test_sampler_fetches_the_next_shards_ahead_and_keeps_its_order() -> None:
         fetching.set_epoch(2, start)
         assert list(fetching) == list(plain)
     sequence = fetching.shard_sequence(2)
-    assert source.calls[0] == sequence[:1 + streaming.SHARDS_AHEAD]
+    assert source.calls[0] == sequence[:1 + env.current().shards_ahead]
     assert [call[0] for call in source.calls[:len(sequence)]] == sequence
-    assert source.calls[len(sequence) - 1] == [sequence[-1], *fetching.shard_sequence(3)[:streaming.SHARDS_AHEAD]]
+    assert source.calls[len(sequence) - 1] == [sequence[-1], *fetching.shard_sequence(3)[:env.current().shards_ahead]]
     assert streaming.source_for(shard_of) is None  # not a registered source
 
 
@@ -143,7 +143,7 @@ def test_two_ranks_two_workers_stream_whole_shards_from_s3(staged_s3: str, defau
     shards = source.shards
     # every shard fetched once for the host (workers and the prefetcher share the cache), whole: one request each;
     # the prefetcher may also have fetched the next epoch's first shards
-    assert len(shards) <= read.requests - before.requests <= len(shards) + 2 * streaming.SHARDS_AHEAD
+    assert len(shards) <= read.requests - before.requests <= len(shards) + 2 * env.current().shards_ahead
     assert read.bytes - before.bytes >= sum(shard["size"] for shard in shards)
     assert len(list(default_cache.glob("*.tar"))) == len(shards)
 

@@ -54,8 +54,8 @@ def test_a_collective_failure_is_retryable_only_when_several_ranks_run(monkeypat
     error = RuntimeError("[../third_party/gloo/transport/tcp/pair.cc:534] Connection closed by peer")
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert classify(error) is None
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)
     assert run_guarded(raising(error)) == EXIT_RETRYABLE
     err = capsys.readouterr().err
     assert err.startswith("error: rank 1: a collective operation failed") and "exiting 138" in err

@@ -18,12 +18,10 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from trainer import env
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff",
                               ".webp", ".gif"})
-# PIL's own warning threshold (about 89 megapixels); ImageNet's largest image is about a third of it.
-MAX_IMAGE_PIXELS = int(os.environ.get("UNMIX_MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS or 89_478_485))
-# PIL refuses at twice its limit before we see the size: keep its limit tied to ours so the env var works.
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels become white, as image viewers show them
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that transpose the axes
@@ -60,12 +58,15 @@ def open_image_bytes(data: bytes) -> Image.Image:
     """Parse the header of an encoded image (no pixel decode yet); BadImage when it cannot be one."""
     if not data:
         raise BadImage("empty file")
+    # UNMIX_MAX_IMAGE_PIXELS, default PIL's own warning threshold (about 89 megapixels); ImageNet's largest
+    # image is about a third of it. PIL refuses at twice its limit before we see the size: its limit is ours.
+    limit = Image.MAX_IMAGE_PIXELS = env.current().max_image_pixels
     with _guard("not a readable image"):
         image = Image.open(io.BytesIO(data))
     width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
+    if width * height > limit:
         raise BadImage(f"decompression-bomb guard: {width}x{height} = {width * height} pixels is over the "
-                       f"limit of {MAX_IMAGE_PIXELS}; downscale the file or raise UNMIX_MAX_IMAGE_PIXELS")
+                       f"limit of {limit}; downscale the file or raise UNMIX_MAX_IMAGE_PIXELS")
     if width == 0 or height == 0:
         raise BadImage(f"image has no pixels ({width}x{height})")
     return image

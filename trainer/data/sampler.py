@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
+from trainer import env
 from trainer.data import streaming
 from trainer.errors import UserError
 from trainer.seeding import derive_seed
@@ -74,12 +75,13 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         shards = self.shard_of[mine]
         starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])  # where each shard's run begins
         sequence = shards[starts]
+        count = 1 + env.current().shards_ahead  # this shard and UNMIX_SHARDS_AHEAD more
         for run, start in enumerate(starts):
             # entering a shard: fetch it (if no reader has yet) and the next SHARDS_AHEAD ones, past the end of
             # the epoch into the next one's first shards
-            ahead = sequence[run:run + 1 + streaming.SHARDS_AHEAD].tolist()
-            if len(ahead) < 1 + streaming.SHARDS_AHEAD:
-                ahead += self.shard_sequence(self.epoch + 1)[:1 + streaming.SHARDS_AHEAD - len(ahead)]
+            ahead = sequence[run:run + count].tolist()
+            if len(ahead) < count:
+                ahead += self.shard_sequence(self.epoch + 1)[:count - len(ahead)]
             source.prefetch(ahead)
             end = starts[run + 1] if run + 1 < len(starts) else len(mine)
             for index in mine[start:end]:

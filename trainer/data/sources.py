@@ -28,7 +28,7 @@ import fsspec
 import numpy as np
 from PIL import Image
 
-from trainer import storage
+from trainer import env, storage
 from trainer.data import streaming
 from trainer.data.decode import BadImage, is_image_name, open_image_bytes, to_rgb
 from trainer.errors import UserError
@@ -42,20 +42,19 @@ MANIFEST = "manifest.json"
 STAGED_FORMAT = "unmix-swav-staged/2"
 STAGED_FORMATS = ("unmix-swav-staged/1", STAGED_FORMAT)
 SPLITS = ("train", "val")
-SEQUENTIAL_READAHEAD_BYTES = int(os.environ.get("UNMIX_SHARD_READAHEAD_MB", "8")) * 2**20
-# A read that stalls (a hung NFS or FUSE mount, a store that accepts a request and never answers) would hang
-# the run for good, and a worker blocked in a system call does not even end on SIGTERM. FIFOs, the local
-# case, are skipped at listing (and refused unopened if one appears later); for the rest a DataLoader waits
-# this long for a batch, then raises RuntimeError("DataLoader timed out after N seconds"), which the run's
-# error boundary reports. 0: no limit.
-READ_TIMEOUT_S = float(os.environ.get("UNMIX_READ_TIMEOUT_S", "300"))
 MAX_EXAMPLES_LOGGED = 5
 
 
 def loader_timeout(workers: int) -> float:
-    """`DataLoader(timeout=...)` for `workers` loader processes: READ_TIMEOUT_S, or 0 without workers, where
-    torch allows no timeout (a read in the main process is unbounded: use workers on network filesystems)."""
-    return READ_TIMEOUT_S if workers > 0 else 0.0
+    """`DataLoader(timeout=...)` for `workers` loader processes: UNMIX_READ_TIMEOUT_S, or 0 without workers, where
+    torch allows no timeout (a read in the main process is unbounded: use workers on network filesystems).
+
+    A read that stalls (a hung NFS or FUSE mount, a store that accepts a request and never answers) would hang
+    the run for good, and a worker blocked in a system call does not even end on SIGTERM. FIFOs, the local
+    case, are skipped at listing (and refused unopened if one appears later); for the rest a DataLoader waits
+    this long for a batch, then raises RuntimeError("DataLoader timed out after N seconds"), which the run's
+    error boundary reports. 0: no limit."""
+    return env.current().read_timeout_s if workers > 0 else 0.0
 
 
 def printable_name(name: str) -> str:
@@ -276,7 +275,8 @@ class ShardedSource(ImageSource):
             data = block[2][offset - block[1]:end - block[1]]
         elif self._cache is None and sequential:
             # Reading in shard order (evaluation, staging checks): fetch ahead, one request for many samples.
-            block_end = max(end, min(offset + SEQUENTIAL_READAHEAD_BYTES, self._shard_ends[shard]))
+            block_end = max(end, min(offset + env.current().shard_readahead_mb * 2**20,
+                                             self._shard_ends[shard]))
             self._block = (shard, offset, self._read_range(shard, offset, block_end))
             data = self._block[2][:end - offset]
         else:

@@ -39,11 +39,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from trainer import storage
+from trainer import env, storage
 
 log = logging.getLogger(__name__)
 
-SHARDS_AHEAD = int(os.environ.get("UNMIX_SHARDS_AHEAD", "2"))
 DEFAULT_CAP_BYTES = 50 * 2**30
 PART_BYTES = 8 * 2**20  # s3: shards above this are fetched as parts of this size, PART_CONCURRENCY at a time
 PART_CONCURRENCY = 4
@@ -102,7 +101,7 @@ class ReadPath:
     def describe(self) -> str:
         if self.kind == "cache":
             return (f"whole shards into the local shard cache {self.folder} (cap {self.cap_bytes / 2**30:.1f} GB, "
-                    f"{SHARDS_AHEAD} shards fetched ahead): {self.why}")
+                    f"{env.current().shards_ahead} shards fetched ahead): {self.why}")
         return f"{'one ranged read per sample' if self.kind == 'ranged' else 'in place'}: {self.why}"
 
 
@@ -112,8 +111,8 @@ def default_cache_folder() -> str:
 
 def cache_cap_bytes(folder: str) -> int:
     """UNMIX_SHARD_CACHE_GB, else half the free space of `folder`'s disk, at most DEFAULT_CAP_BYTES."""
-    if os.environ.get("UNMIX_SHARD_CACHE_GB"):
-        return int(float(os.environ["UNMIX_SHARD_CACHE_GB"]) * 2**30)
+    if env.current().shard_cache_gb is not None:
+        return int(env.current().shard_cache_gb * 2**30)
     os.makedirs(folder, exist_ok=True)
     return min(DEFAULT_CAP_BYTES, shutil.disk_usage(folder).free // 2)
 
@@ -121,7 +120,7 @@ def cache_cap_bytes(folder: str) -> int:
 def choose_read_path(url: str, cache_dir: str | None) -> ReadPath:
     """`cache_dir` if given; else UNMIX_SHARD_CACHE (`off`: ranged reads); else the cache in a temp folder for
     remote shards, and local shards read in place."""
-    setting = cache_dir or os.environ.get("UNMIX_SHARD_CACHE") or None
+    setting = cache_dir or env.current().shard_cache
     if setting == "off":
         return ReadPath("ranged", "UNMIX_SHARD_CACHE=off")
     if setting is not None:

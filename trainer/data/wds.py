@@ -34,7 +34,7 @@ from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext, meta_prefix, meta_suffix
 from wids.wids_specs import urldir, urlmerge
 
-from trainer import storage
+from trainer import env, storage
 from trainer.data.archives import (
     LABEL_SUFFIXES,
     TAR_SUFFIX,
@@ -66,7 +66,7 @@ _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 def default_index_dir() -> str:
     """Where indexes of shard sets read directly are kept: UNMIX_INDEX_CACHE (any fsspec URL, e.g. an s3://
     prefix shared by every pod) or ~/.cache/unmix-swav/tar-index."""
-    return os.environ.get("UNMIX_INDEX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "unmix-swav",
+    return env.current().index_cache or os.path.join(os.path.expanduser("~"), ".cache", "unmix-swav",
                                                                "tar-index")
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer import env as env_vars
 from trainer.config import Range, check_range
 from trainer.data.sources import open_source
 from trainer.distributed import (
@@ -157,7 +157,7 @@ def run_knn(args: argparse.Namespace) -> dict[str, Any]:
 
     A finished run found under --dump_path (same trunk checksum and settings) is reported, not redone.
     """
-    check(args, int(os.environ.get("WORLD_SIZE", "1")))
+    check(args, env_vars.current().world_size)
     with evaluation_session("eval-knn", args) as (env, session):
         return _knn_run(args, env, session)
 

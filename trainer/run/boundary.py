@@ -21,6 +21,7 @@ import tempfile
 import traceback
 from collections.abc import Callable
 
+from trainer import env
 from trainer.errors import EXIT_CRASH, EXIT_USER_ERROR, Preempted, RetryableError, UserError
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
@@ -77,7 +78,7 @@ def _os_error_fix(error: OSError, where: str | None) -> str | None:
 
 def _is_collective_failure(error: BaseException) -> bool:
     """A failed or timed-out collective while several ranks run: another rank died or stalled."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not isinstance(error, RuntimeError):
+    if not env.current_or_defaults().is_distributed or not isinstance(error, RuntimeError):
         return False
     try:
         import torch.distributed as dist
@@ -140,7 +141,8 @@ def write_crash_report(error: BaseException, report_dir: str | None) -> str:
 
 def report(error: BaseException, report_dir: str | None = None) -> int:
     """Print the one line for `error` and return its exit code (writing a crash report if unexpected)."""
-    prefix = f"error: rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "error: "
+    settings = env.current_or_defaults()  # the error may be the environment's own
+    prefix = f"error: rank {settings.rank}: " if settings.is_distributed else "error: "
     known = classify(error, report_dir)
     if known is not None:
         code, message = known
@@ -149,7 +151,7 @@ def report(error: BaseException, report_dir: str | None = None) -> int:
         print(prefix + message, file=sys.stderr, flush=True)
         return code
     path = write_crash_report(error, report_dir)
-    if os.environ.get("UNMIX_DEBUG") == "1":
+    if settings.debug:
         traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
     print(f"{prefix}unexpected {type(error).__name__}: {one_line(error)}; this is a bug or a case we do not "
           f"handle yet: the full traceback is in {path} (UNMIX_DEBUG=1 prints it here)", file=sys.stderr,

@@ -15,6 +15,8 @@ import os
 import shutil
 from dataclasses import dataclass
 
+from trainer import env
+
 MAX_WORKERS_PER_RANK = 16
 # Measured on the worker side (decode + geometric multi-crop of 500x375 JPEGs to 2x224 + 6x96): per core.
 IMAGES_PER_S_PER_WORKER = 550
@@ -60,7 +62,7 @@ def available_cpus() -> tuple[int, str]:
 
 def ranks_on_this_node() -> int:
     """Processes of this job on this node: torchrun's LOCAL_WORLD_SIZE, else 1 (one process per pod)."""
-    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return env.current().local_world_size
 
 
 @dataclass(frozen=True)
