@@ -73,9 +73,10 @@ def check_dns_subdomain(option: str, value: str, max_length: int = SUBDOMAIN_MAX
 
 def check_label_key(option: str, key: str) -> None:
     """A qualified name: [DNS-1123 subdomain prefix '/'] name of at most 63 [A-Za-z0-9-_.]."""
-    prefix, _, name = key.rpartition("/") if isinstance(key, str) else ("", "", "")
-    fine = (isinstance(key, str) and len(name) <= LABEL_MAX and bool(_QUALIFIED_NAME.match(name))
-            and (not prefix or is_dns_subdomain(prefix)))
+    parts = key.split("/") if isinstance(key, str) else []
+    name, prefixes = (parts[-1], parts[:-1]) if 1 <= len(parts) <= 2 else ("", [])
+    fine = (len(name) <= LABEL_MAX and bool(_QUALIFIED_NAME.match(name))
+            and all(is_dns_subdomain(prefix) for prefix in prefixes))
     if not fine:
         _refuse(option, key, "a key is [prefix/]name: name at most 63 letters, digits, '-', '_' or '.' starting "
                              "and ending with a letter or digit, prefix a DNS subdomain, e.g. nvidia.com/gpu.present")
@@ -97,7 +98,12 @@ def check_labels(option: str, labels: dict[str, str]) -> None:
 def check_image(option: str, image: str) -> None:
     """A container image reference: [registry[:port]/]path[:tag][@algorithm:hex]."""
     match = _IMAGE.match(image) if isinstance(image, str) else None
-    if match is None or len(match.group("path")) + len(match.group("domain") or "") + 1 > IMAGE_NAME_MAX:
+    domain = (match.group("domain") or "") if match else ""
+    # As the runtimes normalise it: a first component without '.' or ':' (nor localhost) is a Docker Hub path.
+    if domain and not ("." in domain or ":" in domain or domain == "localhost") \
+            and not re.fullmatch(_PATH_COMPONENT, domain):
+        match = None
+    if match is None or len(match.group("path")) + len(domain) + 1 > IMAGE_NAME_MAX:
         _refuse(option, image, f"an image reference is [registry[:port]/]path[:tag][@sha256:digest] with a "
                                f"lowercase path, e.g. {IMAGE_EXAMPLE}")
     digest = match.group("digest")
