@@ -450,6 +450,9 @@ def verify_staged(url: str, manifest: dict[str, Any], checksums: bool = False, w
     """Check a staged dataset against its manifest: every index file by sha256, every shard by size (one
     listing per folder) or, with `checksums`, by sha256. UserError naming the first mismatch."""
     root = data_root(url, manifest)
+    for split, info in manifest["splits"].items():  # every path it names stays inside the dataset
+        for number, shard in enumerate(info["shards"]):
+            storage.check_relative(shard["path"], f"{storage.join(url, MANIFEST)}: {split} shard {number}")
     for info in manifest["splits"].values():
         read_index(url, info, manifest)
     for folder, shards in _split_folders_of(manifest).items():
