@@ -179,3 +179,22 @@ def test_compile_refuses_an_invalid_image_with_the_same_grammar(capsys, tmp_path
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and errors[0].startswith(f"error: --image {image!r}"), err
     assert "Traceback" not in err and not (tmp_path / "p.yaml").exists()
+
+
+@pytest.mark.parametrize("overrides", [{"namespace": "ML"}, {"queue": "Team_A"}, {"image": "Bad Image"},
+                                       {"tolerations": [{"key": "gpu", "operator": "Equals"}]}])
+def test_a_bad_cluster_value_fails_before_any_kubernetes_request(monkeypatch, overrides):
+    from kubernetes import client as k8s
+
+    import launch.kube
+    from tests.launch.fake_kube_api import FakeKubeApi
+
+    real_api = launch.kube.job_api
+    spec = JobSpec(**{**BASE, "gpus_per_node": 0, "trainer_args": ("--data_path", "d", "--dump_path", "o"),
+                      **overrides})
+    with FakeKubeApi() as api:
+        monkeypatch.setattr(launch.kube, "job_api", lambda backend, namespace: real_api(
+            backend, api_client=k8s.ApiClient(api.configuration()), namespace=namespace))
+        with pytest.raises(UserError, match=f"^{next(iter(overrides))}"):
+            run_job(spec, "kubernetes", timeout_s=60, out=io.StringIO())
+        assert api.requests == []  # no job, no pod, not even a read
