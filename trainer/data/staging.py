@@ -675,11 +675,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     with sigterm_raises("SIGTERM: staging stopped; the shards written so far are kept, rerun the same command "
                         "to finish"):
-        _run(args)
-
-
-def _run(args: argparse.Namespace) -> None:
-    stage_dataset(args.source, args.dest, shard_size_mb=args.shard_size_mb, workers=args.workers,
-                  max_bad_fraction=args.max_bad_fraction, seed=args.seed, num_classes=args.num_classes,
-                  images_per_class=args.images_per_class, val_images_per_class=args.val_images_per_class,
-                  image_size=args.image_size, verify=args.verify)
+        stage_dataset(args.source, args.dest, shard_size_mb=args.shard_size_mb, workers=args.workers,
+                      max_bad_fraction=args.max_bad_fraction, seed=args.seed, num_classes=args.num_classes,
+                      images_per_class=args.images_per_class, val_images_per_class=args.val_images_per_class,
+                      image_size=args.image_size, verify=args.verify)
