@@ -13,6 +13,7 @@ import sys
 import time
 from typing import TextIO
 
+from launch import k8s_names
 from launch.backends import build_job
 from launch.spec import JobSpec
 from trainer.errors import UserError
@@ -40,6 +41,7 @@ def run_job(spec: JobSpec, launcher: str, timeout_s: float, out: TextIO | None =
     """Check, then run `spec` to its end; raises UserError (bad flags), JobFailed (the job's own failure)."""
     if launcher not in LAUNCHERS:
         raise UserError(f"launcher {launcher!r} is not known; use one of {', '.join(LAUNCHERS)}")
+    k8s_names.check_seconds("timeout (seconds)", timeout_s)
     check(spec, out)
     job = build_job(spec)
     if launcher == "local":

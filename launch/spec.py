@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from launch import k8s_names
 from trainer.errors import UserError
 
 # The trainer commands that run as one distributed job (torchrun on every node).
@@ -33,10 +34,6 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
-_SUFFIXES = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
-             **{s: 1024 ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))}}
 MIB, GIB = 2**20, 2**30
 # The shard cache (trainer.data.streaming): an emptyDir on the node's disk, the one writable place for it under
 # the read-only root; the trainer's cap is this share of the volume's sizeLimit, so that the cache evicts its
@@ -46,13 +43,9 @@ SHARD_CACHE_PATH = "/var/cache/unmix-shards"
 SHARD_CACHE_CAP_FRACTION = 0.9
 
 
-def quantity(text: str) -> float:
-    """A Kubernetes quantity (as _QUANTITY accepts it) as a number: bytes for memory, CPUs for cpu."""
-    match = _QUANTITY.match(str(text))
-    if not match:
-        raise UserError(f"{text!r} is not a Kubernetes quantity; e.g. 32, 500m, 256Gi")
-    suffix = match.group(2) or ""
-    return float(str(text)[:len(str(text)) - len(suffix)]) * _SUFFIXES[suffix]
+def quantity(text: str, option: str = "quantity") -> float:
+    """A Kubernetes quantity as a number: bytes for memory, CPUs for cpu (launch.k8s_names' grammar)."""
+    return k8s_names.quantity(option, text)
 
 
 def _binary(size_bytes: int) -> str:
@@ -104,25 +97,48 @@ class JobSpec:
         if self.backend not in BACKENDS:
             raise UserError(f"job backend {self.backend!r} is not known; use pytorchjob (Training Operator v1) or "
                             "trainjob (Kubeflow Trainer v2)")
-        if self.backend == "trainjob" and not _DNS_1123.match(self.training_runtime or ""):
-            raise UserError(f"training_runtime {self.training_runtime!r} is not a ClusterTrainingRuntime name; e.g. "
-                            f"{DEFAULT_TRAINING_RUNTIME} (k8s/trainer-v2) or torch-distributed")
         if self.num_nodes < 1:
             raise UserError(f"num_nodes is {self.num_nodes}; a job needs at least 1 node")
         if self.gpus_per_node < 0:
             raise UserError(f"gpus_per_node is {self.gpus_per_node}; use 0 for CPU nodes or a positive count")
         if self.max_restarts < 0:
             raise UserError(f"max_restarts is {self.max_restarts}; use 0 (no restart) or more")
-        for what, value in (("cpu_per_node", self.cpu_per_node), ("memory_per_node", self.memory_per_node),
-                            ("shm_size", self.shm_size or "0"), ("shard_cache_size", self.shard_cache_size)):
-            if not _QUANTITY.match(str(value)):
-                raise UserError(f"{what} {value!r} is not a Kubernetes quantity; e.g. 32, 500m, 256Gi")
+        self._validate_cluster_values()
         if quantity(self.shard_cache_size) < MIB:
             raise UserError(f"shard_cache_size {self.shard_cache_size!r} is too small for a shard cache; e.g. 50Gi")
         # /dev/shm is memory and counts against the pod's memory limit: it must leave room for the processes.
         if self.shm_size and quantity(self.shm_size) >= quantity(self.memory_per_node):
             raise UserError(f"shm_size {self.shm_size} is not below memory_per_node {self.memory_per_node}; "
                             "/dev/shm counts against the pod's memory (leave shm_size empty to size it for the node)")
+
+    def _validate_cluster_values(self) -> None:
+        """Every value the API server, Kueue or the runtime would refuse at creation, refused here instead."""
+        k8s_names.check_image("image", self.image)
+        if self.namespace:  # empty: the launcher's own namespace
+            k8s_names.check_dns_label("namespace", self.namespace)
+        if self.backend == "trainjob" and not k8s_names.is_dns_subdomain(self.training_runtime):
+            raise UserError(f"training_runtime {self.training_runtime!r} is not a ClusterTrainingRuntime name; e.g. "
+                            f"{DEFAULT_TRAINING_RUNTIME} (k8s/trainer-v2) or torch-distributed")
+        # The queue and the priority class are also label values (kueue.x-k8s.io/...): at most 63 characters.
+        if self.queue:
+            k8s_names.check_dns_subdomain("queue", self.queue, k8s_names.LABEL_MAX)
+        if self.priority_class:
+            k8s_names.check_dns_subdomain("priority_class", self.priority_class, k8s_names.LABEL_MAX)
+        if self.s3_secret_name:
+            k8s_names.check_dns_subdomain("s3_secret_name", self.s3_secret_name)
+        k8s_names.check_labels("labels", self.labels)
+        k8s_names.check_labels("node_selector", self.node_selector)
+        for number, toleration in enumerate(self.tolerations):
+            k8s_names.check_toleration(f"tolerations[{number}]", toleration)
+        for what, value in (("cpu_per_node", self.cpu_per_node), ("memory_per_node", self.memory_per_node),
+                            ("shard_cache_size", self.shard_cache_size)):
+            k8s_names.check_positive_quantity(what, value)
+        if self.shm_size:
+            k8s_names.quantity("shm_size", self.shm_size)
+        if isinstance(self.ttl_seconds_after_finished, bool) or not isinstance(self.ttl_seconds_after_finished, int) \
+                or not 0 <= self.ttl_seconds_after_finished <= k8s_names.INT32_MAX:
+            raise UserError(f"ttl_seconds_after_finished {self.ttl_seconds_after_finished!r} is not valid: use whole "
+                            f"seconds from 0 to {k8s_names.INT32_MAX}")
 
     @property
     def node_cpus(self) -> int:
@@ -165,9 +181,11 @@ class JobSpec:
 
     def node_command(self, rendezvous_args: list[str]) -> list[str]:
         """What every node runs: torchrun (no restarts of its own) under launch.torchrun, which exits with the
-        trainer's exit code. `rendezvous_args` are the backend's (how a node finds the master)."""
+        trainer's exit code. `rendezvous_args` are the backend's (how a node finds the master), the only live
+        `$(VAR)` references: the kubelet would expand one in a trainer flag too (a path holding
+        `$(AWS_SECRET_ACCESS_KEY)` would put the secret into argv), so the flags are escaped."""
         return ["python", "-m", "launch.torchrun", *rendezvous_args, "--max-restarts=0",
-                "-m", "trainer", self.command, *self.trainer_args]
+                "-m", "trainer", self.command, *map(k8s_names.escape_vars, self.trainer_args)]
 
 
 def job_name(command: str, dump_url: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from kfp import compiler
 
 from components.image import TRAINER_IMAGE
+from launch.k8s_names import check_image
 from trainer.errors import UserError
 
 COMPILED_PATH = Path(__file__).with_name("unmix_swav_pipeline.yaml")
@@ -53,6 +54,7 @@ def compile_pipeline(output: Path = COMPILED_PATH, image: str = TRAINER_IMAGE,
     from pipeline.dag import unmix_swav_pipeline
 
     check_parameter_names(defaults or {})
+    check_image("--image", image)
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder) / "pipeline.yaml"
         compiler.Compiler().compile(unmix_swav_pipeline, str(scratch), pipeline_parameters=defaults or None)

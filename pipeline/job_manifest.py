@@ -135,6 +135,7 @@ def recorded_argv(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> None:
     spec = spec_from_args(args)
+    spec.validate()  # the cluster values first, with --no-check too: kubectl apply would refuse them later
     if not args.no_check:
         from launch.run import check
 

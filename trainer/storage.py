@@ -76,6 +76,24 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base, *(p.strip("/") for p in parts)])
 
 
+def check_relative(relative: object, what: str) -> str:
+    """`relative` (a path read from a data file: a manifest's shard, an index entry, an annotation's file name)
+    if it names a place inside whatever folder it is relative to; else UserError naming `what` (the file and
+    the entry). Refused: empty, absolute (`/x`, `C:`), a scheme (`s3://`, fsspec's `::` chains), or a `..`."""
+    text = relative if isinstance(relative, str) else ""
+    parts = text.replace("\\", "/").split("/")
+    if (not text or text.startswith(("/", "\\")) or "://" in text or "::" in text or "\x00" in text
+            or re.match(r"^[A-Za-z]:", text) or ".." in parts):
+        raise UserError(f"{what}: {relative!r} is not a relative path inside the dataset; entries must not be "
+                        "absolute, hold '..' or a scheme (the file was damaged or made for another layout)")
+    return text
+
+
+def child_url(root: str, relative: object, what: str) -> str:
+    """`root`/`relative` for a path read from a data file, refused (check_relative) unless it stays in `root`."""
+    return join(root, check_relative(relative, what))
+
+
 def with_retries(action: Callable[[], T], what: str) -> T:
     """Run `action`, retrying transient storage errors with exponential backoff.
 

@@ -18,7 +18,6 @@ from trainer.errors import UserError
 BUILTIN = ["--source", "builtin:shapes"]
 # (flags after --dest, what the refusal must name)
 BAD_OPTIONS = [
-    (["--source", "{source}", "--workers", "0"], "--workers"),
     (["--source", "{source}", "--workers", "-2"], "--workers"),
     (["--source", "{source}", "--seed", "-1"], "--seed"),
     (["--source", "{source}", "--shard_size_mb", "0"], "--shard_size_mb"),

@@ -25,6 +25,7 @@ from torchvision import transforms
 
 from trainer.data.decode import oriented_size, to_rgb
 from trainer.data.sources import ImageSource
+from trainer.errors import UserError
 from trainer.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,8 @@ class MultiCropDataset(Dataset):
             crops = self.source.decode_with(current, partial(self._crops, sample_seed=sample_seed))
             if crops is not None:
                 return crops, offset
-        raise RuntimeError(f"no image of {self.source.url} could be decoded")
+        raise UserError(f"none of the {len(self.source)} images of {self.source.url} could be decoded (each one "
+                        "is logged with its reason); pass a data path holding readable images")
 
     def _crops(self, image: Image.Image, sample_seed: int) -> list[torch.Tensor]:
         if self.geometric is not None:

@@ -294,7 +294,9 @@ class StagedSource(ShardedSource):
         shards: list[dict[str, Any]] = manifest["splits"][split]["shards"]
         root = data_root(url, manifest)
         super().__init__(url, manifest["classes"], index["names"], index["labels"],
-                         shard_urls=[storage.join(root, shard["path"]) for shard in shards],
+                         shard_urls=[storage.child_url(root, shard["path"], f"{storage.join(url, MANIFEST)}: "
+                                                       f"{split} shard {number}")
+                                     for number, shard in enumerate(shards)],
                          shard_ends=[int(shard["size"]) for shard in shards], shard=index["shard"],
                          offset=index["offset"], size=index["size"], cache_dir=cache_dir,
                          cache_names=[shard["sha256"] for shard in shards],
@@ -426,7 +428,8 @@ def data_root(url: str, manifest: dict[str, Any]) -> str:
 
 
 def read_index(url: str, split_info: dict[str, Any], manifest: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
-    index_url = storage.join(data_root(url, manifest or {}), split_info["index"])
+    index_url = storage.child_url(data_root(url, manifest or {}), split_info["index"],
+                                  f"{storage.join(url, MANIFEST)}: index")
     data = storage.read_bytes(index_url)
     if hashlib.sha256(data).hexdigest() != split_info["index_sha256"]:
         raise UserError(f"{index_url} does not match the manifest's checksum; re-run unmix-swav stage")

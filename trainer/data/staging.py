@@ -29,7 +29,6 @@ import argparse
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import posixpath
 import shutil
@@ -39,7 +38,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +69,7 @@ from trainer.data.sources import (
 )
 from trainer.data.synthetic import BUILTIN_PREFIX, BUILTIN_SOURCES, make_generated
 from trainer.errors import UserError
+from trainer.run.workers import owned_process_pool, sigterm_raises
 
 READ_BATCH = 32  # files fetched concurrently by one worker (s3fs issues the GETs in parallel)
 MAX_IGNORED_LISTED = 1000
@@ -325,7 +325,8 @@ def _run_tasks(tasks: list[dict[str, Any]], workers: int, split: str, total_imag
             report(number, write_shard(task))
     else:
         # fork: workers inherit the imports; fsspec resets its event loop and instance cache in the child.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        # The pool's workers end with this process, however it ends (trainer.run.workers).
+        with owned_process_pool(workers) as pool:
             futures = {pool.submit(write_shard, task): number for number, task in todo}
             for future in as_completed(futures):
                 report(futures[future], future.result())
@@ -449,6 +450,9 @@ def verify_staged(url: str, manifest: dict[str, Any], checksums: bool = False, w
     """Check a staged dataset against its manifest: every index file by sha256, every shard by size (one
     listing per folder) or, with `checksums`, by sha256. UserError naming the first mismatch."""
     root = data_root(url, manifest)
+    for split, info in manifest["splits"].items():  # every path it names stays inside the dataset
+        for number, shard in enumerate(info["shards"]):
+            storage.check_relative(shard["path"], f"{storage.join(url, MANIFEST)}: {split} shard {number}")
     for info in manifest["splits"].values():
         read_index(url, info, manifest)
     for folder, shards in _split_folders_of(manifest).items():
@@ -608,14 +612,14 @@ def stage_dataset(source: str, dest: str, shard_size_mb: float = 256, workers: i
         raise UserError(f"--shard_size_mb must be positive, not {shard_size_mb}")
     if not 0 <= max_bad_fraction <= 1:
         raise UserError(f"--max_bad_fraction is a fraction between 0 and 1, not {max_bad_fraction}")
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers {workers} is out of range; use 1 or more, or leave it out for one per CPU "
-                        "(at most 8)")
+    if workers is not None and workers < 0:
+        raise UserError(f"--workers {workers} is out of range; use 0 (in this process), 1 or more, or leave it "
+                        "out for one per CPU (at most 8)")
     if seed < 0:
         raise UserError(f"--seed {seed} is out of range; use 0 or more")
     if verify not in VERIFY_CHOICES:
         raise UserError(f"--verify {verify!r} is not one of {', '.join(VERIFY_CHOICES)}")
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
     if not source.startswith(BUILTIN_PREFIX):
         if not wds.is_shard_set_url(source) and storage.exists(storage.join(source.rstrip("/"), MANIFEST)):
             return reuse_staged(source.rstrip("/"), dest, verify == "sha256", workers, progress)
@@ -653,7 +657,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"s3://; or {' or '.join(BUILTIN_SOURCES)} to generate a small labelled dataset")
     parser.add_argument("--dest", required=True, help="where to write shards and manifest.json (any fsspec URL)")
     parser.add_argument("--shard_size_mb", type=float, default=256, help="target size of one tar shard")
-    parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: CPUs, max 8)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="parallel processes; 0: in this process (default: CPUs, max 8)")
     parser.add_argument("--max_bad_fraction", type=float, default=0.01,
                         help="fail instead of staging when more than this fraction of files is undecodable")
     parser.add_argument("--seed", type=int, default=0, help="shuffle of samples across shards; generated images' seed")
@@ -668,7 +673,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    stage_dataset(args.source, args.dest, shard_size_mb=args.shard_size_mb, workers=args.workers,
-                  max_bad_fraction=args.max_bad_fraction, seed=args.seed, num_classes=args.num_classes,
-                  images_per_class=args.images_per_class, val_images_per_class=args.val_images_per_class,
-                  image_size=args.image_size, verify=args.verify)
+    with sigterm_raises("SIGTERM: staging stopped; the shards written so far are kept, rerun the same command "
+                        "to finish"):
+        stage_dataset(args.source, args.dest, shard_size_mb=args.shard_size_mb, workers=args.workers,
+                      max_bad_fraction=args.max_bad_fraction, seed=args.seed, num_classes=args.num_classes,
+                      images_per_class=args.images_per_class, val_images_per_class=args.val_images_per_class,
+                      image_size=args.image_size, verify=args.verify)

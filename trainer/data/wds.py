@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext, meta_prefix, meta_suffix
-from wids.wids_specs import urldir, urlmerge
+from wids.wids_specs import urldir
 
 from trainer import env, storage
 from trainer.data.archives import (
@@ -176,7 +176,8 @@ def _wids_shards(url: str) -> tuple[list[str], list[int]]:
     shards = [shard for part in parts for shard in part.get("shardlist", [])]
     if not shards or not all(isinstance(s, dict) and "url" in s and "nsamples" in s for s in shards):
         raise UserError(f"{url}: a wids index needs a non-empty shardlist of {{\"url\", \"nsamples\"}} entries")
-    return [urlmerge(base, s["url"]) for s in shards], [int(s["nsamples"]) for s in shards]
+    urls = [storage.child_url(base, s["url"], f"{url}: shardlist entry {n}") for n, s in enumerate(shards)]
+    return urls, [int(s["nsamples"]) for s in shards]
 
 
 @dataclass

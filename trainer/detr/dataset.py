@@ -104,6 +104,8 @@ def check_annotations(document: dict[str, Any], coco_path: str, split: str) -> N
     _refuse_any(url, [f"annotation {a.get('id')}: {a['image_id']}" for a in objects if a["image_id"] not in image_ids],
                 len(objects), "annotations have an image_id not among the images", "fix them or list their images")
     folder = storage.join(coco_path, f"{split}2017")
+    for image in document["images"]:
+        storage.check_relative(image["file_name"], f"{url}: image {image['id']} file_name")
     present = _files_under(folder)
     _refuse_any(url, [image["file_name"] for image in document["images"] if image["file_name"] not in present],
                 len(document["images"]), f"listed images are missing under {folder}",
@@ -136,7 +138,8 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self.images)
 
     def _load_image(self, record: dict[str, Any]) -> Image.Image:
-        url = storage.join(self.coco_path, f"{self.split}2017", record["file_name"])
+        url = storage.child_url(storage.join(self.coco_path, f"{self.split}2017"), record["file_name"],
+                                f"{annotations_url(self.coco_path, self.split)}: image {record['id']} file_name")
         with Image.open(io.BytesIO(storage.read_bytes(url))) as image:
             return ImageOps.exif_transpose(image).convert("RGB")
 

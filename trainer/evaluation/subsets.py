@@ -55,6 +55,8 @@ def match_subset(source, lines: Sequence[str], url: str) -> list[int]:
     wanted = [line.strip() for line in lines if line.strip()]
     if not wanted:
         raise UserError(f"subset file {url} is empty; it must list one image file name per line")
+    for number, line in enumerate(wanted, 1):  # names of files inside --data_path, never a way out of it
+        storage.check_relative(line, f"--subset_file {url}: name {number}")
     lookup: dict[str, list[int]] = {}
     for index in range(len(source)):
         parts = _components(source.name(index))

@@ -45,7 +45,12 @@ def one_line(error: BaseException) -> str:
     lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
     if not lines:
         return type(error).__name__
-    return redact(lines[-1] if lines[0].startswith("Caught ") else lines[0])[:500]
+    if not lines[0].startswith("Caught "):
+        return redact(lines[0])[:500]
+    last = lines[-1]
+    if isinstance(error, UserError | RetryableError | Preempted):  # our message is the whole line: drop its type
+        last = last.removeprefix(f"{type(error).__module__}.{type(error).__qualname__}: ")
+    return redact(last)[:500]
 
 
 def _os_error_fix(error: OSError, where: str | None) -> str | None:
