@@ -81,7 +81,7 @@ class JobSpec:
     max_restarts: int = 3  # restarts of the whole group after retryable failures, then the job fails
     ttl_seconds_after_finished: int = 7 * 24 * 3600
     labels: dict[str, str] = field(default_factory=dict)
-    backend: str = "pytorchjob"  # one of BACKENDS
+    job_backend: str = "pytorchjob"  # one of BACKENDS
     training_runtime: str = DEFAULT_TRAINING_RUNTIME  # the ClusterTrainingRuntime a TrainJob references
 
     @property
@@ -101,10 +101,10 @@ class JobSpec:
                             "lowercase letters, digits and '-', starting with a letter")
         if self.command not in COMMANDS:
             raise UserError(f"{self.command!r} does not run as a distributed job; use one of {', '.join(COMMANDS)}")
-        if self.backend not in BACKENDS:
-            raise UserError(f"job backend {self.backend!r} is not known; use pytorchjob (Training Operator v1) or "
+        if self.job_backend not in BACKENDS:
+            raise UserError(f"job backend {self.job_backend!r} is not known; use pytorchjob (Training Operator v1) or "
                             "trainjob (Kubeflow Trainer v2)")
-        if self.backend == "trainjob" and not _DNS_1123.match(self.training_runtime or ""):
+        if self.job_backend == "trainjob" and not _DNS_1123.match(self.training_runtime or ""):
             raise UserError(f"training_runtime {self.training_runtime!r} is not a ClusterTrainingRuntime name; e.g. "
                             f"{DEFAULT_TRAINING_RUNTIME} (k8s/trainer-v2) or torch-distributed")
         if self.num_nodes < 1:

@@ -90,7 +90,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
                    node_selector=dict(args.node_selector) if args.node_selector is not None else selector,
                    tolerations=args.toleration if args.toleration is not None else tolerations,
                    queue=args.queue, priority_class=args.priority_class, max_restarts=args.max_restarts,
-                   backend=args.backend, training_runtime=args.training_runtime)
+                   job_backend=args.backend, training_runtime=args.training_runtime)
 
 
 def render_yaml(spec: JobSpec) -> str:
