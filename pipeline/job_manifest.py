@@ -45,7 +45,7 @@ def _toleration(text: str) -> dict[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("step", choices=COMMANDS, help="the trainer command the job runs; its flags follow `--`")
-    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULTS["backend"],
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULTS["job_backend"],
                         help="pytorchjob: Training Operator v1; trainjob: Kubeflow Trainer v2")
     parser.add_argument("--training-runtime", default=DEFAULTS["training_runtime"],
                         help="the ClusterTrainingRuntime a TrainJob references (k8s/trainer-v2/runtime.yaml's)")
