@@ -40,6 +40,7 @@ PIPELINE_STEPS = (
     # its launcher reads the COCO annotations again to check them (instances_train2017.json is 450 MB of JSON)
     PipelineStep("detr", "detr_args", "detr_num_nodes", "detr_gpus_per_node", launcher_memory="8Gi"),
 )
+PRETRAIN_STEP = next(row for row in PIPELINE_STEPS if not row.step.evaluation)
 EVALUATION_STEPS = tuple(row for row in PIPELINE_STEPS if row.step.evaluation)
 # The check step runs every step's checks, DETR's included: it needs the largest launcher's memory.
 CHECK_MEMORY = max((row.launcher_memory for row in PIPELINE_STEPS), key=quantity)

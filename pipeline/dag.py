@@ -20,7 +20,7 @@ from components.jobs import PIPELINE_PARAMETERS
 from components.pretrain import pretrain
 from components.report import run_report
 from components.stage_data import stage_data
-from components.steps import CHECK_MEMORY, EVALUATION_STEPS, PIPELINE_STEPS, report_parameter
+from components.steps import CHECK_MEMORY, EVALUATION_STEPS, PIPELINE_STEPS, PRETRAIN_STEP, report_parameter
 from launch.spec import DEFAULT_GPU_NODE_SELECTOR, DEFAULT_GPU_TOLERATIONS, JobSpec
 from pipeline.platform import launching, on_cpu_node, with_s3_secret
 
@@ -89,7 +89,7 @@ def unmix_swav_pipeline(
                          knn_monitor=knn_monitor, **flags_and_sizes, **job)
     checked.set_display_name("check every step's flags").set_caching_options(enable_caching=False)
 
-    first = PIPELINE_STEPS[0]
+    first = PRETRAIN_STEP
     pretrained = pretrain(images_url=data[first.step.data], storage_root=storage_root,
                           run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, arch=arch, preset=preset, config_url=config_url,
                           pretrain_args=parameters[first.args], knn_monitor=knn_monitor,
