@@ -80,7 +80,7 @@ def log_report(written: Any, html: Any, markdown: Any, metrics: Any, confusion: 
     for row in report.rows:
         for suffix, value in (("", row.pretrained), ("_random", row.random), ("_gain", row.gain)):
             if value is not None:
-                metrics.log_metric(row.headline.kfp_name + suffix, round(float(value), 4))
+                metrics.log_metric(row.headline.flat_name + suffix, round(float(value), 4))
     steps = report.steps["pretrain"].records("train_step") if "pretrain" in report.steps else []
     if steps:
         metrics.log_metric("pretrain_final_loss", round(float(steps[-1]["loss"]), 4))

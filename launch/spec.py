@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.errors import UserError
+from trainer.steps import STEPS
 
-# The trainer commands that run as one distributed job (torchrun on every node).
-COMMANDS = ("pretrain", "eval-knn", "eval-linear", "eval-semisup", "detr")
+# The trainer commands that run as one distributed job (torchrun on every node): the step catalogue's.
+COMMANDS = tuple(dict.fromkeys(row.command for row in STEPS))
 BACKENDS = ("pytorchjob", "trainjob")  # Training Operator v1 PyTorchJob, Kubeflow Trainer v2 TrainJob
 DEFAULT_TRAINING_RUNTIME = "unmix-swav-torch"  # k8s/trainer-v2/access/runtime.yaml: torch, exit-code restarts
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")

@@ -197,7 +197,8 @@ class Headline:
         return None if value < 0 else 100.0 * value
 
     @property
-    def kfp_name(self) -> str:
+    def flat_name(self) -> str:
+        """As metric stores want it (kfp Metrics, MLflow): linear_top1, detr_box_AP."""
         return catalogue.step(self.step).slug + "_" + self.metric.replace("-", "").replace(" ", "_")
 
 
