@@ -179,8 +179,9 @@ def test_sigterm_from_a_cancelled_run_deletes_the_job(backend):
 
 
 def _trainjob(name: str = "unmix-pretrain-v2", max_restarts: int = 3):
-    return build_job(JobSpec(command="pretrain", name=name, namespace="ml", image="trainer:test", job_backend="trainjob",
-                             trainer_args=("--epochs", "1"), num_nodes=2, gpus_per_node=4, max_restarts=max_restarts))
+    return build_job(JobSpec(command="pretrain", name=name, namespace="ml", image="trainer:test",
+                             job_backend="trainjob", trainer_args=("--epochs", "1"), num_nodes=2, gpus_per_node=4,
+                             max_restarts=max_restarts))
 
 
 def _trainjob_launcher(api: FakeKubeApi, out: io.StringIO) -> JobLauncher:
