@@ -69,11 +69,3 @@ def step(key: str) -> Step:
     if key not in BY_KEY:
         raise ValueError(f"unknown step {key!r}; steps are {', '.join(BY_KEY)}")
     return BY_KEY[key]
-
-
-def trainer_argv(row: Step, data_url: str, dump: str, arch: str, extra: list, backbone_url: str = "") -> list[str]:
-    """An evaluation's flags: its data, the trunk, the output, its label share; the user's flags last."""
-    argv = [DATA_FLAGS[row.data], data_url, "--pretrained", backbone_url, "--dump_path", dump, "--arch", arch]
-    if row.labels_percent is not None:
-        argv += ["--labels_perc", str(row.labels_percent)]
-    return argv + [str(arg) for arg in extra]
