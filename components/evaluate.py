@@ -44,15 +44,13 @@ def evaluate(
     metrics: Output[Metrics],
 ) -> NamedTuple("Evaluation", [("metrics_url", str), ("baseline_url", str)]):
     """Launches the job (checked first) and, with `baselines`, its random-init twin; the metrics.json URLs of
-    both ("" for no twin). `labels_percent` counts for eval-semisup only."""
+    both ("" for no twin). `command` and `labels_percent` (0: none) pick the catalogue row (components/steps.py);
+    the job options (components/jobs.py JOB_OPTIONS) are inputs under their JobSpec names."""
     from collections import namedtuple
 
     from components import jobs
 
     metrics_url, baseline_url = jobs.run_evaluation(
-        command, run_root, data_url, backbone_url, arch, eval_args, labels_percent, launcher, num_nodes,
-        gpus_per_node, timeout_hours, baselines, metrics, image=image, namespace=namespace,
-        cpu_per_node=cpu_per_node, memory_per_node=memory_per_node, shm_size=shm_size, node_selector=node_selector,
-        tolerations=tolerations, s3_secret_name=s3_secret_name, queue=queue, priority_class=priority_class,
-        max_restarts=max_restarts, backend=job_backend, training_runtime=training_runtime)
+        command, labels_percent, run_root, data_url, backbone_url, arch, eval_args, launcher, num_nodes,
+        gpus_per_node, timeout_hours, baselines, metrics, jobs.job_options(locals()))
     return namedtuple("Evaluation", ["metrics_url", "baseline_url"])(metrics_url, baseline_url)

@@ -1,42 +1,56 @@
-"""What the launching components call at run time: each distributed step's trainer flags, its JobSpec, the
-fail-fast checks and the launch itself.
+"""What the launching components and the check step call at run time: each distributed step's trainer flags, its
+JobSpec, the fail-fast checks and the launch itself.
 
-`pretrain_argv` and `evaluation_argv` build the trainer's argv, so that the up-front check step and the
-launching steps check exactly the flags the jobs will run with. The job options are the pipeline's parameters, passed
-through unchanged; their defaults live in launch.spec.JobSpec.
+The check step and the launching steps build their JobSpecs with the same functions from the same values
+(`pretrain_spec`, `evaluation_spec`), so that the check step checks exactly the jobs the run will create: the
+flags, and the job options too.
+
+The job options are the JobSpec fields a run sets once for all its distributed steps (`JOB_OPTIONS`, derived from
+launch.spec.JobSpec; their defaults live there). Each is a pipeline parameter and an input of every launching
+component under its JobSpec name, except the placement, which the pipeline names for the GPU pool
+(`PIPELINE_PARAMETERS`). Components hand their inputs over whole (`job_options(locals())`).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
-from components.runtime import log_metrics
+from components.runtime import log_metrics, step_url
+from components.steps import PIPELINE_STEPS, evaluation_row
 from launch.run import default_namespace, run_job
 from launch.spec import JobSpec, job_name
+from trainer import steps as catalogue
 from trainer import storage
 from trainer.errors import UserError
 from trainer.run.boundary import one_line, run_guarded
 from trainer.run.metrics import read_document
 
-# Where each step writes under the run's root; the semi-supervised step runs once per label percentage.
-DUMP_FOLDERS = {"pretrain": "pretrain", "eval-knn": "eval-knn", "eval-linear": "eval-linear", "detr": "detr"}
-BASELINE_SUFFIX = "-random"  # the random-init twin of an evaluation writes beside it
-EVALUATIONS = ("eval-knn", "eval-linear", "eval-semisup", "detr")  # what the `evaluate` component runs
-# Job options every launching component takes (pipeline parameters), beside its own nodes and GPUs.
-JOB_OPTIONS = ("image", "namespace", "cpu_per_node", "memory_per_node", "shm_size", "node_selector",
-               "tolerations", "s3_secret_name", "queue", "priority_class", "max_restarts", "backend",
-               "training_runtime")
+# JobSpec fields each step sets itself, and those a run leaves at JobSpec's defaults: the rest are job options.
+PER_STEP = ("command", "name", "trainer_args", "num_nodes", "gpus_per_node")
+NOT_OPTIONS = ("shard_cache_size", "ttl_seconds_after_finished", "labels")
+JOB_OPTIONS = tuple(f.name for f in fields(JobSpec) if f.name not in PER_STEP + NOT_OPTIONS)
+# The pipeline parameter of each job option: its own name, but the placement is the GPU pool's.
+PIPELINE_PARAMETERS = {option: {"node_selector": "gpu_node_selector", "tolerations": "gpu_tolerations"}.get(option,
+                                                                                                            option)
+                       for option in JOB_OPTIONS}
 
 
-def dump_url(run_root: str, command: str, labels_percent: int | None = None, baseline: bool = False) -> str:
-    folder = f"eval-semisup-{labels_percent}pct" if command == "eval-semisup" else DUMP_FOLDERS[command]
-    return storage.join(run_root, folder + (BASELINE_SUFFIX if baseline else ""))
+def job_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The job options among a component's inputs (its `locals()`), by JobSpec field name."""
+    return {option: values[option] for option in JOB_OPTIONS}
+
+
+def dump_url(run_root: str, key: str, baseline: bool = False) -> str:
+    """Where the step of catalogue key `key` writes under the run's root (its twin: beside it)."""
+    return storage.join(run_root, catalogue.step(key).key + (catalogue.BASELINE_SUFFIX if baseline else ""))
 
 
 def pretrain_argv(images_url: str, dump: str, arch: str, preset: str, config_url: str, extra: list[Any],
                   knn_monitor: bool) -> list[str]:
-    argv = ["--data_path", images_url, "--dump_path", dump, "--arch", arch]
+    argv = [catalogue.DATA_FLAGS["images"], images_url, "--dump_path", dump, "--arch", arch]
     if preset:
         argv += ["--preset", preset]
     if config_url:
@@ -46,18 +60,19 @@ def pretrain_argv(images_url: str, dump: str, arch: str, preset: str, config_url
     return argv + [str(arg) for arg in extra]
 
 
-def evaluation_argv(command: str, data_url: str, backbone_url: str, dump: str, arch: str, extra: list[Any],
-                    labels_percent: int | None = None) -> list[str]:
-    """An evaluation's flags: its data (images, or the COCO-format set for DETR), the trunk, the output."""
-    data_flag = "--coco_path" if command == "detr" else "--data_path"
-    argv = [data_flag, data_url, "--pretrained", backbone_url, "--dump_path", dump, "--arch", arch]
-    if command == "eval-semisup":
-        argv += ["--labels_perc", str(labels_percent)]
+def evaluation_argv(key: str, data_url: str, backbone_url: str, dump: str, arch: str, extra: list[Any]) -> list[str]:
+    """An evaluation's flags: its data (images, or the COCO-format set for DETR), the trunk, the output, its label
+    share; the user's flags last."""
+    row = catalogue.step(key)
+    argv = [catalogue.DATA_FLAGS[row.data], data_url, "--pretrained", backbone_url, "--dump_path", dump,
+            "--arch", arch]
+    if row.labels_percent is not None:
+        argv += ["--labels_perc", str(row.labels_percent)]
     return argv + [str(arg) for arg in extra]
 
 
 def job_spec(command: str, dump: str, argv: list[str], launcher: str, num_nodes: int, gpus_per_node: int,
-             **options: Any) -> JobSpec:
+             options: Mapping[str, Any]) -> JobSpec:
     """The JobSpec of one step; its name follows from the command and the dump path, so that a retried step
     finds its own job. An empty namespace means the step pod's own (or `local` for local runs)."""
     unknown = set(options) - set(JOB_OPTIONS)
@@ -72,6 +87,23 @@ def job_spec(command: str, dump: str, argv: list[str], launcher: str, num_nodes:
                    num_nodes=int(num_nodes), gpus_per_node=int(gpus_per_node), **chosen)
 
 
+def pretrain_spec(run_root: str, images_url: str, arch: str, preset: str, config_url: str, extra: list[Any],
+                  knn_monitor: bool, launcher: str, num_nodes: int, gpus_per_node: int,
+                  options: Mapping[str, Any]) -> JobSpec:
+    dump = dump_url(run_root, "pretrain")
+    return job_spec("pretrain", dump, pretrain_argv(images_url, dump, arch, preset, config_url, extra, knn_monitor),
+                    launcher, num_nodes, gpus_per_node, options)
+
+
+def evaluation_spec(key: str, run_root: str, data_url: str, backbone_url: str, arch: str, extra: list[Any],
+                    launcher: str, num_nodes: int, gpus_per_node: int, options: Mapping[str, Any],
+                    baseline: bool = False) -> JobSpec:
+    """An evaluation's job; its random-init twin (`baseline`) scores `--pretrained random` beside it."""
+    dump = dump_url(run_root, key, baseline)
+    argv = evaluation_argv(key, data_url, "random" if baseline else backbone_url, dump, arch, extra)
+    return job_spec(catalogue.step(key).command, dump, argv, launcher, num_nodes, gpus_per_node, options)
+
+
 def launch_step(spec: JobSpec, launcher: str, timeout_hours: float) -> None:
     """Check and run the job behind the trainer's error boundary: a failure ends the step with one line and the
     exit code (the trainer's own, when the job reports it)."""
@@ -81,8 +113,8 @@ def launch_step(spec: JobSpec, launcher: str, timeout_hours: float) -> None:
 
 
 def check_steps(checks: list[tuple[str, JobSpec]]) -> None:
-    """Every step's flags with the trainer's own checks before anything starts: one line per bad step, then
-    the step ends with exit 2. `checks` holds (what the user calls the step, its JobSpec)."""
+    """Every step's job with the launchers' own check (the JobSpec, then the trainer's flags) before anything
+    starts: one line per bad step, then the step ends with exit 2. `checks` holds (the step's name, its JobSpec)."""
     from launch.run import check
 
     failed = []
@@ -104,22 +136,42 @@ def check_steps(checks: list[tuple[str, JobSpec]]) -> None:
         raise SystemExit(2)
 
 
-def run_evaluation(command: str, run_root: str, data_url: str, backbone_url: str, arch: str, extra: list[Any],
-                   labels_percent: int | None, launcher: str, num_nodes: int, gpus_per_node: int,
-                   timeout_hours: float, baselines: bool, metrics: Any, **options: Any) -> tuple[str, str]:
+def check_run(inputs: Mapping[str, Any]) -> None:
+    """The check step: every step's JobSpec as its launching step will build it (the run's root, flags, sizes and
+    job options), checked. `inputs` are the check component's (its `locals()`); the evaluations are checked
+    without --pretrained, which exists only after pretraining (their launching step checks it)."""
+    run_root = step_url(inputs["storage_root"], inputs["run_id"])
+    options, launcher = job_options(inputs), inputs["launcher"]
+    data = {"images": inputs["images_url"], "detection": inputs["detection_url"]}
+    checks = []
+    for row in PIPELINE_STEPS:
+        size = (launcher, inputs[row.num_nodes], inputs[row.gpus_per_node], options)
+        if row.step.evaluation:
+            spec = evaluation_spec(row.key, run_root, data[row.step.data], "", inputs["arch"], inputs[row.args],
+                                   *size)
+        else:
+            spec = pretrain_spec(run_root, data[row.step.data], inputs["arch"], inputs["preset"],
+                                 inputs["config_url"], inputs[row.args], inputs["knn_monitor"], *size)
+        checks.append((row.step.name, spec))
+    check_steps(checks)
+
+
+def run_evaluation(command: str, labels_percent: int, run_root: str, data_url: str, backbone_url: str, arch: str,
+                   extra: list[Any], launcher: str, num_nodes: int, gpus_per_node: int, timeout_hours: float,
+                   baselines: bool, metrics: Any, options: Mapping[str, Any]) -> tuple[str, str]:
     """An evaluation's job on the pretrained trunk, then, with `baselines`, the same job on a random-init trunk
     (`--pretrained random`, seeded) beside it; the pretrained run's numbers go into the kfp `metrics`
     artifact. The metrics.json URLs of both ("" when there is no twin)."""
-    if command not in EVALUATIONS:
-        raise UserError(f"{command!r} is not an evaluation; use one of {', '.join(EVALUATIONS)}")
+    try:
+        key = evaluation_row(command, labels_percent).key
+    except ValueError as error:
+        raise UserError(str(error)) from None
     urls = []
     for baseline in ([False, True] if baselines else [False]):
-        dump = dump_url(run_root, command, labels_percent, baseline)
-        argv = evaluation_argv(command, data_url, "random" if baseline else backbone_url, dump, arch, extra,
-                               labels_percent)
-        launch_step(job_spec(command, dump, argv, launcher, num_nodes, gpus_per_node, **options), launcher,
-                    timeout_hours)
-        urls.append(storage.join(dump, "metrics.json"))
-    pretrained_dump = dump_url(run_root, command, labels_percent)
+        spec = evaluation_spec(key, run_root, data_url, backbone_url, arch, extra, launcher, num_nodes,
+                               gpus_per_node, options, baseline)
+        launch_step(spec, launcher, timeout_hours)
+        urls.append(storage.join(dump_url(run_root, key, baseline), "metrics.json"))
+    pretrained_dump = dump_url(run_root, key)
     log_metrics(metrics, read_document(pretrained_dump), pretrained_dump)
     return urls[0], urls[1] if baselines else ""

@@ -42,7 +42,8 @@ def pretrain(
     metrics: Output[Metrics],
 ) -> NamedTuple("Pretrained", [("run_root", str), ("backbone_url", str), ("dump_url", str)]):
     """`launcher` is `kubernetes` or `local` (this machine, same command, env and restarts); `job_backend` is
-    `pytorchjob` (Training Operator v1) or `trainjob` (Kubeflow Trainer v2, on `training_runtime`)."""
+    `pytorchjob` (Training Operator v1) or `trainjob` (Kubeflow Trainer v2, on `training_runtime`). The job
+    options (components/jobs.py JOB_OPTIONS) are inputs under their JobSpec names."""
     from collections import namedtuple
 
     from components import jobs
@@ -50,13 +51,8 @@ def pretrain(
 
     run_root = step_url(storage_root, run_id)
     dump_url = jobs.dump_url(run_root, "pretrain")
-    argv = jobs.pretrain_argv(images_url, dump_url, arch, preset, config_url, pretrain_args, knn_monitor)
-    spec = jobs.job_spec("pretrain", dump_url, argv, launcher, num_nodes, gpus_per_node, image=image,
-                         namespace=namespace, cpu_per_node=cpu_per_node, memory_per_node=memory_per_node,
-                         shm_size=shm_size, node_selector=node_selector, tolerations=tolerations,
-                         s3_secret_name=s3_secret_name, queue=queue, priority_class=priority_class,
-                         max_restarts=max_restarts, backend=job_backend,
-        training_runtime=training_runtime)
+    spec = jobs.pretrain_spec(run_root, images_url, arch, preset, config_url, pretrain_args, knn_monitor, launcher,
+                              num_nodes, gpus_per_node, jobs.job_options(locals()))
     jobs.launch_step(spec, launcher, timeout_hours)
 
     last = read_train_steps(dump_url)[-1]

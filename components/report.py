@@ -1,6 +1,7 @@
-"""The last step: the run's report (components/report_page.py).
+"""The last step: the run's report, as `unmix-swav report` writes it (trainer/report), plus kfp's artifacts.
 
-`run_report` takes each step's dump URL and its random-init twin's."""
+`run_report` takes each step's dump URL and its random-init twin's, one input per catalogue row
+(components/steps.py; tests/components/test_catalogue.py holds the signature to it)."""
 
 from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Markdown, Metrics, Output
@@ -18,12 +19,11 @@ def run_report(run_root: str, report_html: Output[HTML], report_markdown: Output
     """The run's report from each step's dump URL (or metrics.json URL; empty: the step is absent) and from
     the random-init twins': report.html, report.md and the figures under <run_root>/report, the headline
     numbers as kfp Metrics, the linear probe's confusion matrix; returns the report's URL."""
-    from components.report_page import build_report
+    from components.runtime import log_report
+    from components.steps import report_urls
+    from trainer.report.build import write_report
 
-    steps = {"pretrain": pretrain_url, "eval-knn": knn_url, "eval-linear": linear_url,
-             "eval-semisup-1pct": semisup_1pct_url, "eval-semisup-10pct": semisup_10pct_url, "detr": detr_url}
-    baselines = {"eval-knn": knn_random_url, "eval-linear": linear_random_url,
-                 "eval-semisup-1pct": semisup_1pct_random_url, "eval-semisup-10pct": semisup_10pct_random_url,
-                 "detr": detr_random_url}
-    return build_report(run_root, steps, baselines, report_html, report_markdown, headline_metrics,
-                        linear_confusion)
+    steps, baselines = report_urls(locals())
+    written = write_report(run_root, steps, baselines)
+    log_report(written, report_html, report_markdown, headline_metrics, linear_confusion)
+    return written.url

@@ -68,6 +68,28 @@ def record_url(artifact: Any, url: str, **metadata: Any) -> None:
         json.dump({"url": url, **metadata}, handle)
 
 
+def log_report(written: Any, html: Any, markdown: Any, metrics: Any, confusion: Any) -> None:
+    """kfp's artifacts of a report (trainer.report.build.Written): the page and the markdown as files, the headline
+    numbers (with their random-init twins and gains) as Metrics, the linear probe's confusion matrix as
+    ClassificationMetrics when eval-linear wrote one."""
+    report = written.report
+    for artifact, text in ((html, written.html), (markdown, written.markdown)):
+        with open(artifact.path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        artifact.metadata["url"] = written.url
+    for row in report.rows:
+        for suffix, value in (("", row.pretrained), ("_random", row.random), ("_gain", row.gain)):
+            if value is not None:
+                metrics.log_metric(row.headline.flat_name + suffix, round(float(value), 4))
+    steps = report.steps["pretrain"].records("train_step") if "pretrain" in report.steps else []
+    if steps:
+        metrics.log_metric("pretrain_final_loss", round(float(steps[-1]["loss"]), 4))
+    linear = report.steps.get("eval-linear")
+    document = linear.document if linear else None
+    if document and document.get("confusion_matrix") and document.get("classes"):
+        confusion.log_confusion_matrix([str(name) for name in document["classes"]],
+                                       [[int(count) for count in row] for row in document["confusion_matrix"]])
+
 
 def json_ints(options: dict[str, Any]) -> dict[str, Any]:
     """kfp passes dict parameters through protobuf Struct, where every number is a float: 6 -> 6.0."""

@@ -9,8 +9,8 @@ from launch.spec import JobSpec
 
 
 def build_job(spec: JobSpec) -> Any:
-    """The SDK model of the job `spec.backend` names (validated)."""
-    if spec.backend == "trainjob":
+    """The SDK model of the job `spec.job_backend` names (validated)."""
+    if spec.job_backend == "trainjob":
         return trainjob.build_trainjob(spec)
     return pytorchjob.build_pytorchjob(spec)
 

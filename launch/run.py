@@ -1,6 +1,6 @@
 """Check a JobSpec with the trainer's own checks, then run it: its job on Kubernetes, or the job's replicas here.
 
-Both launchers run the SAME job object, a PyTorchJob or a TrainJob as `spec.backend` says (launch.backends):
+Both launchers run the SAME job object, a PyTorchJob or a TrainJob as `spec.job_backend` says (launch.backends):
 `kubernetes` submits it to the Training Operator or Kubeflow Trainer and follows it (launch.kube), `local` runs
 its replicas on this machine with the env and restart policy the cluster would give them (launch.local).
 Nothing is created before `check` passed.
@@ -52,7 +52,7 @@ def run_job(spec: JobSpec, launcher: str, timeout_s: float, out: TextIO | None =
 
     from launch.kube import JobLauncher, job_api
 
-    cluster_launcher = JobLauncher(job_api(spec.backend, namespace=spec.namespace), out=out)
+    cluster_launcher = JobLauncher(job_api(spec.job_backend, namespace=spec.namespace), out=out)
     if os.environ.get("HOSTNAME"):  # a pod's hostname is its name
         cluster_launcher.own_by_run(job, os.environ["HOSTNAME"])
     cluster_launcher.run(job, timeout_s=timeout_s, max_restarts=spec.max_restarts)

@@ -23,9 +23,10 @@ from typing import Any
 
 from launch import k8s_names
 from trainer.errors import UserError
+from trainer.steps import STEPS
 
-# The trainer commands that run as one distributed job (torchrun on every node).
-COMMANDS = ("pretrain", "eval-knn", "eval-linear", "eval-semisup", "detr")
+# The trainer commands that run as one distributed job (torchrun on every node): the step catalogue's.
+COMMANDS = tuple(dict.fromkeys(row.command for row in STEPS))
 BACKENDS = ("pytorchjob", "trainjob")  # Training Operator v1 PyTorchJob, Kubeflow Trainer v2 TrainJob
 DEFAULT_TRAINING_RUNTIME = "unmix-swav-torch"  # k8s/trainer-v2/access/runtime.yaml: torch, exit-code restarts
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
@@ -74,7 +75,7 @@ class JobSpec:
     max_restarts: int = 3  # restarts of the whole group after retryable failures, then the job fails
     ttl_seconds_after_finished: int = 7 * 24 * 3600
     labels: dict[str, str] = field(default_factory=dict)
-    backend: str = "pytorchjob"  # one of BACKENDS
+    job_backend: str = "pytorchjob"  # one of BACKENDS
     training_runtime: str = DEFAULT_TRAINING_RUNTIME  # the ClusterTrainingRuntime a TrainJob references
 
     @property
@@ -94,8 +95,8 @@ class JobSpec:
                             "lowercase letters, digits and '-', starting with a letter")
         if self.command not in COMMANDS:
             raise UserError(f"{self.command!r} does not run as a distributed job; use one of {', '.join(COMMANDS)}")
-        if self.backend not in BACKENDS:
-            raise UserError(f"job backend {self.backend!r} is not known; use pytorchjob (Training Operator v1) or "
+        if self.job_backend not in BACKENDS:
+            raise UserError(f"job backend {self.job_backend!r} is not known; use pytorchjob (Training Operator v1) or "
                             "trainjob (Kubeflow Trainer v2)")
         if self.num_nodes < 1:
             raise UserError(f"num_nodes is {self.num_nodes}; a job needs at least 1 node")
@@ -116,7 +117,7 @@ class JobSpec:
         k8s_names.check_image("image", self.image)
         if self.namespace:  # empty: the launcher's own namespace
             k8s_names.check_dns_label("namespace", self.namespace)
-        if self.backend == "trainjob" and not k8s_names.is_dns_subdomain(self.training_runtime):
+        if self.job_backend == "trainjob" and not k8s_names.is_dns_subdomain(self.training_runtime):
             raise UserError(f"training_runtime {self.training_runtime!r} is not a ClusterTrainingRuntime name; e.g. "
                             f"{DEFAULT_TRAINING_RUNTIME} (k8s/trainer-v2) or torch-distributed")
         # The queue and the priority class are also label values (kueue.x-k8s.io/...): at most 63 characters.

@@ -16,9 +16,11 @@ from kfp import dsl
 from components.check_args import check_args
 from components.evaluate import evaluate
 from components.image import TRAINER_IMAGE
+from components.jobs import PIPELINE_PARAMETERS
 from components.pretrain import pretrain
 from components.report import run_report
 from components.stage_data import stage_data
+from components.steps import CHECK_MEMORY, EVALUATION_STEPS, PIPELINE_STEPS, PRETRAIN_STEP, report_parameter
 from launch.spec import DEFAULT_GPU_NODE_SELECTOR, DEFAULT_GPU_TOLERATIONS, JobSpec
 from pipeline.platform import launching, on_cpu_node, with_s3_secret
 
@@ -47,7 +49,7 @@ def unmix_swav_pipeline(
     baselines: bool = False,
     knn_args: list = [],  # noqa: B006
     launcher: str = "kubernetes",
-    job_backend: str = JOB.backend,
+    job_backend: str = JOB.job_backend,
     training_runtime: str = JOB.training_runtime,
     image: str = TRAINER_IMAGE,
     namespace: str = "",
@@ -71,60 +73,51 @@ def unmix_swav_pipeline(
     pretrain_timeout_hours: float = 72.0,
     eval_timeout_hours: float = 96.0,
 ) -> str:
+    parameters = dict(locals())  # kfp calls this function with one channel per parameter
     staged = stage_data(data_source=data_source, detection_source=detection_source, storage_root=storage_root,
                         staged_data=staged_data, stage_args=stage_args, detection_options=detection_options)
     # Deterministic: same source, options and storage root -> the same staged location.
     staged.set_display_name("stage data").set_caching_options(enable_caching=True)
-    images_url, detection_url = staged.outputs["images_url"], staged.outputs["detection_url"]
+    data = {"images": staged.outputs["images_url"], "detection": staged.outputs["detection_url"]}
 
-    checked = check_args(
-        images_url=images_url, detection_url=detection_url, storage_root=storage_root, arch=arch, preset=preset,
-        config_url=config_url, knn_monitor=knn_monitor, pretrain_args=pretrain_args, knn_args=knn_args,
-        linear_args=linear_args,
-        semisup_args=semisup_args, detr_args=detr_args, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
-        linear_num_nodes=linear_num_nodes, linear_gpus_per_node=linear_gpus_per_node,
-        semisup_num_nodes=semisup_num_nodes, semisup_gpus_per_node=semisup_gpus_per_node,
-        detr_num_nodes=detr_num_nodes, detr_gpus_per_node=detr_gpus_per_node, job_backend=job_backend,
-        training_runtime=training_runtime)
+    # Every launching step (and the check step) gets the launcher and the job options under their JobSpec names.
+    job = {"launcher": launcher, **{option: parameters[name] for option, name in PIPELINE_PARAMETERS.items()}}
+    flags_and_sizes = {name: parameters[name] for row in PIPELINE_STEPS
+                       for name in (row.args, row.num_nodes, row.gpus_per_node)}
+    checked = check_args(images_url=data["images"], detection_url=data["detection"], storage_root=storage_root,
+                         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, arch=arch, preset=preset, config_url=config_url,
+                         knn_monitor=knn_monitor, **flags_and_sizes, **job)
     checked.set_display_name("check every step's flags").set_caching_options(enable_caching=False)
 
-    job = {"launcher": launcher, "job_backend": job_backend, "training_runtime": training_runtime, "image": image,
-           "namespace": namespace, "cpu_per_node": cpu_per_node,
-           "memory_per_node": memory_per_node, "shm_size": shm_size, "node_selector": gpu_node_selector,
-           "tolerations": gpu_tolerations, "s3_secret_name": s3_secret_name, "queue": queue,
-           "priority_class": priority_class, "max_restarts": max_restarts}
-    pretrained = pretrain(images_url=images_url, storage_root=storage_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                          arch=arch, preset=preset, config_url=config_url, pretrain_args=pretrain_args,
-                          knn_monitor=knn_monitor, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
+    first = PRETRAIN_STEP
+    pretrained = pretrain(images_url=data[first.step.data], storage_root=storage_root,
+                          run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, arch=arch, preset=preset, config_url=config_url,
+                          pretrain_args=parameters[first.args], knn_monitor=knn_monitor,
+                          num_nodes=parameters[first.num_nodes], gpus_per_node=parameters[first.gpus_per_node],
                           timeout_hours=pretrain_timeout_hours, **job).after(checked)
-    pretrained.set_display_name("pretrain (distributed job)")
+    pretrained.set_display_name(f"{first.step.command} (distributed job)")
 
     common = {"backbone_url": pretrained.outputs["backbone_url"], "run_root": pretrained.outputs["run_root"],
               "arch": arch, "timeout_hours": eval_timeout_hours, "baselines": baselines, **job}
-    # name, title, command, data, flags, labels %, nodes x GPUs per node (kNN runs at the linear step's size)
-    plan = [("knn", "kNN evaluation", "eval-knn", images_url, knn_args, 0, linear_num_nodes, linear_gpus_per_node),
-            ("linear", "linear evaluation", "eval-linear", images_url, linear_args, 0, linear_num_nodes,
-             linear_gpus_per_node),
-            *[(f"semisup_{percent}pct", f"semi-supervised {percent}%", "eval-semisup", images_url, semisup_args,
-               percent, semisup_num_nodes, semisup_gpus_per_node) for percent in (1, 10)],
-            ("detr", "DETR transfer", "detr", detection_url, detr_args, 0, detr_num_nodes, detr_gpus_per_node)]
     evaluations = {}
-    for name, title, command, data_url, eval_args, percent, nodes, gpus in plan:
-        evaluations[name] = evaluate(command=command, data_url=data_url, eval_args=eval_args, labels_percent=percent,
-                                     num_nodes=nodes, gpus_per_node=gpus, **common)
-        evaluations[name].set_display_name(f"{title} (distributed job)")
-    summary = run_report(run_root=pretrained.outputs["run_root"], pretrain_url=pretrained.outputs["dump_url"],
-                         **{f"{name}_url": task.outputs["metrics_url"] for name, task in evaluations.items()},
-                         **{f"{name}_random_url": task.outputs["baseline_url"] for name, task in evaluations.items()})
+    for row in EVALUATION_STEPS:
+        task = evaluate(command=row.step.command, data_url=data[row.step.data], eval_args=parameters[row.args],
+                        labels_percent=row.step.labels_percent or 0, num_nodes=parameters[row.num_nodes],
+                        gpus_per_node=parameters[row.gpus_per_node], **common)
+        task.set_display_name(f"{row.step.name} (distributed job)")
+        launching(task, memory=row.launcher_memory)
+        evaluations[row.key] = task
+    summary = run_report(run_root=pretrained.outputs["run_root"],
+                         **{report_parameter(first.key): pretrained.outputs["dump_url"]},
+                         **{report_parameter(key): task.outputs["metrics_url"] for key, task in evaluations.items()},
+                         **{report_parameter(key, baseline=True): task.outputs["baseline_url"]
+                            for key, task in evaluations.items()})
     summary.set_display_name("report").set_caching_options(enable_caching=True)
 
     for task in (staged, checked, pretrained, *evaluations.values(), summary):
         with_s3_secret(task, s3_secret_name)
     for task in (staged, summary):
         on_cpu_node(task)
-    # DETR's checks read the COCO annotations (instances_train2017.json is 450 MB of JSON).
-    on_cpu_node(checked, memory="8Gi")
-    for task in (pretrained, *(task for name, task in evaluations.items() if name != "detr")):
-        launching(task)
-    launching(evaluations["detr"], memory="8Gi")  # its launcher reads the COCO annotations again to check them
+    on_cpu_node(checked, memory=CHECK_MEMORY)  # it runs every step's checks: the largest launcher's memory
+    launching(pretrained, memory=first.launcher_memory)
     return summary.outputs["Output"]

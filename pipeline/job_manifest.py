@@ -45,7 +45,7 @@ def _toleration(text: str) -> dict[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("step", choices=COMMANDS, help="the trainer command the job runs; its flags follow `--`")
-    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULTS["backend"],
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULTS["job_backend"],
                         help="pytorchjob: Training Operator v1; trainjob: Kubeflow Trainer v2")
     parser.add_argument("--training-runtime", default=DEFAULTS["training_runtime"],
                         help="the ClusterTrainingRuntime a TrainJob references (k8s/trainer-v2/runtime.yaml's)")
@@ -90,7 +90,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
                    node_selector=dict(args.node_selector) if args.node_selector is not None else selector,
                    tolerations=args.toleration if args.toleration is not None else tolerations,
                    queue=args.queue, priority_class=args.priority_class, max_restarts=args.max_restarts,
-                   backend=args.backend, training_runtime=args.training_runtime)
+                   job_backend=args.backend, training_runtime=args.training_runtime)
 
 
 def render_yaml(spec: JobSpec) -> str:

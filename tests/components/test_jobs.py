@@ -1,5 +1,5 @@
 """The launching components' helpers: each step's trainer flags, its JobSpec, the up-front check of every
-step (one line per bad step, exit 2, in seconds, nothing started)."""
+step (one line per bad step, exit 2, in seconds, nothing started), the check step on the run's real JobSpecs."""
 
 from __future__ import annotations
 
@@ -12,29 +12,30 @@ from launch.spec import JobSpec
 
 
 def test_each_step_writes_under_the_run_root_and_user_flags_come_last():
-    assert jobs.dump_url("s3://b/run", "eval-semisup", 10) == "s3://b/run/eval-semisup-10pct"
+    assert jobs.dump_url("s3://b/run", "eval-semisup-10pct") == "s3://b/run/eval-semisup-10pct"
+    assert jobs.dump_url("s3://b/run", "detr", baseline=True) == "s3://b/run/detr-random"
     argv = jobs.pretrain_argv("s3://b/data", "s3://b/run/pretrain", "resnet50", "swav_100ep", "", ["--epochs", 3],
                               knn_monitor=True)
     assert argv == ["--data_path", "s3://b/data", "--dump_path", "s3://b/run/pretrain", "--arch", "resnet50",
                     "--preset", "swav_100ep", "--knn_eval_path", "s3://b/data", "--epochs", "3"]
-    assert jobs.evaluation_argv("eval-semisup", "d", "b", "o", "resnet50", ["--lr", 0.1], 1)[-4:] == [
+    assert jobs.evaluation_argv("eval-semisup-1pct", "d", "b", "o", "resnet50", ["--lr", 0.1])[-4:] == [
         "--labels_perc", "1", "--lr", "0.1"]
     assert jobs.evaluation_argv("detr", "coco", "random", "o", "resnet50", [])[:4] == [
         "--coco_path", "coco", "--pretrained", "random"]
-    assert "--labels_perc" not in jobs.evaluation_argv("eval-knn", "d", "b", "o", "resnet50", [], 0)
+    assert "--labels_perc" not in jobs.evaluation_argv("eval-knn", "d", "b", "o", "resnet50", [])
 
 
 def test_the_job_is_named_after_the_step_and_its_output():
-    spec = jobs.job_spec("detr", "s3://b/run/detr", ["--epochs", "1"], "local", 2, 0, image="t",
-                         node_selector=None, max_restarts=1)
+    spec = jobs.job_spec("detr", "s3://b/run/detr", ["--epochs", "1"], "local", 2, 0,
+                         {"image": "t", "node_selector": None, "max_restarts": 1})
     assert spec.name.startswith("unmix-detr-") and spec.namespace == "local"
     assert spec.world_size == 2 and spec.max_restarts == 1 and spec.node_selector == {}
     with pytest.raises(TypeError, match="unknown job options"):
-        jobs.job_spec("detr", "o", [], "local", 1, 0, image="t", eval_gpus=1)
+        jobs.job_spec("detr", "o", [], "local", 1, 0, {"image": "t", "eval_gpus": 1})
 
 
 def _spec(command: str, argv: list[str], nodes: int = 1) -> JobSpec:
-    return jobs.job_spec(command, f"/tmp/unused/{command}", argv, "local", nodes, 0, image="t")
+    return jobs.job_spec(command, f"/tmp/unused/{command}", argv, "local", nodes, 0, {"image": "t"})
 
 
 def test_check_steps_names_every_bad_step_and_exits_2(capfd):
@@ -56,3 +57,57 @@ def test_check_steps_names_every_bad_step_and_exits_2(capfd):
 def test_check_steps_passes_good_flags(capfd):
     jobs.check_steps([("linear evaluation", _spec("eval-linear", ["--data_path", "d", "--dump_path", "o"], 2))])
     assert "eval-linear flags checked for 2 node(s) x 1 process(es)" in capfd.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory) -> str:
+    from trainer.detr.synthetic_coco import make_shapes_coco
+
+    folder = str(tmp_path_factory.mktemp("coco"))
+    make_shapes_coco(folder, train_images=2, val_images=1, image_size=32, seed=0)
+    return folder
+
+
+def check_inputs(storage_root: str, coco: str, **changes) -> dict:
+    """The check step's inputs as the DAG wires them (pipeline defaults, CPU nodes, the local launcher)."""
+    import inspect
+
+    from components.check_args import check_args
+    from pipeline.dag import unmix_swav_pipeline
+
+    defaults = {name: parameter.default
+                for name, parameter in inspect.signature(unmix_swav_pipeline.pipeline_func).parameters.items()}
+    inputs = {name: defaults[jobs.PIPELINE_PARAMETERS.get(name, name)] for name in check_args.component_spec.inputs
+              if jobs.PIPELINE_PARAMETERS.get(name, name) in defaults}
+    sizes = {name: 0 for name in inputs if name.endswith("gpus_per_node")}
+    return {**inputs, **sizes, "images_url": "/data/images", "detection_url": coco,
+            "storage_root": storage_root, "run_id": "run-1", "launcher": "local", **changes}
+
+
+def test_the_check_step_checks_the_runs_real_jobs_and_refuses_a_bad_memory_per_node(tmp_path, coco, capfd):
+    """The check step builds every step's JobSpec from the run's job options: a memory_per_node that is no
+    Kubernetes quantity fails it (once it passed, built with the defaults, and failed only at a launch)."""
+    jobs.check_run(check_inputs(str(tmp_path), coco))  # the pipeline's defaults pass
+    assert "eval-semisup flags checked" in capfd.readouterr().out
+    with pytest.raises(SystemExit) as ended:
+        jobs.check_run(check_inputs(str(tmp_path), coco, memory_per_node="lots"))
+    assert ended.value.code == 2
+    err = capfd.readouterr().err
+    assert "error: pretraining (pretrain): memory_per_node 'lots'" in err  # the message is JobSpec.validate's
+    assert "error: DETR transfer (detr): memory_per_node 'lots'" in err
+    assert "nothing was started" in err
+
+
+def test_the_check_step_checks_the_jobs_the_launching_steps_create(tmp_path, coco, monkeypatch):
+    """Same JobSpecs (names, flags, options) in the check step as in the launching steps."""
+    checked = []
+    monkeypatch.setattr(jobs, "check_steps", lambda checks: checked.extend(checks))
+    inputs = check_inputs(str(tmp_path), coco, queue="team-a", linear_num_nodes=2)
+    jobs.check_run(inputs)
+    options = jobs.job_options(inputs)
+    run_root = f"{tmp_path}/run-1"
+    linear = jobs.evaluation_spec("eval-linear", run_root, "/data/images", "", inputs["arch"], [], "local", 2, 0,
+                                  options)
+    assert dict(checked)["linear evaluation"] == linear and linear.queue == "team-a"
+    assert [name for name, _ in checked] == ["pretraining", "kNN evaluation", "linear evaluation",
+                                             "semi-supervised 1%", "semi-supervised 10%", "DETR transfer"]

@@ -3,11 +3,9 @@ the pretrain and report steps take the train steps and never trip over kNN lines
 
 from __future__ import annotations
 
-from kfp.dsl import HTML
-
-from components.report_page import build_report
 from components.runtime import read_train_steps
 from trainer.cli import main
+from trainer.report.build import write_report
 from trainer.run.metrics import read_records
 
 
@@ -20,7 +18,6 @@ def test_a_pretraining_with_the_knn_monitor_feeds_the_pipeline_readers(shapes_di
     assert len(knn) == 1 and 0 <= knn[0]["top1"] <= 100 and "loss" not in knn[0]
     steps = read_train_steps(str(dump))
     assert [record["step"] for record in steps] == [2, 4] and all(record["loss"] > 0 for record in steps)
-    artifact = HTML(name="report_html", uri=str(tmp_path / "report_html"))
-    build_report(str(tmp_path / "run"), {"pretrain": str(dump)}, {}, artifact)
+    write_report(str(tmp_path / "run"), {"pretrain": str(dump)}, {})
     page = (tmp_path / "run" / "report" / "report.html").read_text()
     assert "kNN monitor" in page and "data:image/png;base64," in page

@@ -1,15 +1,21 @@
 """The report's kfp component: `run_report` compiles with every URL optional and runs on kfp's local
-SubprocessRunner (a few seconds); the DAG calls it.
+SubprocessRunner (a few seconds); the DAG calls it. Its kfp artifacts (components.runtime.log_report) from a
+report the trainer wrote (trainer.report.build.write_report).
 
 No `from __future__ import annotations` here: kfp reads the pipeline function's annotations as types."""
 
 
+from pathlib import Path
+
 import pytest
 import yaml
 from kfp import compiler, dsl, local
-from test_report_page import evaluation, pretraining
+from kfp.dsl import HTML, ClassificationMetrics, Markdown, Metrics
+from report_folders import CLASSES, evaluation, full_run, pretraining
 
 from components.report import run_report
+from components.runtime import log_report
+from trainer.report.build import collect, write_report
 
 
 @dsl.pipeline(name="report-only")
@@ -52,3 +58,37 @@ def test_run_report_runs_on_the_local_runner(tmp_path):
         assert "| Linear probe | top-1 | 75.0 | 50.0 | +25.0 | 50.0 | ok |" in handle.read()
     with open(task.outputs["report_html"].path, encoding="utf-8") as handle:
         assert handle.read() == (tmp_path / "run" / "report" / "report.html").read_text()
+
+
+def artifacts(tmp_path: Path) -> tuple[HTML, Markdown, Metrics, ClassificationMetrics]:
+    return (HTML(name="report_html", uri=str(tmp_path / "report_html")),
+            Markdown(name="report_markdown", uri=str(tmp_path / "report_markdown")),
+            Metrics(name="headline_metrics", uri=str(tmp_path / "headline_metrics")),
+            ClassificationMetrics(name="linear_confusion", uri=str(tmp_path / "linear_confusion")))
+
+
+def test_log_report_fills_the_page_markdown_metrics_and_confusion_artifacts(tmp_path):
+    steps, baselines = full_run(tmp_path / "run")
+    html_artifact, markdown_artifact, metrics, confusion = artifacts(tmp_path)
+    written = write_report(str(tmp_path / "run"), steps, baselines)
+    log_report(written, html_artifact, markdown_artifact, metrics, confusion)
+    assert (tmp_path / "report_html").read_text() == (tmp_path / "run" / "report" / "report.html").read_text()
+    assert html_artifact.metadata["url"] == written.url == markdown_artifact.metadata["url"]
+    assert (tmp_path / "report_markdown").read_text() == (tmp_path / "run" / "report" / "report.md").read_text()
+    assert metrics.metadata["linear_top1"] == 84.375 and metrics.metadata["linear_top1_random"] == 45.0
+    assert metrics.metadata["linear_top1_gain"] == 39.375 and metrics.metadata["detr_AP50"] == 6.0
+    assert metrics.metadata["knn_top1"] == 60.0 and metrics.metadata["pretrain_final_loss"] == 7.0
+    matrix = confusion.metadata["confusionMatrix"]
+    assert [spec["displayName"] for spec in matrix["annotationSpecs"]] == CLASSES
+    assert matrix["rows"][2] == {"row": [0, 0, 6, 2]}
+
+
+def test_no_confusion_matrix_no_classification_metrics(tmp_path):
+    url = evaluation(tmp_path / "eval-linear", "eval-linear", [50.0])
+    html_artifact, markdown_artifact, metrics, confusion = artifacts(tmp_path)
+    log_report(write_report(str(tmp_path), {"eval-linear": url}), html_artifact, markdown_artifact, metrics,
+               confusion)
+    assert "confusionMatrix" not in confusion.metadata
+    assert metrics.metadata == {"linear_top1": 50.0, "linear_top5": 100.0}  # classes unknown: top-5 kept
+    report = collect(str(tmp_path), {"eval-linear": url})
+    assert report.rows[0].headline.metric == "top-1" and report.rows[0].chance is None

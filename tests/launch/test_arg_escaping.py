@@ -27,7 +27,7 @@ def test_the_kubelets_expansion_of_an_escaped_string_gives_the_string_back(text)
 
 def _spec(backend: str, trainer_args: list[str]) -> JobSpec:
     return JobSpec(command="pretrain", name="unmix-pretrain-esc", image="t", num_nodes=2, gpus_per_node=0,
-                   s3_secret_name="unmix-swav-s3", backend=backend, trainer_args=tuple(trainer_args))
+                   s3_secret_name="unmix-swav-s3", job_backend=backend, trainer_args=tuple(trainer_args))
 
 
 def _rendered_argv(manifest: dict, backend: str) -> list[str]:

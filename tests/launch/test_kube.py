@@ -153,7 +153,7 @@ from launch.spec import JobSpec
 configuration = k8s.Configuration()
 configuration.host, backend = sys.argv[1], sys.argv[2]
 job = build_job(JobSpec(command="pretrain", name="unmix-pretrain-cancel", namespace="ml", image="t", num_nodes=1,
-                        gpus_per_node=0, backend=backend))
+                        gpus_per_node=0, job_backend=backend))
 api = job_api(backend, api_client=k8s.ApiClient(configuration), namespace="ml")
 JobLauncher(api, poll_interval_s=0.05).run(job, timeout_s=300, max_restarts=3)
 """
@@ -179,8 +179,9 @@ def test_sigterm_from_a_cancelled_run_deletes_the_job(backend):
 
 
 def _trainjob(name: str = "unmix-pretrain-v2", max_restarts: int = 3):
-    return build_job(JobSpec(command="pretrain", name=name, namespace="ml", image="trainer:test", backend="trainjob",
-                             trainer_args=("--epochs", "1"), num_nodes=2, gpus_per_node=4, max_restarts=max_restarts))
+    return build_job(JobSpec(command="pretrain", name=name, namespace="ml", image="trainer:test",
+                             job_backend="trainjob", trainer_args=("--epochs", "1"), num_nodes=2, gpus_per_node=4,
+                             max_restarts=max_restarts))
 
 
 def _trainjob_launcher(api: FakeKubeApi, out: io.StringIO) -> JobLauncher:

@@ -27,7 +27,7 @@ QUIET = {"OMP_NUM_THREADS": "1"}
 def _job(data: str, dump: str, extra: list[str], num_nodes: int = 2, max_restarts: int = 3,
          backend: str = "pytorchjob"):
     spec = JobSpec(command="pretrain", name="unmix-pretrain-harness", image="unused-here", num_nodes=num_nodes,
-                   gpus_per_node=0, s3_secret_name="unmix-swav-s3", max_restarts=max_restarts, backend=backend,
+                   gpus_per_node=0, s3_secret_name="unmix-swav-s3", max_restarts=max_restarts, job_backend=backend,
                    trainer_args=("--data_path", data, "--dump_path", dump, *PRETRAIN, *extra))
     return build_job(spec)
 

@@ -21,7 +21,7 @@ TORCHRUN_RESERVED = {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_M
 
 def _spec(command: str = "pretrain", **overrides) -> JobSpec:
     """The PyTorchJob tests' spec (3 nodes x 8 GPUs, a node pool, the S3 Secret) with the TrainJob backend."""
-    return pytorchjob_spec(command, **{"backend": "trainjob", **overrides})
+    return pytorchjob_spec(command, **{"job_backend": "trainjob", **overrides})
 
 
 def _manifest(command: str = "pretrain", **overrides) -> dict:
@@ -81,7 +81,7 @@ def test_every_node_runs_the_trainer_through_the_exit_code_wrapper_with_the_same
     assert {"name": "shard-cache", "mountPath": "/var/cache/unmix-shards"} in container["volumeMounts"]
     assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == command
     # The same container as the PyTorchJob's, bar the name and the rendezvous flags.
-    v1 = to_manifest(build_job(_spec(command, backend="pytorchjob")))["spec"]["pytorchReplicaSpecs"]["Master"]
+    v1 = to_manifest(build_job(_spec(command, job_backend="pytorchjob")))["spec"]["pytorchReplicaSpecs"]["Master"]
     v1_container = v1["template"]["spec"]["containers"][0]
     assert v1_container["env"] == trainer["env"] and v1_container["volumeMounts"] == container["volumeMounts"]
     assert v1["template"]["spec"]["volumes"] == pod["spec"]["volumes"]
@@ -131,7 +131,7 @@ def test_a_cpu_job_runs_one_process_per_node_and_requests_no_gpu():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"backend": "mpijob"}, "job backend 'mpijob' is not known"),
+    ({"job_backend": "mpijob"}, "job backend 'mpijob' is not known"),
     ({"training_runtime": "Torch_Distributed"}, "not a ClusterTrainingRuntime name")])
 def test_bad_backends_and_runtimes_are_refused_with_one_line(overrides, message):
     with pytest.raises(UserError, match=message):

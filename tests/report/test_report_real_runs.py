@@ -1,5 +1,6 @@
 """The report of real runs: a 16-step pretraining with the kNN monitor, every evaluation (a semi-supervised one
 diverging on purpose) and a tiny DETR, each beside its `--pretrained random` twin (about 25 s on 2 cores), then
+the report as `unmix-swav report ROOT` writes it and as the pipeline's report step does (with kfp's artifacts),
 the page looked at in headless Chromium (Debian package `chromium`; skipped, saying so, when it is absent)."""
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from pathlib import Path
 import pytest
 from kfp.dsl import HTML, ClassificationMetrics, Markdown, Metrics
 
-from components.report_page import EVALUATIONS, build_report, collect, format_number
+from components.runtime import log_report
 from trainer.cli import main
 from trainer.detr.synthetic_coco import make_shapes_coco
+from trainer.report.build import collect, find_steps, write_report
+from trainer.report.collect import EVALUATIONS, format_number
 
 EVAL_FLAGS = ["--arch", "resnet_tiny", "--image_size", "32", "--batch_size", "8", "--workers", "0"]
 DETR_FLAGS = ["--epochs", "1", "--arch", "resnet_tiny", "--hidden_dim", "32", "--enc_layers", "1", "--dec_layers", "1",
@@ -46,13 +49,16 @@ def real_run(shapes_dir, tmp_path_factory) -> dict:
                 *flags, *EVAL_FLAGS)
         urls["detr"] = str(root / f"detr{suffix}")
         run("detr", "--coco_path", coco, "--pretrained", weights, "--dump_path", urls["detr"], *DETR_FLAGS)
+    run("report", root)  # the command a user runs on a finished run's root
+    assert find_steps(str(root)) == (steps, baselines)
     outputs = {"html": HTML(name="report_html", uri=str(root / "kfp" / "report_html")),
                "markdown": Markdown(name="report_markdown", uri=str(root / "kfp" / "report_markdown")),
                "metrics": Metrics(name="headline_metrics", uri=str(root / "kfp" / "headline_metrics")),
                "confusion": ClassificationMetrics(name="linear_confusion", uri=str(root / "kfp" / "linear_confusion"))}
     (root / "kfp").mkdir()
-    url = build_report(str(root), steps, baselines, outputs["html"], outputs["markdown"], outputs["metrics"],
-                       outputs["confusion"])
+    written = write_report(str(root), steps, baselines, dest=str(root / "kfp-report"))  # as the report step does
+    log_report(written, outputs["html"], outputs["markdown"], outputs["metrics"], outputs["confusion"])
+    url = str(root / "report" / "report.html")
     return {"root": root, "url": url, "steps": steps, "baselines": baselines, **outputs}
 
 
@@ -77,8 +83,12 @@ def test_the_report_of_real_runs_shows_each_number_its_baseline_and_what_went_wr
     assert [figure.name for figure in report.figures] == ["pretraining.png", "evaluations.png", "detr.png"]
 
     page = Path(real_run["url"]).read_text()
-    assert page == Path(real_run["html"].path).read_text()
-    assert (real_run["root"] / "report" / "report.md").read_text() == Path(real_run["markdown"].path).read_text()
+    assert "<table id='summary'>" in page and page.count("data:image/png;base64,") == 3
+    root = real_run["root"]
+    assert Path(real_run["html"].path).read_text() == (root / "kfp-report" / "report.html").read_text()
+    assert (root / "kfp-report" / "report.md").read_text() == Path(real_run["markdown"].path).read_text()
+    summary = [line for line in (root / "report" / "report.md").read_text().splitlines() if line.startswith("|")]
+    assert len(summary) == 8 and all(line in Path(real_run["markdown"].path).read_text() for line in summary)
     metrics = real_run["metrics"].metadata
     assert {f"{name}{suffix}" for name in ("knn_top1", "linear_top1", "semisup_1pct_top1", "semisup_10pct_top1",
                                            "detr_box_AP", "detr_AP50") for suffix in ("", "_random", "_gain")} \
