@@ -99,7 +99,7 @@ def test_config_and_model_card_record_provenance_and_the_baseline(run_dir, tmp_p
     assert config["source"]["pretraining_run"].endswith("pretrain/params.json")
     card = (tmp_path / "export" / "MODEL_CARD.md").read_text()
     random = json.loads((run_dir / "eval-linear-random" / "metrics.json").read_text())
-    row = f"| eval-linear | top-1 % | {scored['top1']:.2f} | {random['top1']:.2f} | ok |"
+    row = f"| eval-linear | eval-linear (exported head) | top-1 % | {scored['top1']:.2f} | {random['top1']:.2f} | ok |"
     assert row in card and "`nmb_prototypes` | `20`" in card and "## Licence" in card
 
 

@@ -27,20 +27,22 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def evaluation_table(documents: list[dict[str, Any]]) -> list[str]:
-    """One row per evaluation of the trunk, beside its random-init twin when the run has one."""
+def evaluation_table(documents: dict[str, dict[str, Any]], exported: str | None) -> list[str]:
+    """One row per evaluation of the trunk (named by its folder), beside its random-init twin when the run has
+    one; `exported` is the folder of the head in classifier.safetensors."""
     if not documents:
         return ["No evaluation of this trunk was found beside its pretraining folder."]
-    twins = {evaluation_key(doc): doc for doc in documents if (doc.get("pretrained") or {}).get("random_init")}
-    lines = ["| evaluation | metric | this trunk | random init | status |", "|---|---|---|---|---|"]
-    for doc in documents:
+    twins = {evaluation_key(doc): doc for doc in documents.values() if (doc.get("pretrained") or {}).get("random_init")}
+    lines = ["| evaluation | run | metric | this trunk | random init | status |", "|---|---|---|---|---|---|"]
+    for url, doc in documents.items():
         if (doc.get("pretrained") or {}).get("random_init"):
             continue
         args = doc.get("args") or {}
         name = doc["command"] + (f" ({args['labels_perc']}% labels)" if args.get("labels_perc") else "")
+        folder = url.rstrip("/").rsplit("/", 1)[-1] + (" (exported head)" if url == exported else "")
         metric, value = headline(doc)
         twin = twins.get(evaluation_key(doc))
-        lines.append(f"| {name} | {metric} | {_number(value)} | "
+        lines.append(f"| {name} | {folder} | {metric} | {_number(value)} | "
                      f"{_number(headline(twin)[1]) if twin else 'not run'} | {doc.get('status', 'ok')} |")
     return lines
 
@@ -64,7 +66,7 @@ def _data(label: str, data_path: str | None, manifest: dict[str, Any] | None) ->
 
 
 def render(config: dict[str, Any], pretraining: dict[str, Any] | None, data: dict[str, Any],
-           evaluations: list[dict[str, Any]]) -> str:
+           evaluations: dict[str, dict[str, Any]], exported: str | None) -> str:
     """The card's Markdown; `data` maps a label (pretraining, linear evaluation) to (data_path, manifest)."""
     source, arch = config["source"], config["architecture"]
     has_classifier = "classifier.safetensors" in config["files"]
@@ -98,7 +100,7 @@ def render(config: dict[str, Any], pretraining: dict[str, Any] | None, data: dic
                                                             if source["linear_eval"]["use_bn"] else ""))
     lines += ["", "## Recipe", *_recipe(pretraining), "", "## Data",
               *[_data(label, path, manifest) for label, (path, manifest) in data.items()], "",
-              "## Evaluation", *evaluation_table(evaluations), "",
+              "## Evaluation", *evaluation_table(evaluations, exported), "",
               "## Intended use and limits",
               "- Intended: image features for transfer, linear probes and fine-tuning on images like the "
               "pretraining data; the classifier, if present, for the classes listed in config.json only.",

@@ -99,8 +99,8 @@ def build_export(args: argparse.Namespace) -> dict[str, bytes]:
     if linear is not None:
         data["linear evaluation"] = linear.document["args"].get("data_path")
     manifests = {label: (path, read_manifest_record(path)) for label, path in data.items()}
-    evaluations = find_evaluations(trunk, [linear.document] if linear else [])
-    files[CARD_FILE] = render(config, pretraining, manifests, evaluations).encode()
+    evaluations = find_evaluations(trunk, {linear.url: linear.document} if linear else {})
+    files[CARD_FILE] = render(config, pretraining, manifests, evaluations, linear.url if linear else None).encode()
     files[CONFIG_FILE] = (json.dumps(config, indent=2) + "\n").encode()
     return files
 

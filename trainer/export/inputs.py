@@ -152,22 +152,25 @@ def read_pretraining(trunk: Trunk) -> dict[str, Any] | None:
     return params if params is not None and "data_path" in params else None
 
 
-def find_evaluations(trunk: Trunk, extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def find_evaluations(trunk: Trunk, extra: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The metrics.json of every evaluation of `trunk` in the run that holds it (the folders beside the
-    pretraining folder) plus `extra`, and of their random-init twins (same command, label share and data)."""
+    pretraining folder) plus `extra`, and of their random-init twins (same command, label share and data), by
+    the folder that holds each."""
     root = parent(parent(trunk.url))
     fs, path = storage.filesystem(storage.join(root, "*", METRICS_DOCUMENT))
     found = storage.with_retries(lambda: sorted(fs.glob(path)), f"listing {root}")
-    documents = list(extra)
+    documents = dict(extra)
     for match in found:
-        document = read_json(match if storage.is_local(root) else fs.unstrip_protocol(match))
-        if document is not None and document.get("command") in EVALUATION_COMMANDS and document not in documents:
-            documents.append(document)
-    ours = [doc for doc in documents if _same_trunk(doc.get("pretrained") or {}, trunk)]
-    keys = {evaluation_key(doc) for doc in ours}
-    twins = [doc for doc in documents if (doc.get("pretrained") or {}).get("random_init")
-             and evaluation_key(doc) in keys]
-    return ours + twins
+        url = match if storage.is_local(root) else fs.unstrip_protocol(match)
+        document = read_json(url)
+        folder = parent(url)
+        if document is not None and document.get("command") in EVALUATION_COMMANDS and folder not in documents:
+            documents[folder] = document
+    ours = {url: doc for url, doc in documents.items() if _same_trunk(doc.get("pretrained") or {}, trunk)}
+    keys = {evaluation_key(doc) for doc in ours.values()}
+    twins = {url: doc for url, doc in documents.items() if (doc.get("pretrained") or {}).get("random_init")
+             and evaluation_key(doc) in keys}
+    return {**ours, **twins}
 
 
 def evaluation_key(document: dict[str, Any]) -> tuple[str, Any, Any]:

@@ -151,8 +151,8 @@ def load_pretrained_trunk(trunk: nn.Module, url: str, min_fraction: float = 0.9,
             "architecture the checkpoint was trained with")
     unused = [key for key in tensors if key not in matched and not key.startswith(NON_TRUNK_PREFIXES)]
     if exact and unused:
-        raise UserError(f"{url} ({source_format}) holds {len(unused)} trunk tensors that {type(trunk).__name__} "
-                        f"of this --arch lacks (e.g. {unused[0]}); pass the --arch the checkpoint was trained with")
+        raise UserError(f"{url} ({source_format}) holds {len(unused)} trunk tensors that the trunk of this "
+                        f"--arch lacks (e.g. {unused[0]}); pass the --arch the checkpoint was trained with")
     trunk.load_state_dict(matched, strict=False)
     report = LoadReport(loaded=loaded, expected=expected, source_format=source_format,
                         sha256=file_sha256(url), trunk_sha256=tensors_sha256(matched))
