@@ -87,3 +87,16 @@ def test_no_weights_or_a_folder_of_other_files(run_dir, tmp_path, capfd):
     assert main(["export", "--dest", str(busy), "--pretrained", str(run_dir / "pretrain" / "backbone.pth"),
                  "--arch", "resnet_tiny"]) == 2
     assert "other files" in capfd.readouterr().err and sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+
+
+def test_a_dump_from_before_trunk_digests_is_matched_by_the_file(run_dir, tmp_path, capfd):
+    dump = copy_dump(run_dir, tmp_path)
+    metrics = json.loads((dump / "metrics.json").read_text())
+    del metrics["pretrained"]["trunk_sha256"]
+    (dump / "metrics.json").write_text(json.dumps(metrics))
+    line = refused(capfd, tmp_path / "out", "--pretrained", str(run_dir / "pretrain" / "checkpoint.pth.tar"),
+                   "--arch", "resnet_tiny", "--linear", str(dump))
+    assert "another trunk" in line  # the same tensors in another file: without the digest it cannot tell
+    assert main(["export", "--dest", str(tmp_path / "out"), "--pretrained", str(run_dir / "pretrain" / "backbone.pth"),
+                 "--arch", "resnet_tiny", "--linear", str(dump / "checkpoint.pth.tar")]) == 0
+    assert (tmp_path / "out" / "classifier.safetensors").exists()
