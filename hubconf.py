@@ -25,20 +25,34 @@ dependencies = ["torch", "torchvision", "safetensors"]
 CONFIG_FILE, TRUNK_FILE, CLASSIFIER_FILE = "config.json", "trunk.safetensors", "classifier.safetensors"
 
 
-def _fetch(export: str, name: str) -> str:
-    """A local path of file `name` of the export: in the folder, or downloaded once into torch.hub's cache."""
+def _is_remote(export: str) -> bool:
     if "://" not in export:
-        return os.path.join(export, name)
+        return False
     if not export.startswith(("http://", "https://")):
         raise ValueError(f"export={export!r}: torch.hub loads a local folder or an http(s) URL; copy the export "
                          "to a folder first")
-    url = export.rstrip("/") + "/" + name
+    return True
+
+
+def _fetch(export: str, name: str, refresh: bool = False) -> str:
+    """A local path of file `name` of the export: in the folder, or downloaded into torch.hub's cache (the
+    small config.json every time, a weight file once unless `refresh`)."""
+    if not _is_remote(export):
+        return os.path.join(export, name)
     folder = os.path.join(torch.hub.get_dir(), "unmix_swav", hashlib.sha256(export.encode()).hexdigest()[:16])
     path = os.path.join(folder, name)
-    if name == CONFIG_FILE or not os.path.exists(path):  # weights are re-checked below; the config is small
+    if refresh or name == CONFIG_FILE or not os.path.exists(path):
         os.makedirs(folder, exist_ok=True)
-        torch.hub.download_url_to_file(url, path, progress=False)
+        torch.hub.download_url_to_file(export.rstrip("/") + "/" + name, path, progress=False)
     return path
+
+
+def _sha256(path: str) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def read_config(export: str) -> dict[str, Any]:
@@ -47,15 +61,17 @@ def read_config(export: str) -> dict[str, Any]:
 
 
 def _weights(export: str, name: str, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of weight file `name`, after checking its sha256 against config.json (a cached download of an
+    earlier export at the same URL is fetched again once)."""
+    expected = config["files"][name]["sha256"]
     path = _fetch(export, name)
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(8 << 20):
-            hasher.update(chunk)
-    digest = hasher.hexdigest()
-    if digest != config["files"][name]["sha256"]:
-        raise ValueError(f"{path} has sha256 {digest}, not the {config['files'][name]['sha256']} config.json "
-                         "records: the file is corrupt or from another export; download it again")
+    digest = _sha256(path)
+    if digest != expected and _is_remote(export):
+        path = _fetch(export, name, refresh=True)
+        digest = _sha256(path)
+    if digest != expected:
+        raise ValueError(f"{path} has sha256 {digest}, not the {expected} config.json records: the file is "
+                         "corrupt or from another export; export or download it again")
     return safetensors.torch.load_file(path)
 
 

@@ -127,3 +127,11 @@ def test_a_folded_batchnorm_computes_what_the_head_computed():
     features = torch.randn(64, 16)
     folded = features @ fc["fc.weight"].T + fc["fc.bias"]
     torch.testing.assert_close(folded, head(features), rtol=1e-5, atol=1e-5)
+
+
+def test_a_new_export_into_an_earlier_one_replaces_it(run_dir, tmp_path):
+    export(run_dir, tmp_path / "export")
+    config = export(run_dir, tmp_path / "export", linear=None)
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["MODEL_CARD.md", "config.json",
+                                                                         "trunk.safetensors"]
+    assert list(config["files"]) == ["trunk.safetensors"]

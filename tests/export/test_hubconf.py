@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,7 @@ import torch
 from PIL import Image
 
 from trainer.cli import main
+from trainer.models.resnet import build_trunk, trunk_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,6 +50,38 @@ def test_hub_loads_the_trunk_with_fc_identity_and_checks_digests(run_dir, tmp_pa
     (folder / "trunk.safetensors").write_bytes(bytes(data))
     with pytest.raises(ValueError, match="sha256"):
         torch.hub.load(str(REPO), "unmix_swav", export=str(folder), source="local")
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A folder served over HTTP on loopback (a thread of this process) and its URL."""
+    root = tmp_path / "served"
+    root.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+def test_hub_loads_an_export_over_http_and_refetches_a_replaced_one(run_dir, tmp_path, http_root, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    root, url = http_root
+    export(run_dir, root / "export", linear=True)
+    assert torch.hub.load(str(REPO), "unmix_swav", export=f"{url}/export", source="local").fc.out_features == 4
+    first = torch.hub.load(str(REPO), "unmix_swav", export=f"{url}/export", classifier=False, source="local")
+    # Another trunk exported to the same URL: the cached trunk.safetensors no longer matches config.json.
+    torch.manual_seed(7)
+    other, _ = build_trunk("resnet_tiny")
+    torch.save(trunk_state_dict(other), tmp_path / "other.pth")
+    (root / "export" / "classifier.safetensors").unlink()
+    assert main(["export", "--pretrained", str(tmp_path / "other.pth"), "--arch", "resnet_tiny",
+                 "--dest", str(root / "export")]) == 0
+    second = torch.hub.load(str(REPO), "unmix_swav", export=f"{url}/export", source="local")
+    assert isinstance(second.fc, torch.nn.Identity)
+    assert torch.equal(second.conv1.weight, other.conv1.weight)
+    assert not torch.equal(second.conv1.weight, first.conv1.weight)
 
 
 def test_hubconf_imports_only_torch_torchvision_and_safetensors():

@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -54,29 +55,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--license", default="", help="licence of the weights for the model card, e.g. an SPDX id")
 
 
-def check(args: argparse.Namespace, world_size: int = 1) -> None:
-    """The checks before any reading of weights: the flags name usable files and folders."""
-    if is_random_init(args.pretrained):
-        raise UserError(f"--pretrained {args.pretrained!r} names no weights; pass the backbone.pth or "
+@dataclass(frozen=True)
+class ExportRequest:
+    """What to export: the flags of `unmix-swav export`, for callers without a command line (a pipeline step)."""
+
+    pretrained: str
+    arch: str
+    dest: str
+    linear: str = ""
+    license: str = ""
+
+
+def check_paths(pretrained: str, dest: str) -> None:
+    """The checks before any reading of weights: the flags name a weights file and a usable folder."""
+    if is_random_init(pretrained):
+        raise UserError(f"--pretrained {pretrained!r} names no weights; pass the backbone.pth or "
                         "checkpoint.pth.tar of a pretraining run")
-    check_file("--pretrained", args.pretrained, "pass the backbone.pth or checkpoint.pth.tar of a pretraining run")
-    fs, path = storage.filesystem(args.dest)
-    if storage.with_retries(lambda: fs.isfile(path), f"checking {args.dest}"):
-        raise UserError(f"--dest {args.dest} is a file; pass a folder (it is created if missing)")
-    if storage.exists(args.dest):
-        names = storage.with_retries(lambda: fs.ls(path, detail=False), f"listing {args.dest}")
+    check_file("--pretrained", pretrained, "pass the backbone.pth or checkpoint.pth.tar of a pretraining run")
+    fs, path = storage.filesystem(dest)
+    if storage.with_retries(lambda: fs.isfile(path), f"checking {dest}"):
+        raise UserError(f"--dest {dest} is a file; pass a folder (it is created if missing)")
+    if storage.exists(dest):
+        names = storage.with_retries(lambda: fs.ls(path, detail=False), f"listing {dest}")
         foreign = sorted(name.rstrip("/").rsplit("/", 1)[-1] for name in names)
         foreign = [name for name in foreign if name not in EXPORT_FILES]
         if foreign:
-            raise UserError(f"--dest {args.dest} holds other files ({', '.join(foreign[:3])}); pass an empty folder "
+            raise UserError(f"--dest {dest} holds other files ({', '.join(foreign[:3])}); pass an empty folder "
                             "or an earlier export's")
+
+
+def check(args: argparse.Namespace, world_size: int = 1) -> None:
+    """The checks `run` makes before any work (launchers call it); none depends on world_size."""
+    check_paths(args.pretrained, args.dest)
 
 
 def file_record(data: bytes, sha256: str) -> dict[str, Any]:
     return {"sha256": sha256, "bytes": len(data)}
 
 
-def build_export(args: argparse.Namespace) -> dict[str, bytes]:
+def build_export(args: ExportRequest) -> dict[str, bytes]:
     """Every file of the export, in memory, from checked inputs (raises UserError before anything is written)."""
     trunk_model, _ = build_trunk(args.arch)
     report = load_pretrained_trunk(trunk_model, args.pretrained, exact=True)
@@ -105,7 +122,7 @@ def build_export(args: argparse.Namespace) -> dict[str, bytes]:
     return files
 
 
-def export_config(args: argparse.Namespace, trunk: Trunk, linear: LinearResult | None,
+def export_config(args: ExportRequest, trunk: Trunk, linear: LinearResult | None,
                   records: dict[str, dict[str, Any]], has_run: bool) -> dict[str, Any]:
     source: dict[str, Any] = {
         "pretrained": {"url": trunk.url, "file_sha256": trunk.file_sha256, "trunk_sha256": trunk.trunk_sha256,
@@ -137,10 +154,18 @@ def publish(dest: str, files: dict[str, bytes]) -> None:
         storage.atomic_write_bytes(storage.join(dest, name), files[name])
 
 
-def run(args: argparse.Namespace) -> None:
-    check(args)
+def export_run(request: ExportRequest) -> dict[str, Any]:
+    """Check, build and publish the export of `request`; its config.json. Bad input raises UserError before
+    anything is written."""
+    check_paths(request.pretrained, request.dest)
     started = time.perf_counter()
-    files = build_export(args)
-    publish(args.dest, files)
+    files = build_export(request)
+    publish(request.dest, files)
     sizes = ", ".join(f"{name} {len(data) / 2**20:.1f} MiB" for name, data in files.items())
-    log.info("exported to %s in %.1f s: %s", args.dest, time.perf_counter() - started, sizes)
+    log.info("exported to %s in %.1f s: %s", request.dest, time.perf_counter() - started, sizes)
+    return json.loads(files[CONFIG_FILE])
+
+
+def run(args: argparse.Namespace) -> None:
+    export_run(ExportRequest(pretrained=args.pretrained, arch=args.arch, dest=args.dest, linear=args.linear,
+                             license=args.license))
