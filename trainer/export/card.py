@@ -47,11 +47,18 @@ def evaluation_table(documents: dict[str, dict[str, Any]], exported: str | None)
     return lines
 
 
+def method(params: dict[str, Any] | None) -> str:
+    """The pretraining method as the run's flags say (`--run_swav true` turns Un-Mix off)."""
+    if params is None:
+        return "a pretraining whose run was not found"
+    return "SwAV" if params.get("run_swav") else "SwAV + Un-Mix"
+
+
 def _recipe(params: dict[str, Any] | None) -> list[str]:
     if params is None:
         return ["The pretraining run's params.json was not found beside the weights; the recipe is unknown."]
     rows = [f"| `{flag}` | `{json.dumps(params[flag])}` |" for flag in RECIPE_FLAGS if flag in params]
-    return ["SwAV with Un-Mix, pretrained by `unmix-swav pretrain` with (all flags in the run's params.json):", "",
+    return [f"{method(params)}, pretrained by `unmix-swav pretrain` with (all flags in the run's params.json):", "",
             "| flag | value |", "|---|---|", *rows]
 
 
@@ -71,7 +78,7 @@ def render(config: dict[str, Any], pretraining: dict[str, Any] | None, data: dic
     source, arch = config["source"], config["architecture"]
     has_classifier = "classifier.safetensors" in config["files"]
     what = (f"a {config['arch']} ResNet trunk ({arch['block']}, layers {arch['layers']}, "
-            f"{arch['feature_dim']}-d pooled features) pretrained without labels by SwAV + Un-Mix")
+            f"{arch['feature_dim']}-d pooled features) pretrained without labels by {method(pretraining)}")
     if has_classifier:
         what += (f", and a {config['num_classes']}-class linear classifier trained on the frozen trunk by "
                  f"`unmix-swav eval-linear` (top-1 {_number(source['linear_eval']['top1'])}% on its validation "
@@ -81,7 +88,7 @@ def render(config: dict[str, Any], pretraining: dict[str, Any] | None, data: dic
                                     "data and of this code apply")
     pre = config["preprocessing"]
     lines = [
-        f"# {config['arch']} — SwAV + Un-Mix ({'classifier' if has_classifier else 'trunk'})", "",
+        f"# {config['arch']} — {method(pretraining)} ({'classifier' if has_classifier else 'trunk'})", "",
         f"**What**: {what}.", "",
         "## Files", *files, "- `config.json`: architecture, classes, preprocessing, digests, provenance", "",
         "## Loading", "",

@@ -85,6 +85,9 @@ def read_linear(url: str, arch: str, trunk: Trunk) -> LinearResult:
     if document.get("command") != "eval-linear":
         raise UserError(f"--linear {url} is the output of {document.get('command')!r}, not eval-linear: pass the "
                         "--dump_path of an eval-linear run (its head sits on the frozen trunk being exported)")
+    if not isinstance(document.get("last"), dict) or "top1" not in document:
+        raise UserError(f"--linear {url}: {METRICS_DOCUMENT} records no scored epoch; pass the --dump_path of a "
+                        "finished eval-linear run")
     if document.get("status", "ok") != "ok":
         raise UserError(f"--linear {url} ended with status {document['status']!r} "
                         f"({document.get('status_reason', 'no reason recorded')}); export a run that finished ok")
@@ -164,7 +167,8 @@ def find_evaluations(trunk: Trunk, extra: dict[str, dict[str, Any]]) -> dict[str
         url = match if storage.is_local(root) else fs.unstrip_protocol(match)
         document = read_json(url)
         folder = parent(url)
-        if document is not None and document.get("command") in EVALUATION_COMMANDS and folder not in documents:
+        if (document is not None and document.get("command") in EVALUATION_COMMANDS and folder not in documents
+                and document not in documents.values()):  # the --linear dump under another spelling of its URL
             documents[folder] = document
     ours = {url: doc for url, doc in documents.items() if _same_trunk(doc.get("pretrained") or {}, trunk)}
     keys = {evaluation_key(doc) for doc in ours.values()}
