@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "detr": ("trainer.detr.train", "DETR fine-tuning on COCO-format data with the pretrained trunk"),
     "stage": ("trainer.data.staging", "validate and shard an image dataset into object storage"),
     "report": ("trainer.report.build", "rebuild a run's report (report.html, report.md) from its step folders"),
+    "export": ("trainer.export.command", "the trunk and linear classifier as safetensors, config.json, model card"),
 }
 
 

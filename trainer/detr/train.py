@@ -278,7 +278,8 @@ def pretrained_summary(args: argparse.Namespace, report: LoadReport | None) -> d
     if report is None:
         return random_init_record(args.seed)
     return {"url": args.pretrained, "sha256": report.sha256, "loaded": report.loaded,
-            "expected": report.expected, "source_format": report.source_format}
+            "expected": report.expected, "source_format": report.source_format,
+            "trunk_sha256": report.trunk_sha256}
 
 
 def metrics_document(args: argparse.Namespace, report: LoadReport | None, num_classes: int, env: DistEnv,

@@ -45,6 +45,7 @@ class LoadReport:
     expected: int
     source_format: str
     sha256: str
+    trunk_sha256: str  # of the loaded tensors, not the file: one trunk saved in any format has one digest
 
 
 def file_sha256(url: str) -> str:
@@ -105,8 +106,23 @@ def _is_weight(key: str) -> bool:
     return not key.endswith("num_batches_tracked")
 
 
-def load_pretrained_trunk(trunk: nn.Module, url: str, min_fraction: float = 0.9) -> LoadReport:
-    """Copy the matching tensors of the checkpoint at `url` into `trunk`; refuse when too few match."""
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """Digest of the weights in `tensors` (name, dtype, shape and values; step counters left out): equal for
+    backbone.pth and checkpoint.pth.tar of one run, so a result can be tied to a trunk whatever file held it."""
+    hasher = hashlib.sha256()
+    for key in sorted(key for key in tensors if _is_weight(key)):
+        value = tensors[key].detach().cpu().contiguous().reshape(-1)
+        hasher.update(f"{key}|{value.dtype}|{tuple(tensors[key].shape)}\n".encode())
+        hasher.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return hasher.hexdigest()
+
+
+def load_pretrained_trunk(trunk: nn.Module, url: str, min_fraction: float = 0.9, exact: bool = False
+                          ) -> LoadReport:
+    """Copy the matching tensors of the checkpoint at `url` into `trunk`; refuse when too few match, and with
+    `exact` also when any trunk tensor is missing or any checkpoint tensor is left over (another depth)."""
+    if exact:
+        min_fraction = 1.0
     if not 0.0 < min_fraction <= 1.0:
         raise UserError(f"min_fraction {min_fraction} is outside (0, 1]; 0.9 is the safe default")
     checkpoint = storage.load_torch(url)
@@ -133,12 +149,15 @@ def load_pretrained_trunk(trunk: nn.Module, url: str, min_fraction: float = 0.9)
             f"{url} ({source_format}) matches only {loaded}/{expected} trunk tensors (need "
             f"{min_fraction:.0%}); missing e.g. {', '.join(missing)}{detail}; check --arch against the "
             "architecture the checkpoint was trained with")
+    unused = [key for key in tensors if key not in matched and not key.startswith(NON_TRUNK_PREFIXES)]
+    if exact and unused:
+        raise UserError(f"{url} ({source_format}) holds {len(unused)} trunk tensors that the trunk of this "
+                        f"--arch lacks (e.g. {unused[0]}); pass the --arch the checkpoint was trained with")
     trunk.load_state_dict(matched, strict=False)
     report = LoadReport(loaded=loaded, expected=expected, source_format=source_format,
-                        sha256=file_sha256(url))
+                        sha256=file_sha256(url), trunk_sha256=tensors_sha256(matched))
     log.info("loaded %d/%d trunk tensors from %s (%s, sha256 %s)", loaded, expected, url, source_format,
              report.sha256[:12])
-    unused = [key for key in tensors if key not in matched and not key.startswith(NON_TRUNK_PREFIXES)]
     if unused:
         log.warning("%d tensors of %s were not used (e.g. %s): is --arch the checkpoint's architecture?",
                     len(unused), url, unused[0])
