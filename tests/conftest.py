@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import process_guard
 import pytest
 from planted import PLANTED_IGNORED, encoded, png_claiming_size
 from servers import free_port, wait_until_serving
@@ -117,3 +118,18 @@ def planted_folder(tmp_path: Path) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
     return root
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    process_guard.mark_servers_slow(items)
+
+
+pytest_runtest_protocol = process_guard.runtest_protocol
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    unmarked = process_guard.unmarked_process_starters()
+    if unmarked:
+        print(f"\nerror: {len(unmarked)} test(s) start a process but are not marked slow "
+              "(add @pytest.mark.slow):\n  " + "\n  ".join(unmarked))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
