@@ -92,10 +92,11 @@ class PendingWatch:
 
     def __init__(self, core_api: k8s.CoreV1Api, custom_api: k8s.CustomObjectsApi, kind: str, name: str,
                  namespace: str, say: Callable[[str], None], clock: Callable[[], float],
-                 pending_timeout_s: float = DEFAULT_PENDING_TIMEOUT_S, repeat_s: float = REPEAT_S) -> None:
+                 pending_timeout_s: float = DEFAULT_PENDING_TIMEOUT_S, repeat_s: float | None = None) -> None:
         self.core_api, self.custom_api = core_api, custom_api
         self.kind, self.name, self.namespace, self.say, self.clock = kind, name, namespace, say, clock
-        self.pending_timeout_s, self.repeat_s = pending_timeout_s, repeat_s
+        self.pending_timeout_s = pending_timeout_s
+        self.repeat_s = REPEAT_S if repeat_s is None else repeat_s
         self._logged: dict[str, float] = {}
         self._skipped: set[str] = set()
         self._unschedulable_since: float | None = None
@@ -153,9 +154,13 @@ class PendingWatch:
     def poll(self, job: Any, pods: list[Any], suspended: bool) -> None:
         """One poll of a job that has not finished; raises JobFailed when waiting cannot help."""
         now = self.clock()
+        if not suspended and self._queued_since is not None:
+            self.say(f"{self.kind} {self.namespace}/{self.name} admitted after {now - self._queued_since:.0f}s "
+                     "in its queue")
+            self._queued_since = None
         waiting = suspended or not pods or any(p.status is None or p.status.phase == "Pending" for p in pods)
         if not waiting:
-            self._unschedulable_since = self._queued_since = None
+            self._unschedulable_since = None
             return
         reasons, fatal, unschedulable = pod_reasons(pods)
         metadata = getattr(job, "metadata", None)
@@ -173,10 +178,6 @@ class PendingWatch:
             self._queued_since = self._queued_since if self._queued_since is not None else now
             self._unschedulable_since = None
             return
-        if self._queued_since is not None:
-            self.say(f"{self.kind} {self.namespace}/{self.name} admitted after {now - self._queued_since:.0f}s "
-                     "in its queue")
-            self._queued_since = None
         if unschedulable is None:
             self._unschedulable_since = None
             return
@@ -184,6 +185,6 @@ class PendingWatch:
         self._unschedulable_since = self._unschedulable_since if self._unschedulable_since is not None else now
         if now - self._unschedulable_since >= self.pending_timeout_s:
             raise JobFailed(f"{self.kind} {self.namespace}/{self.name} stayed unschedulable for "
-                            f"{now - self._unschedulable_since:.0f}s (pending_timeout {self.pending_timeout_s:.0f}s):"
+                            f"{now - self._unschedulable_since:.1f}s (pending_timeout {self.pending_timeout_s:g}s):"
                             f" {self._last_scheduler_message}; free or add capacity, lower num_nodes/gpus_per_node, "
                             "or fix the node selector and tolerations")

@@ -25,7 +25,9 @@ from kubernetes import client as k8s
 
 from launch.apierrors import message_of, status_of
 from launch.errors import is_retryable
+from launch.kube import load_api_client
 from launch.spec import BACKENDS, DEFAULT_TRAINING_RUNTIME, S3_SECRET_KEYS, JobSpec, default_placement
+from trainer.errors import UserError
 
 DEFAULT_S3_SECRET = "unmix-swav-s3"  # k8s/s3-secret.template.yaml, the pipeline's s3_secret_name
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -381,9 +383,6 @@ def preflight_client(api_client: k8s.ApiClient) -> k8s.ApiClient:
 def run_checks(options: PreflightOptions, api_client: k8s.ApiClient | None = None) -> list[Finding]:
     """Every check of this module, in order; stops after the first if the API does not answer. Never raises
     for what the cluster answers (a UserError only for options that are not valid)."""
-    from launch.kube import load_api_client
-    from trainer.errors import UserError
-
     if options.backend not in BACKENDS:
         raise UserError(f"backend {options.backend!r} is not known; use one of {', '.join(BACKENDS)}")
     if options.gpus_per_node < 0 or not options.request_timeout_s > 0:

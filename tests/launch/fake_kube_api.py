@@ -191,6 +191,8 @@ class FakeKubeApi:
             def do_GET(self) -> None:  # noqa: N802
                 url = urlparse(self.path)
                 api.requests.append(("GET", url.path))
+                if url.path in api.forbidden_paths:
+                    return self._forbidden(url.path)
                 jobs = JOBS[api.backend].format(ns=api.namespace) + "/"
                 if url.path.startswith(jobs):
                     name = url.path[len(jobs):]
@@ -205,8 +207,6 @@ class FakeKubeApi:
                                             "items": items})
                 if url.path.endswith("/log"):
                     return self._stream_log()
-                if url.path in api.forbidden_paths:
-                    return self._forbidden(url.path)
                 if url.path == "/version":
                     return self._send(200, {"major": "1", "minor": "33", "gitVersion": "v1.33.1"})
                 if url.path == "/apis":

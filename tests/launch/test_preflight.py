@@ -165,4 +165,4 @@ def test_a_server_that_accepts_but_never_answers_fails_within_the_stated_bound()
     print(f"silent server: {seconds:.2f}s")
     (finding,) = findings
     assert finding.failed and "did not answer within 2s" in finding.message
-    assert options.request_timeout_s <= seconds <= 2 * options.request_timeout_s + 0.5
+    assert options.request_timeout_s <= seconds <= 2 * options.request_timeout_s
