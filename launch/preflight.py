@@ -245,26 +245,34 @@ def _may(api: _Api, verb: str, group: str, resource: str, namespace: str | None,
     return bool((review.get("status") or {}).get("allowed"))
 
 
-def _check_rbac(api: _Api, options: PreflightOptions) -> list[Finding]:
-    group, plural, folder = JOB_API[options.backend]
-    ns = options.namespace
+def rights(options: PreflightOptions) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str, bool, str]]]:
+    """What the launcher needs (verb, group, resource) in the namespace to run jobs, and what it reads to explain
+    and check (verb, group, resource, namespaced, what): k8s/ access grants both (tests/k8s checks it)."""
+    group, plural, _ = JOB_API[options.backend]
     needed = [(verb, group, plural) for verb in ("create", "get", "delete")]
     needed += [("list", "", "pods"), ("get", "", "pods/log")]
-    optional = [("list", "", "events", ns, "why a job's pods do not run"),
-                ("list", "", "nodes", None, "the GPU capacity of the nodes")]
+    optional = [("list", "", "events", True, "why a job's pods do not run"),
+                ("list", "", "nodes", False, "the GPU capacity of the nodes")]
     if options.s3_secret:
-        optional.append(("get", "", "secrets", ns, f"Secret {options.s3_secret}"))
+        optional.append(("get", "", "secrets", True, f"Secret {options.s3_secret}"))
     if options.queue:
-        optional += [("get", KUEUE_GROUP, "localqueues", ns, f"LocalQueue {options.queue}"),
-                     ("list", KUEUE_GROUP, "workloads", ns, "the Kueue admission of a job")]
+        optional += [("get", KUEUE_GROUP, "localqueues", True, f"LocalQueue {options.queue}"),
+                     ("list", KUEUE_GROUP, "workloads", True, "the Kueue admission of a job")]
     if options.backend == "trainjob":
-        optional.append(("get", "trainer.kubeflow.org", "clustertrainingruntimes", None,
+        optional.append(("get", "trainer.kubeflow.org", "clustertrainingruntimes", False,
                          f"ClusterTrainingRuntime {options.training_runtime}"))
+    return needed, optional
+
+
+def _check_rbac(api: _Api, options: PreflightOptions) -> list[Finding]:
+    _, plural, folder = JOB_API[options.backend]
+    ns = options.namespace
+    needed, optional = rights(options)
     try:
         denied = [f"{verb} {resource}" + (f".{g}" if g else "") for verb, g, resource in needed
                   if not _may(api, verb, g, resource, ns)]
-        unseen = [f"{what} ({verb} {resource})" for verb, g, resource, where, what in optional
-                  if not _may(api, verb, g, resource, where,
+        unseen = [f"{what} ({verb} {resource})" for verb, g, resource, namespaced, what in optional
+                  if not _may(api, verb, g, resource, ns if namespaced else None,
                               name=options.s3_secret if resource == "secrets" else "")]
     except k8s.ApiException as error:
         return [_forbidden_or_error("rbac", "the launcher's rights (SelfSubjectAccessReview)", error)]
@@ -277,8 +285,8 @@ def _check_rbac(api: _Api, options: PreflightOptions) -> list[Finding]:
         findings.append(Finding("rbac", "ok", f"the launcher may create, get and delete {plural} and read pods and "
                                               f"their logs in {ns}"))
     for item in unseen:
-        findings.append(Finding("rbac", "unverified", f"not allowed to check {item}; the Role and ClusterRole in "
-                                                      f"{folder} grant it"))
+        findings.append(Finding("rbac", "unverified", f"not allowed to check {item}; the Role in {folder} and "
+                                                      "the ClusterRole in k8s/access/cluster-read grant it"))
     return findings
 
 
