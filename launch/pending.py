@@ -5,8 +5,9 @@ conditions and container waiting reasons (from the pod list the launcher read an
 of the job's objects (pods, Jobs, JobSet: their names start with the job's), and under Kueue the Workload's
 `QuotaReserved` / `Admitted` conditions. Each reason is logged once when first seen and again every
 `repeat_s` while it holds. An image that cannot be pulled, a missing Secret or ConfigMap and an unknown
-LocalQueue end the step at once (exit 2); pods that stay unschedulable for `pending_timeout_s` (counted
-only while the job is admitted, i.e. not waiting in its queue) end it with the scheduler's last message.
+LocalQueue end the step at once (exit 2); pods that stay unschedulable, or an admitted job whose controller
+makes no pod, for `pending_timeout_s` (counted only while the job is not waiting in its queue) end it with
+the scheduler's last message.
 Every API call here has a request timeout; an error reading events or Workloads is logged once and
 skipped, never fatal (they only explain).
 """
@@ -101,6 +102,7 @@ class PendingWatch:
         self._skipped: set[str] = set()
         self._unschedulable_since: float | None = None
         self._queued_since: float | None = None
+        self._podless_since: float | None = None
         self._last_scheduler_message = ""
 
     def _once(self, what: str, error: BaseException) -> None:
@@ -178,6 +180,12 @@ class PendingWatch:
             self._queued_since = self._queued_since if self._queued_since is not None else now
             self._unschedulable_since = None
             return
+        self._podless_since = (self._podless_since if self._podless_since is not None else now) if not pods else None
+        if self._podless_since is not None and now - self._podless_since >= self.pending_timeout_s:
+            raise JobFailed(f"{self.kind} {self.namespace}/{self.name} was admitted but no pod of it appeared in "
+                            f"{now - self._podless_since:.1f}s (pending_timeout {self.pending_timeout_s:g}s): its "
+                            "controller did not start it (the runtime, JobSet or the operator; the events above say "
+                            "more); `python -m pipeline preflight` checks them")
         if unschedulable is None:
             self._unschedulable_since = None
             return

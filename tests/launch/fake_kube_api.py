@@ -12,7 +12,8 @@ For the preflight (launch.preflight) and the pending watch (launch.pending) it a
 them: /version, discovery (/apis, /apis/GROUP/VERSION from `groups`), any object at its path (`objects`),
 nodes (`nodes`), Warning events (`events`), SelfSubjectAccessReviews (allowed unless `denied` holds
 "verb resource"), 403 on `forbidden_paths`, an error answer to the job's create (`create_error`), and the
-pods' status (`pod_status`). `complete_cluster()` fills in a cluster that has every piece.
+pods' status (`pod_status`) or no pods at all (`pods_exist`). `complete_cluster()` fills in a cluster that
+has every piece.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class FakeKubeApi:
         self.forbidden_paths: set[str] = set()
         self.create_error: tuple[int, Any] | None = None
         self.pod_status: dict[str, Any] | None = None
+        self.pods_exist = True
         self._gets = 0
         self._generation = 0
         self._lock = threading.Lock()
@@ -202,7 +204,7 @@ class FakeKubeApi:
                 if url.path == f"/api/v1/namespaces/{api.namespace}/pods":
                     selector = parse_qs(url.query).get("labelSelector", [""])[0]
                     job_name = selector.split(",")[0].split("=")[1]
-                    items = [api._pod(job_name)] if job_name in api.jobs else []
+                    items = [api._pod(job_name)] if job_name in api.jobs and api.pods_exist else []
                     return self._send(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {},
                                             "items": items})
                 if url.path.endswith("/log"):

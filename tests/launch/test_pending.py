@@ -201,3 +201,14 @@ def test_forbidden_reads_while_waiting_end_the_step_instead_of_retrying_until_th
             _launcher(api, io.StringIO()).run(_job(), timeout_s=60, max_restarts=3)
     assert failure.value.exit_code == EXIT_USER_ERROR and time.monotonic() - started < 5
     assert api.created
+
+
+def test_an_admitted_job_whose_controller_makes_no_pod_ends_after_pending_timeout():
+    """e.g. a TrainJob on a runtime that does not exist, on a cluster without Trainer's admission webhook."""
+    with FakeKubeApi(backend="trainjob") as api:  # stub API server
+        api.statuses = [{"conditions": []}]
+        api.pods_exist = False
+        out = io.StringIO()
+        error, seconds = _run(api, out, pending_timeout_s=0.5)
+    assert isinstance(error, JobFailed) and "was admitted but no pod of it appeared" in str(error)
+    assert "python -m pipeline preflight" in str(error) and api.deleted == [NAME] and 0.5 <= seconds < 5
