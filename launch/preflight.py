@@ -54,6 +54,14 @@ class PreflightOptions:
     tolerations: list[dict[str, Any]] | None = None
     request_timeout_s: float = 5.0
 
+    @classmethod
+    def from_spec(cls, spec: JobSpec, s3_secret: str | None = None) -> PreflightOptions:
+        """What a step's JobSpec needs of the cluster (its placement exactly as its pods get it)."""
+        return cls(namespace=spec.namespace, backend=spec.backend, training_runtime=spec.training_runtime,
+                   queue=spec.queue, s3_secret=spec.s3_secret_name if s3_secret is None else s3_secret,
+                   gpus_per_node=spec.gpus_per_node, node_selector=dict(spec.node_selector),
+                   tolerations=[dict(t) for t in spec.tolerations])
+
 
 @dataclass(frozen=True)
 class Finding:

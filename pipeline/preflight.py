@@ -15,13 +15,20 @@ _DEFAULTS = PreflightOptions()
 
 
 def _json_or_none(text: str | None, what: str):
+    """--node-selector (an object of strings) or --tolerations (a list of objects) from JSON."""
     if text is None:
         return None
+    example = '\'{"pool": "a100"}\'' if what == "node-selector" else '\'[{"key": "pool", "operator": "Exists"}]\''
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UserError(f"--{what} {text!r} is not JSON; e.g. --{what} " +
-                        ("'{\"pool\": \"a100\"}'" if what == "node-selector" else "'[]'")) from error
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if what == "node-selector" and isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+        return value
+    if what == "tolerations" and isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        return value
+    kind = "object of strings" if what == "node-selector" else "list of objects"
+    raise UserError(f"--{what} {text!r} is not a JSON {kind}; e.g. --{what} {example}")
 
 
 def add_arguments(parser) -> None:

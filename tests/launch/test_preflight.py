@@ -14,6 +14,7 @@ import yaml
 from kubernetes import client as k8s
 
 from launch.preflight import MAX_CALLS, PERMANENT_EXIT_CODES, PreflightOptions, run_checks, runtime_rule_problems
+from launch.spec import JobSpec
 from tests.launch.fake_kube_api import RUNTIME_YAML, FakeKubeApi
 
 OPTIONS = PreflightOptions(namespace="ml", backend="trainjob", queue="team-a", gpus_per_node=8)
@@ -166,3 +167,20 @@ def test_a_server_that_accepts_but_never_answers_fails_within_the_stated_bound()
     (finding,) = findings
     assert finding.failed and "did not answer within 2s" in finding.message
     assert options.request_timeout_s <= seconds <= 2 * options.request_timeout_s
+
+
+def test_options_from_a_jobspec_check_what_its_pods_get():
+    spec = JobSpec(command="pretrain", name="unmix-pretrain-x", image="t", namespace="ml", backend="trainjob",
+                   gpus_per_node=4, queue="team-a", s3_secret_name="my-s3", node_selector={"pool": "h100"},
+                   tolerations=[{"key": "pool", "operator": "Exists", "effect": "NoSchedule"}])
+    options = PreflightOptions.from_spec(spec)
+    assert (options.namespace, options.backend, options.queue, options.s3_secret, options.gpus_per_node) == (
+        "ml", "trainjob", "team-a", "my-s3", 4)
+    with FakeKubeApi() as api:  # stub API server
+        api.complete_cluster(secret="my-s3")
+        findings, _ = _check(api, options)
+        api.nodes[0]["metadata"]["labels"]["pool"] = "h100"
+        api.nodes[0]["spec"]["taints"] = [{"key": "pool", "value": "h100", "effect": "NoSchedule"}]
+        placed, _ = _check(api, options)
+    assert [f.check for f in findings if f.failed] == ["gpu"]  # the GPU node is not in pool h100
+    assert _failed(placed) == []
