@@ -222,6 +222,7 @@ def test_checkov_passes_on_the_rendered_overlays(tmp_path):
         resource["metadata"]["namespace"] = "unmix-swav"
     (tmp_path / "trainer-v2.yaml").write_text(yaml.safe_dump_all(v2))
     (tmp_path / "secret.yaml").write_text((K8S / "s3-secret.template.yaml").read_text())
+    (tmp_path / "cluster-read.yaml").write_text(yaml.safe_dump_all(render(K8S / "access" / "cluster-read")))
     result = subprocess.run([str(checkov), "--config-file", str(K8S / ".checkov.yaml"), "-d", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
