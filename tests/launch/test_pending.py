@@ -212,3 +212,60 @@ def test_an_admitted_job_whose_controller_makes_no_pod_ends_after_pending_timeou
         error, seconds = _run(api, out, pending_timeout_s=0.5)
     assert isinstance(error, JobFailed) and "was admitted but no pod of it appeared" in str(error)
     assert "python -m pipeline preflight" in str(error) and api.deleted == [NAME] and 0.5 <= seconds < 5
+
+
+STEP_SCRIPT = """
+import sys
+from launch.run import run_job
+from launch.spec import JobSpec
+from trainer.run.boundary import run_guarded
+
+spec = JobSpec(command="pretrain", name="unmix-pretrain-v2", namespace="ml", image="registry.example/trainer:1",
+               backend="trainjob", num_nodes=1, gpus_per_node=0,
+               trainer_args=("--data_path", "d", "--dump_path", "o", "--preset", "demo_cpu"))
+sys.exit(run_guarded(lambda: run_job(spec, "kubernetes", timeout_s=3600)))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("piece", ["crd", "rbac", "image"])
+def test_a_launching_step_with_the_launchers_own_kubeconfig_ends_in_one_line(piece, tmp_path):
+    """A real process with KUBECONFIG at the stub API server, as a launching step runs on a laptop with
+    `launcher=kubernetes` (the trainer's flag checks first): the poll right after the create sees the image
+    failure; later ones come every poll interval (15 s)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.launch.test_kube import REPO
+
+    with FakeKubeApi(backend="trainjob") as api:  # stub API server
+        if piece == "crd":
+            api.create_error = (404, "404 page not found")
+        elif piece == "rbac":
+            api.create_error = (403, {"kind": "Status", "code": 403, "reason": "Forbidden", "message":
+                                      'trainjobs.trainer.kubeflow.org is forbidden: User "me" cannot create resource'})
+        else:
+            api.statuses = [{"conditions": [condition("Created", "JobsCreationSucceeded")]}]
+            api.pod_status = _pending(waiting={"reason": "ErrImagePull", "message": "manifest unknown"})
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "stub",
+            "clusters": [{"name": "stub", "cluster": {"server": api.host}}],
+            "users": [{"name": "me", "user": {"token": "t"}}],
+            "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "me"}}]}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_") and k != "HOSTNAME"}
+        env.update(KUBECONFIG=str(kubeconfig), PYTHONPATH=str(REPO))
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-c", STEP_SCRIPT], cwd=REPO, env=env, capture_output=True,
+                                text=True, timeout=120)
+        seconds = time.monotonic() - started
+    print(f"{piece}: the step exited {result.returncode} after {seconds:.1f}s (process start included)")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "this is a bug" not in result.stderr
+    expected = {"crd": "does not serve trainjobs.trainer.kubeflow.org/v1alpha1", "rbac": "is forbidden",
+                "image": "the image cannot be pulled"}[piece]
+    assert expected in errors[0]
