@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol, TextIO
+from typing import Any, NoReturn, Protocol, TextIO
 
 from kubeflow.training import TrainingClient
 from kubeflow.training.constants import constants
@@ -366,15 +366,14 @@ class JobLauncher:
             self._refuse(error, f"creating {self.api.kind} {namespace}/{name}", namespace)
         self.say(f"created {self.api.kind} {namespace}/{name}")
 
-    def _refuse(self, error: BaseException, doing: str, namespace: str) -> None:
-        """Raise the user error a refusal means (exit 2, no retry can cure it); else a retryable one."""
+    def _refuse(self, error: BaseException, doing: str, namespace: str) -> NoReturn:
+        """Raise the user error a refusal means (exit 2, no retry can cure it), else a retryable one (138)."""
         refused = refusal(error, doing, self.api.resource, namespace, self.api.rbac_fix)
         if refused is not None:
             raise refused from error
-        if status_of(error) is None or (status_of(error) or 0) >= 500:  # no answer, or the API server's fault
-            raise RetryableError(f"{doing} failed: {(str(error).splitlines() or ['?'])[0]}; the Kubernetes API "
-                                 "did not answer (a retry of the step may cure it)") from error
-        raise error
+        # No answer, a 5xx, 429 (throttled): the API server's state, not the user's setup.
+        raise RetryableError(f"{doing} failed: {(str(error).splitlines() or ['?'])[0]}; the Kubernetes API did not "
+                             "serve it (a retry of the step may cure it)") from error
 
     def delete(self, name: str, namespace: str) -> None:
         try:
@@ -405,7 +404,10 @@ class JobLauncher:
         except (RuntimeError, TimeoutError) as error:
             if status_of(error) in (401, 403):  # RBAC changed under a running job: waiting will not cure it
                 self._refuse(error, f"reading {self.api.kind} {namespace}/{name}", namespace)
-            if status_of(error) == 404 or self.clock() >= deadline:
+            if status_of(error) == 404:
+                raise JobFailed(f"{self.api.kind} {namespace}/{name} was deleted while this step followed it (by "
+                                "someone, or with the pipeline run); run the step again to start it anew") from error
+            if self.clock() >= deadline:
                 raise
             self.say(f"reading the {self.api.kind} failed ({error}); retrying")
             return None

@@ -7,6 +7,7 @@ job's creation to the failed launch."""
 from __future__ import annotations
 
 import io
+import threading
 import time
 
 import pytest
@@ -212,6 +213,15 @@ def test_an_admitted_job_whose_controller_makes_no_pod_ends_after_pending_timeou
         error, seconds = _run(api, out, pending_timeout_s=0.5)
     assert isinstance(error, JobFailed) and "was admitted but no pod of it appeared" in str(error)
     assert "python -m pipeline preflight" in str(error) and api.deleted == [NAME] and 0.5 <= seconds < 5
+
+
+def test_a_job_deleted_under_the_launcher_ends_the_step_in_one_line():
+    with FakeKubeApi(backend="trainjob") as api:  # stub API server
+        api.statuses = [{"conditions": []}]
+        launcher = _launcher(api, io.StringIO())
+        threading.Timer(0.3, lambda: api.jobs.clear()).start()  # someone runs kubectl delete trainjob
+        with pytest.raises(JobFailed, match=f"TrainJob ml/{NAME} was deleted while this step followed it"):
+            launcher.run(_job(), timeout_s=30, max_restarts=3)
 
 
 STEP_SCRIPT = """
