@@ -162,7 +162,7 @@ class PendingWatch:
             self._queued_since = None
         waiting = suspended or not pods or any(p.status is None or p.status.phase == "Pending" for p in pods)
         if not waiting:
-            self._unschedulable_since = None
+            self._unschedulable_since = self._podless_since = None
             return
         reasons, fatal, unschedulable = pod_reasons(pods)
         metadata = getattr(job, "metadata", None)
@@ -178,7 +178,7 @@ class PendingWatch:
             raise JobFailed(f"{self.kind} {self.namespace}/{self.name} cannot start: {fatal}")
         if suspended:  # the queue's wait is the step's timeout's business, not pending_timeout's
             self._queued_since = self._queued_since if self._queued_since is not None else now
-            self._unschedulable_since = None
+            self._unschedulable_since = self._podless_since = None
             return
         self._podless_since = (self._podless_since if self._podless_since is not None else now) if not pods else None
         if self._podless_since is not None and now - self._podless_since >= self.pending_timeout_s:
