@@ -130,25 +130,28 @@ def _forbidden_or_error(check: str, what: str, error: Exception) -> Finding:
 
 
 def _check_api(api: _Api) -> Finding:
+    host = api.client.configuration.host
     try:
-        version = api.call("GET", "/version")
+        try:
+            version = api.call("GET", "/version")
+        except k8s.ApiException as error:
+            if error.status in (401, 403):
+                raise
+            version = {}  # an API server may hide /version; it answered, which is what this checks
+        groups = api.call("GET", "/apis").get("groups", [])  # discovery: every authenticated user may read it
     except _Unreachable as error:
-        return Finding("api", "missing", f"the Kubernetes API at {api.client.configuration.host} did not answer "
-                                         f"within {2 * api.timeout:.0f}s ({error}); check KUBECONFIG / the context, "
-                                         "the VPN or port-forward, or run this in a pod of the cluster")
+        return Finding("api", "missing", f"the Kubernetes API at {host} did not answer within {2 * api.timeout:g}s "
+                                         f"({error}); check KUBECONFIG / the context, the VPN or port-forward, or "
+                                         "run this in a pod of the cluster")
     except k8s.ApiException as error:
-        if error.status in (401, 403):
-            return Finding("api", "missing", f"the Kubernetes API at {api.client.configuration.host} refused the "
-                                             f"credentials ({error.status}: {message_of(error)}); renew the "
-                                             "kubeconfig's token or use the pod's service account")
-        version = {}  # an API server may hide /version; it answered, which is what this checks
-    groups = api.call("GET", "/apis").get("groups", [])
+        return Finding("api", "missing", f"the Kubernetes API at {host} refused the credentials ({error.status}: "
+                                         f"{message_of(error)}); renew the kubeconfig's token or use the pod's "
+                                         "service account")
     for group in groups:
         versions = [item["version"] for item in group.get("versions", [])]
         preferred = (group.get("preferredVersion") or {}).get("version")
         api.groups[group["name"]] = sorted(versions, key=lambda v: v != preferred)
-    return Finding("api", "ok", f"Kubernetes API {version.get('gitVersion', '(version hidden)')} at "
-                                f"{api.client.configuration.host} answers")
+    return Finding("api", "ok", f"Kubernetes API {version.get('gitVersion', '(version hidden)')} at {host} answers")
 
 
 def _check_crds(api: _Api, options: PreflightOptions) -> list[Finding]:

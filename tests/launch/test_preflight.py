@@ -184,3 +184,12 @@ def test_options_from_a_jobspec_check_what_its_pods_get():
         placed, _ = _check(api, options)
     assert [f.check for f in findings if f.failed] == ["gpu"]  # the GPU node is not in pool h100
     assert _failed(placed) == []
+
+
+def test_credentials_the_api_server_refuses_are_one_line():
+    with FakeKubeApi() as api:  # stub API server
+        api.complete_cluster()
+        api.forbidden_paths.update({"/version", "/apis"})
+        findings, _ = _check(api)
+    (finding,) = findings
+    assert finding.failed and "refused the credentials (403" in finding.message and "renew" in finding.message
