@@ -38,7 +38,7 @@ CRDS = {"pytorchjob": [("PyTorchJob", "kubeflow.org", "pytorchjobs")],
                      ("ClusterTrainingRuntime", "trainer.kubeflow.org", "clustertrainingruntimes")]}
 JOB_API = {"pytorchjob": ("kubeflow.org", "pytorchjobs", "k8s/access"),
            "trainjob": ("trainer.kubeflow.org", "trainjobs", "k8s/trainer-v2/access")}
-MAX_CALLS = 24  # version, discovery (<= 5), runtime, access reviews (<= 12), secret, queue (<= 2), nodes
+MAX_CALLS = 24  # enforced; typically: version, discovery (3-5), runtime, access reviews (<= 11), secret, queue, nodes
 PERMANENT_EXIT_CODES = frozenset(code for code in range(1, 256) if not is_retryable(code))
 
 
@@ -91,6 +91,8 @@ class _Api:
     _resources: dict[str, set[str]] = field(default_factory=dict)  # group/version -> resources it serves
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        if self.calls >= MAX_CALLS:  # keeps the stated bound MAX_CALLS x 2T whatever discovery lists
+            raise _Unreachable(f"the preflight's budget of {MAX_CALLS} API calls is spent")
         self.calls += 1
         try:
             return self.client.call_api(path, method, header_params={"Accept": "application/json",
