@@ -5,7 +5,8 @@ a bearer token (`--token-file`, `$KF_PIPELINES_TOKEN`, `--token`; e.g. `kubectl 
 PROFILE --audience pipelines.kubeflow.org`), in a pod the projected pipelines token kfp knows
 ($KF_PIPELINES_SA_TOKEN_PATH or /var/run/secrets/kubeflow/pipelines/token), the session cookie of a multi-user
 front door (`--cookies 'authservice_session=...'`, or oauth2-proxy's), or, without `--host`, the kubeconfig's
-credentials through the API server's service proxy (`--kube-context`). Before anything is uploaded, `--param`
+token through the API server's service proxy (`--kube-context`, `--kfp-namespace`); in a pod without `--host`,
+kfp's in-cluster address. Before anything is uploaded, `--param`
 names are checked against the pipeline and one GET of the healthz endpoint (no retries, bounded by
 PROBE_TIMEOUT) turns 401 / 403 / 404 / a login redirect / no answer into one line naming the fix.
 """
@@ -103,7 +104,8 @@ def refusal(status: int, host: str, namespace: str | None, how: str) -> UserErro
                      "(kubectl get pods -n kubeflow) and try again")
 
 
-def probe(host: str, token: str | None, cookies: str | None, namespace: str | None, how: str) -> dict[str, Any]:
+def probe(host: str, token: str | None, cookies: str | None, namespace: str | None, how: str,
+          ca_cert: str | None = None) -> dict[str, Any]:
     """One GET of the healthz endpoint as kfp will call it; its JSON (e.g. multi_user), or a UserError."""
     import urllib3
 
@@ -113,7 +115,8 @@ def probe(host: str, token: str | None, cookies: str | None, namespace: str | No
     if cookies:
         headers["Cookie"] = cookies
     try:
-        response = urllib3.PoolManager().request(
+        pool = urllib3.PoolManager(ca_certs=ca_cert) if ca_cert else urllib3.PoolManager()
+        response = pool.request(
             "GET", host.rstrip("/") + HEALTHZ, headers=headers, redirect=False, retries=False,
             timeout=urllib3.Timeout(connect=PROBE_TIMEOUT[0], read=PROBE_TIMEOUT[1]))
     except (OSError, urllib3.exceptions.HTTPError, ValueError) as error:  # refused, unknown host, timeout, TLS
@@ -132,15 +135,45 @@ def probe(host: str, token: str | None, cookies: str | None, namespace: str | No
 def _quiet_kfp():
     """kfp logs a full response dump (logging.exception) per failed attempt and warns about server versions:
     the one line below says it all."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
-        logger.setLevel(level)
+        logging.disable(previous)
+
+
+def _in_a_pod() -> bool:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config(client_configuration=client.Configuration())
+    except config.ConfigException:
+        return False
+    return True
+
+
+def through_kube_proxy(context: str | None, kfp_namespace: str) -> tuple[str, str | None, str | None]:
+    """(host, bearer token, CA file) of ml-pipeline behind the Kubernetes API server's service proxy, with the
+    kubeconfig's credentials. Computed here because kfp's own no-host path loses the proxy path: the kubeconfig
+    loader's token refresh hook sets the bare server address again before each request."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    try:
+        config.load_kube_config(context=context, client_configuration=configuration)
+    except (config.ConfigException, OSError) as error:
+        raise UserError(f"no --host, and no Kubernetes credentials to reach Kubeflow Pipelines through "
+                        f"({one_line(error)}); pass --host URL ({_PORT_FORWARD.removeprefix('e.g. ')}) or set "
+                        "KUBECONFIG") from error
+    token = (configuration.api_key.get("authorization") or "").removeprefix("Bearer ").strip() or None
+    if token is None and configuration.cert_file:
+        raise UserError("the kubeconfig's user authenticates with a client certificate, which kfp.Client cannot "
+                        f"present; pass --host URL ({_PORT_FORWARD.removeprefix('e.g. ')})")
+    host = f"{configuration.host.rstrip('/')}/api/v1/namespaces/{kfp_namespace}/services/ml-pipeline:http/proxy"
+    return host, token, configuration.ssl_ca_cert
 
 
 def run(args) -> None:
@@ -163,20 +196,24 @@ def run(args) -> None:
         from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
 
         credentials, how = ServiceAccountTokenVolumeCredentials(str(_pod_token_path())), "the pod's pipelines token"
+    host, ca_cert = args.host or os.environ.get("KF_PIPELINES_ENDPOINT"), None
+    if not host and not _in_a_pod():
+        host, kube_token, ca_cert = through_kube_proxy(args.kube_context, args.kfp_namespace)
+        if token is None and credentials is None and kube_token:
+            token, how = kube_token, "the kubeconfig's token"
     how = " and ".join(part for part in (how, "--cookies" if args.cookies else "") if part)
-    host = args.host or os.environ.get("KF_PIPELINES_ENDPOINT")
-    where = host or f"the Kubernetes API proxy to ml-pipeline in {args.kfp_namespace} (no --host)"
+    where = host or f"ml-pipeline in namespace {args.kfp_namespace} (in-cluster)"
     if host:
         pod_token = _pod_token_path()
         probe_token = token or (pod_token.read_text(encoding="utf-8").strip() if credentials and pod_token else None)
-        healthz = probe(host, probe_token, args.cookies, args.namespace, how)
+        healthz = probe(host, probe_token, args.cookies, args.namespace, how, ca_cert)
         if healthz.get("multi_user") and not args.namespace:
             raise UserError(f"Kubeflow Pipelines at {host} is multi-user: pass --namespace with your profile's "
                             "namespace (kubectl get profiles, or the namespace menu of the Kubeflow UI)")
     try:
         with _quiet_kfp():
             client = kfp.Client(host=host, namespace=args.kfp_namespace, existing_token=token, cookies=args.cookies,
-                                credentials=credentials, kube_context=args.kube_context)
+                                credentials=credentials, ssl_ca_cert=ca_cert)
             result = client.create_run_from_pipeline_package(
                 str(args.package), arguments=arguments, run_name=args.run_name, experiment_name=args.experiment,
                 namespace=args.namespace, service_account=args.service_account)

@@ -1,11 +1,13 @@
 """A stubbed Kubeflow Pipelines API server over real HTTP on 127.0.0.1 (no Kubeflow here): it answers the few
 v2beta1 endpoints `python -m pipeline submit` reaches through kfp.Client (healthz, experiments, runs) as the
-real one does, or a scripted status for every request (`status`, `location` for a redirect), and records the
-paths and the Authorization / Cookie headers it received (`requests`)."""
+real one does, also behind the Kubernetes API server's service-proxy path, or a scripted status for every request
+(`status`, `location` for a redirect), and records the paths and the Authorization / Cookie headers it received
+(`requests`)."""
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -48,15 +50,17 @@ class FakeKfpApi:
                 pass
 
             def _serve(self, method: str) -> None:
+                # Without --host kfp comes through the Kubernetes API server's service proxy: serve that path too.
+                path = re.sub(r"^/api/v1/namespaces/[^/]+/services/ml-pipeline:http/proxy", "", self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                api.requests.append({"method": method, "path": self.path,
+                api.requests.append({"method": method, "path": path, "proxied": path != self.path,
                                      "authorization": self.headers.get("Authorization"),
                                      "cookie": self.headers.get("Cookie")})
                 if api.status != 200:
                     code, answer = api.status, {"error": "stub", "code": 16, "message": f"stub answers {api.status}"}
                 else:
-                    code, answer = api._answer(method, self.path, body)
+                    code, answer = api._answer(method, path, body)
                 data = json.dumps(answer).encode()
                 self.send_response(code)
                 if api.location:

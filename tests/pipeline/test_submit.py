@@ -79,3 +79,28 @@ def test_a_token_and_cookies_reach_every_request_and_the_run_is_created(tmp_path
     assert any(r["method"] == "POST" and r["path"].startswith("/apis/v2beta1/runs") for r in api.requests)
     assert {r["authorization"] for r in api.requests} == {"Bearer tok-123"}
     assert {r["cookie"] for r in api.requests} == {"authservice_session=abc"}
+
+
+def test_without_host_kfp_goes_through_the_kubeconfigs_api_server_with_its_credentials(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in a pod
+    with FakeKfpApi() as api:  # stub KFP, reached as through the API server's service proxy
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "stub",
+            "clusters": [{"name": "stub", "cluster": {"server": api.host}}],
+            "users": [{"name": "me", "user": {"token": "kube-tok"}}],
+            "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "me"}}]}))
+        monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+        code = main(["submit", "--param", "num_nodes=1"])
+    assert code == 0 and "created run run-1" in capsys.readouterr().out
+    assert all(r["proxied"] for r in api.requests) and {r["authorization"] for r in api.requests} == {"Bearer kube-tok"}
+
+
+def test_without_host_or_kubeconfig_it_says_so_in_one_line(monkeypatch, capsys):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", "/nonexistent/kubeconfig")
+    code = main(["submit", "--param", "num_nodes=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: no --host, and no Kubernetes credentials") and "--host URL" in err
