@@ -111,6 +111,23 @@ def test_an_image_that_cannot_be_pulled_or_a_missing_secret_ends_the_step_at_onc
     assert seconds < 5
 
 
+def test_the_v1_path_says_the_same_for_a_pytorchjob():
+    from kubeflow.training import TrainingClient
+
+    from launch.kube import PyTorchJobApi
+
+    with FakeKubeApi(backend="pytorchjob") as api:  # stub API server
+        api.statuses = [{"conditions": [condition("Created")]}]
+        api.pod_status = _pending(waiting={"reason": "ImagePullBackOff", "message": "Back-off pulling image"})
+        client = TrainingClient(client_configuration=api.configuration(), namespace="ml")
+        job = build_job(JobSpec(command="pretrain", name=NAME, namespace="ml", image="i", num_nodes=1,
+                                gpus_per_node=8))
+        with pytest.raises(JobFailed, match=f"PyTorchJob ml/{NAME} cannot start: the image cannot be pulled"):
+            JobLauncher(PyTorchJobApi(client), poll_interval_s=0.05, out=io.StringIO()).run(job, timeout_s=30,
+                                                                                              max_restarts=3)
+    assert api.deleted == [NAME]
+
+
 def test_an_unknown_local_queue_ends_the_step_at_once_and_the_queue_wait_is_not_pending_time():
     with FakeKubeApi(backend="trainjob") as api:  # stub API server
         api.statuses = [{"conditions": [condition("Suspended", "Suspended")]}]
