@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol, TextIO
+from typing import Any, NoReturn, Protocol, TextIO
 
 from kubeflow.training import TrainingClient
 from kubeflow.training.constants import constants
@@ -29,8 +29,10 @@ from kubeflow_trainer_api import models as trainer_models
 from kubernetes import client as k8s
 
 from launch import pytorchjob, trainjob
+from launch.apierrors import refusal, status_of
 from launch.errors import JobFailed
-from trainer.errors import EXIT_USER_ERROR
+from launch.pending import DEFAULT_PENDING_TIMEOUT_S, PendingWatch
+from trainer.errors import EXIT_USER_ERROR, RetryableError, UserError
 
 JOB_CONDITION_RESTARTING = "Restarting"
 JOB_CONDITION_SUSPENDED = "Suspended"
@@ -38,6 +40,7 @@ JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 JOBSET_REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
 JOBSET_RESTART_LABEL = "jobset.sigs.k8s.io/restart-attempt"
 JOB_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+REQUEST_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds of each TrainJob API call; the log stream has none
 
 
 class StepCancelled(BaseException):
@@ -74,9 +77,12 @@ class JobApi(Protocol):
     __cause__ carries the HTTP status, as kubeflow-training's client does."""
 
     kind: str  # e.g. PyTorchJob
+    resource: str  # plural.group/version, for messages
+    rbac_fix: str  # what grants the launcher its rights on this kind
     container: str  # the training container of every node's pod
     succeeded: str  # the condition type of success
     core_api: k8s.CoreV1Api
+    custom_api: k8s.CustomObjectsApi
 
     def get(self, name: str, namespace: str) -> Any: ...
     def create(self, job: Any) -> None: ...
@@ -92,9 +98,12 @@ class PyTorchJobApi:
     """A PyTorchJob of the Training Operator v1, through kubeflow-training's TrainingClient."""
 
     kind, container, succeeded = "PyTorchJob", pytorchjob.CONTAINER_NAME, constants.JOB_CONDITION_SUCCEEDED
+    resource = "pytorchjobs.kubeflow.org/v1"
+    rbac_fix = ("apply k8s/access (the unmix-swav-launcher Role) in the namespace and run the steps as its "
+                "service account")
 
     def __init__(self, client: TrainingClient) -> None:
-        self.client, self.core_api = client, client.core_api
+        self.client, self.core_api, self.custom_api = client, client.core_api, client.custom_api
 
     def get(self, name: str, namespace: str) -> Any:
         return self.client.get_job(name, namespace=namespace)
@@ -127,6 +136,8 @@ class TrainJobApi:
 
     kind, container, succeeded = trainjob.KIND, trainjob.CONTAINER_NAME, "Complete"
     group, version, plural = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
+    resource = f"{plural}.{group}/{version}"
+    rbac_fix = PyTorchJobApi.rbac_fix.replace("k8s/access", "k8s/trainer-v2/access")
 
     def __init__(self, api_client: k8s.ApiClient) -> None:
         self.custom_api, self.core_api = k8s.CustomObjectsApi(api_client), k8s.CoreV1Api(api_client)
@@ -141,24 +152,28 @@ class TrainJobApi:
 
     def get(self, name: str, namespace: str) -> trainer_models.TrainerV1alpha1TrainJob:
         found = self._call(f"reading TrainJob {namespace}/{name}", lambda: (
-            self.custom_api.get_namespaced_custom_object(self.group, self.version, namespace, self.plural, name)))
+            self.custom_api.get_namespaced_custom_object(self.group, self.version, namespace, self.plural, name,
+                                                         _request_timeout=REQUEST_TIMEOUT)))
         return trainer_models.TrainerV1alpha1TrainJob.from_dict(found)
 
     def create(self, job: trainer_models.TrainerV1alpha1TrainJob) -> None:
         namespace = job.metadata.namespace
         self._call(f"creating TrainJob {namespace}/{job.metadata.name}", lambda: (
             self.custom_api.create_namespaced_custom_object(self.group, self.version, namespace, self.plural,
-                                                            trainjob.to_manifest(job))))
+                                                            trainjob.to_manifest(job),
+                                                            _request_timeout=REQUEST_TIMEOUT)))
 
     def delete(self, name: str, namespace: str) -> None:
         # Foreground: the JobSet, its Jobs and their pods go with it.
         self._call(f"deleting TrainJob {namespace}/{name}", lambda: (
             self.custom_api.delete_namespaced_custom_object(self.group, self.version, namespace, self.plural, name,
-                                                            propagation_policy="Foreground")))
+                                                            propagation_policy="Foreground",
+                                                            _request_timeout=REQUEST_TIMEOUT)))
 
     def pods(self, name: str, namespace: str) -> list[Any]:
         found = self._call(f"listing the pods of TrainJob {namespace}/{name}", lambda: (
-            self.core_api.list_namespaced_pod(namespace, label_selector=f"{JOBSET_NAME_LABEL}={name}")))
+            self.core_api.list_namespaced_pod(namespace, label_selector=f"{JOBSET_NAME_LABEL}={name}",
+                                              _request_timeout=REQUEST_TIMEOUT)))
         return list(found.items)
 
     def conditions(self, job: trainer_models.TrainerV1alpha1TrainJob) -> list[Any]:
@@ -176,20 +191,29 @@ class TrainJobApi:
             api_version=o.api_version, kind=o.kind, name=o.name, uid=o.uid) for o in owners]
 
 
+def load_api_client() -> k8s.ApiClient:
+    """The launcher's client configuration: in a pod its service account, else KUBECONFIG / ~/.kube/config."""
+    from kubernetes import config
+
+    configuration = k8s.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        try:
+            config.load_kube_config(client_configuration=configuration)
+        except (config.ConfigException, OSError) as error:
+            first = (str(error).splitlines() or [type(error).__name__])[0]
+            raise UserError(f"no Kubernetes credentials: not in a pod, and no usable kubeconfig ({first}); set "
+                            "KUBECONFIG or write ~/.kube/config (`kubectl get pods` works when it is right)") from error
+    return k8s.ApiClient(configuration)
+
+
 def job_api(backend: str, api_client: k8s.ApiClient | None = None, namespace: str = "default") -> JobApi:
     """The API of `backend` (launch.spec.BACKENDS) with the in-cluster or kubeconfig credentials by default."""
+    api_client = api_client or load_api_client()
     if backend == "trainjob":
-        if api_client is None:
-            from kubernetes import config
-
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            api_client = k8s.ApiClient()
         return TrainJobApi(api_client)
-    configuration = api_client.configuration if api_client is not None else None
-    return PyTorchJobApi(TrainingClient(client_configuration=configuration, namespace=namespace))
+    return PyTorchJobApi(TrainingClient(client_configuration=api_client.configuration, namespace=namespace))
 
 
 class MasterLogStreamer:
@@ -263,11 +287,6 @@ class RestartCounter:
         return messages if count else []
 
 
-def _http_status(error: BaseException) -> int | None:
-    """The HTTP status of the ApiException the client wrapped into `error`, if any."""
-    return getattr(error.__cause__, "status", None)
-
-
 def _has(conditions: list[Any], kind: str) -> Any | None:
     return next((c for c in reversed(conditions) if c.type == kind and c.status == "True"), None)
 
@@ -302,9 +321,11 @@ def failure(api: JobApi, job: Any) -> tuple[str, int]:
 
 class JobLauncher:
     def __init__(self, api: JobApi, poll_interval_s: float = 15.0, out: TextIO | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 pending_timeout_s: float = DEFAULT_PENDING_TIMEOUT_S) -> None:
         self.api, self.poll_interval_s, self.clock = api, poll_interval_s, clock
         self.out = out or sys.stdout
+        self.pending_timeout_s = pending_timeout_s
 
     def say(self, message: str) -> None:
         self.out.write(f"[launcher] {message}\n")
@@ -333,11 +354,26 @@ class JobLauncher:
             self.api.get(name, namespace)
             self.say(f"{self.api.kind} {namespace}/{name} exists already: following it instead of creating it")
             return
-        except RuntimeError as error:
-            if _http_status(error) != 404:
-                raise
-        self.api.create(job)
+        except (RuntimeError, TimeoutError) as error:
+            if status_of(error) != 404:
+                self._refuse(error, f"reading {self.api.kind} {namespace}/{name}", namespace)
+        try:
+            self.api.create(job)
+        except (RuntimeError, TimeoutError) as error:
+            if status_of(error) == 409:  # created meanwhile (a second launcher pod): follow it
+                self.say(f"{self.api.kind} {namespace}/{name} was created meanwhile: following it")
+                return
+            self._refuse(error, f"creating {self.api.kind} {namespace}/{name}", namespace)
         self.say(f"created {self.api.kind} {namespace}/{name}")
+
+    def _refuse(self, error: BaseException, doing: str, namespace: str) -> NoReturn:
+        """Raise the user error a refusal means (exit 2, no retry can cure it), else a retryable one (138)."""
+        refused = refusal(error, doing, self.api.resource, namespace, self.api.rbac_fix)
+        if refused is not None:
+            raise refused from error
+        # No answer, a 5xx, 429 (throttled): the API server's state, not the user's setup.
+        raise RetryableError(f"{doing} failed: {(str(error).splitlines() or ['?'])[0]}; the Kubernetes API did not "
+                             "serve it (a retry of the step may cure it)") from error
 
     def delete(self, name: str, namespace: str) -> None:
         try:
@@ -366,7 +402,12 @@ class JobLauncher:
             current = self.api.get(name, namespace)
             pods = self.api.pods(name, namespace)
         except (RuntimeError, TimeoutError) as error:
-            if _http_status(error) == 404 or self.clock() >= deadline:
+            if status_of(error) in (401, 403):  # RBAC changed under a running job: waiting will not cure it
+                self._refuse(error, f"reading {self.api.kind} {namespace}/{name}", namespace)
+            if status_of(error) == 404:
+                raise JobFailed(f"{self.api.kind} {namespace}/{name} was deleted while this step followed it (by "
+                                "someone, or with the pipeline run); run the step again to start it anew") from error
+            if self.clock() >= deadline:
                 raise
             self.say(f"reading the {self.api.kind} failed ({error}); retrying")
             return None
@@ -376,6 +417,8 @@ class JobLauncher:
         kind = self.api.kind
         streamer = MasterLogStreamer(self.api, name, namespace, self.out)
         restarts = RestartCounter()
+        pending = PendingWatch(self.api.core_api, self.api.custom_api, kind, name, namespace, self.say, self.clock,
+                               self.pending_timeout_s)
         last_condition = None
         while True:
             read = self._read(name, namespace, deadline)
@@ -405,6 +448,11 @@ class JobLauncher:
                 self.delete(name, namespace)
                 raise JobFailed(f"{kind} {namespace}/{name} restarted {restarts.count} times, over its budget "
                                 f"of max_restarts={budget}; it was deleted (its master's log above says why)")
+            try:
+                pending.poll(current, pods, suspended=_has(conditions, JOB_CONDITION_SUSPENDED) is not None)
+            except JobFailed:
+                self.delete(name, namespace)  # a job that cannot start must not hold its queue's quota
+                raise
             if self.clock() >= deadline:
                 self.delete(name, namespace)
                 raise JobFailed(f"{kind} {namespace}/{name} did not finish within {timeout_s:.0f}s; it was "

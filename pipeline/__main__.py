@@ -1,4 +1,5 @@
-"""`python -m pipeline compile | submit | run-local | job-manifest`, behind the same error boundary as `unmix-swav`."""
+"""`python -m pipeline compile | submit | run-local | job-manifest | preflight`, behind the same error boundary as
+`unmix-swav`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ COMMANDS = {
     "run-local": ("pipeline.local_run", "run the same pipeline on this machine (kfp local runner)"),
     "job-manifest": ("pipeline.job_manifest",
                      "print the PyTorchJob or TrainJob a step would run (YAML, for kubectl apply)"),
+    "preflight": ("pipeline.preflight", "check that the cluster has what the jobs need (exit 2 names what is missing)"),
 }
 
 

@@ -157,20 +157,46 @@ def test_overlays_apply_their_changes():
     assert args[args.index("--preset") + 1] == "demo_cpu"
 
 
+READS = {("", "events"), ("", "secrets"), ("kueue.x-k8s.io", "localqueues"), ("kueue.x-k8s.io", "workloads")}
+
+
+def _granted(role: dict) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
 def test_role_grants_only_what_the_launcher_needs():
     (role,) = [r for r in render(K8S / "base") if r["kind"] == "Role"]
-    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
-               for resource in rule["resources"] for verb in rule["verbs"]}
+    granted = _granted(role)
     assert {(g, r) for g, r, _ in granted} == {("kubeflow.org", "pytorchjobs"),
                                                 ("kubeflow.org", "pytorchjobs/status"),
-                                                ("", "pods"), ("", "pods/log")}
+                                                ("", "pods"), ("", "pods/log"), *READS}
     assert not any("*" in item for item in granted)
     assert {v for g, r, v in granted if r.startswith("pods")} <= {"get", "list", "watch"}
+    assert {v for g, r, v in granted if (g, r) in READS} <= {"get", "list"}  # reads only
+    (secret_rule,) = [rule for rule in role["rules"] if "secrets" in rule["resources"]]
+    assert secret_rule["resourceNames"] == ["unmix-swav-s3"] and secret_rule["verbs"] == ["get"]  # not every Secret
     (v2_role,) = [r for r in render(TRAINER_V2) if r["kind"] == "Role"]
-    v2_granted = {(group, resource) for rule in v2_role["rules"] for group in rule["apiGroups"]
-                  for resource in rule["resources"]}
+    v2_granted = {(group, resource) for group, resource, _ in _granted(v2_role)}
     assert v2_granted == {("trainer.kubeflow.org", "trainjobs"), ("trainer.kubeflow.org", "trainjobs/status"),
-                          ("", "pods"), ("", "pods/log")}
+                          ("", "pods"), ("", "pods/log"), *READS}
+
+
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_the_access_folders_grant_every_right_the_launcher_and_the_preflight_check(backend):
+    from launch.preflight import PreflightOptions, rights
+
+    needed, optional = rights(PreflightOptions(backend=backend, queue="team-a"))
+    (role,) = [r for r in render(TRAINER_V2 / "access" if backend == "trainjob" else K8S / "access")
+               if r["kind"] == "Role"]
+    (cluster_role,) = render(K8S / "access" / "cluster-read")
+    kubernetes_validate.validate(cluster_role, K8S_VERSION, strict=True)
+    in_namespace, cluster = _granted(role), _granted(cluster_role)
+    for verb, group, resource in needed:
+        assert (group, resource, verb) in in_namespace, (verb, group, resource)
+    for verb, group, resource, namespaced, _ in optional:
+        assert (group, resource, verb) in (in_namespace if namespaced else cluster), (verb, group, resource)
+    assert cluster == {("", "nodes", "list"), ("trainer.kubeflow.org", "clustertrainingruntimes", "get")}
 
 
 def test_secret_template_holds_no_values():
@@ -198,6 +224,7 @@ def test_checkov_passes_on_the_rendered_overlays(tmp_path):
         resource["metadata"]["namespace"] = "unmix-swav"
     (tmp_path / "trainer-v2.yaml").write_text(yaml.safe_dump_all(v2))
     (tmp_path / "secret.yaml").write_text((K8S / "s3-secret.template.yaml").read_text())
+    (tmp_path / "cluster-read.yaml").write_text(yaml.safe_dump_all(render(K8S / "access" / "cluster-read")))
     result = subprocess.run([str(checkov), "--config-file", str(K8S / ".checkov.yaml"), "-d", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
