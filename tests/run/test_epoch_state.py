@@ -112,6 +112,13 @@ def test_a_checkpoint_it_cannot_restore_is_refused_in_one_line(tmp_path: Path, v
         epoch_state.restore(epoch_state.read(session, IDENTITY), **_objects(seed=1))
 
 
+def test_an_old_layout_missing_a_value_its_upgrade_needs_is_refused_in_one_line(tmp_path: Path) -> None:
+    torch.save({"epoch": 0, "identity": IDENTITY}, tmp_path / "checkpoint.pth.tar")
+    with RunSession("eval-test", str(tmp_path), CPU) as session, \
+            pytest.raises(UserError, match="holds no 'global_step'"):
+        epoch_state.read(session, IDENTITY, upgrade=lambda old: {**old, "step": old["global_step"]})
+
+
 def test_ranks_other_than_the_main_one_write_nothing(tmp_path: Path) -> None:
     session = RunSession("eval-test", str(tmp_path), DistEnv(rank=1, world_size=2, local_rank=1,
                                                             device=torch.device("cpu")))

@@ -141,7 +141,7 @@ def fit(spec: TrainingSpec, session: RunSession) -> dict[str, Any]:
     val_share = spec.val_set if spec.train_sampler is not None else Subset(spec.val_set,
                                                                           shard(len(spec.val_set), env))
     val_loader = _loader(val_share, spec)
-    metrics = session.metrics(resume_step=start)
+    metrics = session.metrics(resume_step=state.step)
     health = LossWatch(spec.divergence_fix)
     for row in history:  # a resumed run judges its whole history
         health.observe(row["loss"], f"epoch {row['epoch']}")

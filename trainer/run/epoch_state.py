@@ -69,9 +69,13 @@ def read(session: RunSession, identity: Mapping[str, Any], name: str = CHECKPOIN
         if values is None:
             continue
         url = session.url(candidate)
-        if VERSION_KEY not in values:
-            values = upgrade(values) if upgrade is not None else values
-        elif values[VERSION_KEY] != VERSION:
+        if VERSION_KEY not in values and upgrade is not None:
+            try:
+                values = upgrade(values)
+            except KeyError as missing:
+                raise UserError(f"{url} holds no {missing}: not a checkpoint of this command's epoch loop; use a "
+                                "new --dump_path or delete it to start over") from None
+        elif VERSION_KEY in values and values[VERSION_KEY] != VERSION:
             raise UserError(f"{url} holds epoch state version {values[VERSION_KEY]}, which this version cannot "
                             f"read (it reads {VERSION}); resume with the version that wrote it or use a new "
                             "--dump_path")
