@@ -9,7 +9,7 @@ import time
 import pytest
 
 from trainer.errors import Preempted
-from trainer.pretrain import PreemptionFlag
+from trainer.run.preemption import PreemptionFlag
 
 
 @pytest.mark.timeout(30)

@@ -96,6 +96,20 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
+    """`values` summed across ranks, read on the host: one small all-reduce (pretraining's log-step flags)."""
+    return all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+
+
+def gather_objects(obj: object) -> list[object]:
+    """Every rank's `obj`, on every rank (a one-element list in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's `tensor` (same shape on all ranks) stacked along dim 0, in rank order; itself alone in a
     single process. One collective, device tensors under nccl; gloo has no all_gather_into_tensor."""

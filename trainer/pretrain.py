@@ -14,13 +14,11 @@ import argparse
 import contextlib
 import logging
 import math
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -32,17 +30,26 @@ from trainer.data.photometric import Photometric
 from trainer.data.sampler import ResumableSampler
 from trainer.data.sources import ImageSource, loader_timeout, open_source
 from trainer.data.streaming import read_counts
-from trainer.distributed import DistEnv, barrier, cleanup, init_distributed, syncbn_group
+from trainer.distributed import (
+    DistEnv,
+    barrier,
+    cleanup,
+    gather_objects,
+    init_distributed,
+    sum_across_ranks,
+    syncbn_group,
+)
 from trainer.errors import Preempted, UserError
 from trainer.models.heads import SwAVHead, SwAVModel
 from trainer.models.resnet import build_trunk, trunk_state_dict
 from trainer.optim import build_optimizer, learning_rate
 from trainer.run.health import LossWatch, TrainingDiverged
 from trainer.run.metrics import MetricsLog, write_document
+from trainer.run.preemption import PreemptionFlag
 from trainer.run.resources import compiler_problem, size_this_rank
 from trainer.run.resume import identity_of, legacy_identity
 from trainer.run.session import RunSession
-from trainer.seeding import generator
+from trainer.seeding import generator, rng_state
 from trainer.swav import EmbeddingQueue, swav_loss
 from trainer.unmix import draw_mix, mix_crops, unmix_loss_inputs
 
@@ -73,35 +80,6 @@ def run(args: argparse.Namespace) -> None:
             train(cfg, env, session)
     finally:
         cleanup()
-
-
-class PreemptionFlag:
-    """Set by SIGTERM (Kubernetes eviction). The loop checkpoints and exits at its next check; while it
-    waits for data (a slow or stalled read) the signal ends the wait at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._waiting = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def close(self) -> None:
-        """Give SIGTERM back to the handler it had before (the process may go on, e.g. in a pipeline step)."""
-        signal.signal(signal.SIGTERM, self._previous)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.requested = True
-        if self._waiting:
-            raise Preempted("SIGTERM while waiting for data")
-
-    @contextlib.contextmanager
-    def waiting_for_data(self) -> Iterator[None]:
-        self._waiting = True
-        try:
-            if self.requested:
-                raise Preempted("SIGTERM while waiting for data")
-            yield
-        finally:
-            self._waiting = False
 
 
 @dataclass
@@ -203,30 +181,6 @@ def forward_loss(model: nn.Module, crops: list[torch.Tensor], cfg: argparse.Name
     parts = {"loss_ori": loss_ori.detach(), "loss_mix": loss_mix.detach(),
              "loss_mix_rev": loss_mix_rev.detach(), "lam": lam}
     return loss, parts, embeddings[:len(crops)]
-
-
-def sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
-    """One small all-reduce at log steps: the preemption flag and the skipped-file count of every rank."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
-def gather_objects(obj: object) -> list[object]:
-    """Every rank's `obj`, on every rank (a one-element list in a single process)."""
-    if not dist.is_initialized():
-        return [obj]
-    gathered: list[object] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
-    return gathered
-
-
-def rng_state() -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
 
 
 @dataclass

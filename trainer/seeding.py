@@ -16,3 +16,11 @@ def derive_seed(*parts: int) -> int:
 def generator(*parts: int, device: str | torch.device = "cpu") -> torch.Generator:
     """A torch.Generator seeded from `parts`."""
     return torch.Generator(device=device).manual_seed(derive_seed(*parts))
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's global torch (and CUDA) generator states, for a checkpoint that resumes exactly."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state

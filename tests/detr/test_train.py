@@ -52,18 +52,18 @@ def test_fine_tune_evaluates_and_resumes(coco_dir: Path, pretrained_tiny: Path, 
     assert list((dump / "tb").glob("events.out.tfevents.*"))
 
     # Fine-tuned as DETR does: frozen BatchNorm and untrained stem/layer1 keep the pretrained tensors.
-    checkpoint = torch.load(dump / "checkpoint.pth", weights_only=True)
+    checkpoint = torch.load(dump / "checkpoint.pth.tar", weights_only=True)
     source = torch.load(pretrained_tiny, weights_only=True)
     for key in ("conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer4.0.bn2.weight",
                 "layer4.0.bn2.running_var"):
         assert torch.equal(checkpoint["model"][TRUNK + key], source[key]), key
     assert not torch.equal(checkpoint["model"][TRUNK + "layer4.0.conv2.weight"], source["layer4.0.conv2.weight"])
 
-    # Resume from <dump_path>/checkpoint.pth: one more epoch, the first six kept as they were.
+    # Resume from <dump_path>/checkpoint.pth.tar: one more epoch, the first six kept as they were.
     assert main([*common, "--epochs", "7"]) == 0
     resumed = json.loads((dump / "metrics.json").read_text())["history"]
     assert len(resumed) == 7 and resumed[:6] == history
-    assert torch.load(dump / "checkpoint.pth", weights_only=True)["global_step"] == 42
+    assert torch.load(dump / "checkpoint.pth.tar", weights_only=True)["step"] == 42
 
 
 def test_mismatched_pretrained_is_refused(coco_dir: Path, pretrained_tiny: Path, tiny_flags: list[str],
@@ -75,7 +75,7 @@ def test_mismatched_pretrained_is_refused(coco_dir: Path, pretrained_tiny: Path,
     assert code == 2
     error = capsys.readouterr().err
     assert "matches only" in error and "--arch" in error
-    assert not (tmp_path / "run" / "checkpoint.pth").exists()
+    assert not (tmp_path / "run" / "checkpoint.pth.tar").exists()
 
 
 def test_two_processes(coco_dir: Path, pretrained_tiny: Path, tiny_flags: list[str], tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ def test_coco_and_outputs_on_s3(s3_server, pretrained_tiny: Path, tiny_values: d
     assert metrics["box_ap"] == returned["box_ap"] and metrics["history"][0]["steps"] == 2
     fs, path = storage.filesystem(f"{bucket}/run/tb")
     assert any("tfevents" in name for name in fs.ls(path))
-    assert storage.exists(f"{bucket}/run/checkpoint.pth")
+    assert storage.exists(f"{bucket}/run/checkpoint.pth.tar")
 
 
 def test_detr_args_fills_defaults_and_rejects_unknown_options() -> None:

@@ -96,6 +96,28 @@ def test_eval_knn_command_writes_metrics_and_does_not_redo_a_finished_run(
     assert knn.run_knn(args) == first
 
 
+def test_a_finished_run_written_before_the_epoch_state_is_reported_not_redone(
+        parse, shapes_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = tmp_path / "backbone.pth"
+    torch.save(trunk_state_dict(build_trunk("resnet_tiny")[0]), weights)
+    args = parse("eval-knn", "--data_path", str(shapes_dir), "--pretrained", str(weights), "--k", "5",
+                 "--dump_path", str(tmp_path / "run"))
+    first = knn.run_knn(args)
+    path = tmp_path / "run" / "checkpoint.pth.tar"
+    new = torch.load(path, weights_only=True)
+    assert new["epoch_state"] == 1 and new["results"]["top1"] == first["top1"]
+    for stale in path.parent.glob("checkpoint.pth.tar.*"):  # a digest record of the new bytes, if any
+        stale.unlink()
+    old_results = {**new["results"], "top1": 12.5}  # marks the stored result apart from a recomputed one
+    torch.save({"epoch": 0, "results": old_results, "identity": new["identity"]}, path)  # the old layout
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished kNN evaluation was recomputed")
+
+    monkeypatch.setattr(knn, "knn_evaluate", must_not_run)
+    assert knn.run_knn(args)["top1"] == 12.5
+
+
 @pytest.mark.parametrize("name", ["random", "none", ""])
 def test_a_random_baseline_is_seeded_and_recorded(shapes_dir, tmp_path, name):
     from trainer.cli import main

@@ -3,8 +3,9 @@
 The DETR recipe: AdamW (lr 1e-4, backbone 5e-5 here as in the SwAV transfer, weight decay 1e-4), gradient
 clipping at 0.1, the lr divided by 10 after `--lr_drop` epochs, auxiliary decoding losses, evaluation
 after every epoch. `--batch_size` is per process, as in DETR. One process, or one per GPU/CPU rank under
-torchrun or a PyTorchJob (trainer.distributed). After every epoch: `<dump_path>/checkpoint.pth` (resumed
-from automatically), `metrics.json` and TensorBoard scalars under `tb/`.
+torchrun or a PyTorchJob (trainer.distributed). After every epoch: `<dump_path>/checkpoint.pth.tar` (the run
+kit's epoch state, resumed from automatically; a `checkpoint.pth` of an earlier version is read too),
+`metrics.json` and TensorBoard scalars under `tb/`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from trainer.distributed import DistEnv, all_reduce_sum, barrier, cleanup, init_
 from trainer.errors import UserError
 from trainer.evaluation.common import check_file
 from trainer.models.pretrained import LoadReport, is_random_init, random_init_record
+from trainer.run import epoch_state
 from trainer.run.health import LossWatch
 from trainer.run.metrics import MetricsLog, write_document
 from trainer.run.resume import identity_of, legacy_identity
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 LOGGED_TERMS = ("loss_ce", "loss_bbox", "loss_giou", "cardinality_error")
 LOG_EVERY_STEPS = 20  # the training loss is read on the host (and recorded) every this many steps
 EVAL_FLUSH_BATCHES = 16  # evaluation outputs copied to the host every this many batches
-CHECKPOINT = "checkpoint.pth"
+OLD_CHECKPOINT = "checkpoint.pth"  # written before the epoch state; read when no checkpoint.pth.tar exists
 # Flags a restart may change without changing the run: the rest make up its identity. The lr schedule steps
 # at --lr_drop, not at a fraction of --epochs, so more epochs extend the same run.
 RESUME_CHANGEABLE = ("workers", "device", "resume", "dump_path", "epochs")
@@ -79,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--dump_path", required=True, help="fsspec URL for checkpoints and metrics")
     run_group.add_argument("--resume", default="",
-                           help="checkpoint URL to resume from (default: <dump_path>/checkpoint.pth if present)")
+                           help="checkpoint URL to resume from (default: <dump_path>/checkpoint.pth.tar if present)")
     run_group.add_argument("--device", default="auto", help="auto, cpu or cuda")
     run_group.add_argument("--seed", type=int, default=42)
 
@@ -118,7 +120,7 @@ def validate(args: argparse.Namespace) -> None:
         check_file("--pretrained", args.pretrained, "pass a backbone.pth / checkpoint file, or 'random' for a "
                                                     "randomly initialised baseline")
     if args.resume:
-        check_file("--resume", args.resume, "pass a checkpoint.pth written by detr, or leave it empty")
+        check_file("--resume", args.resume, "pass a checkpoint.pth.tar written by detr, or leave it empty")
 
 
 def resolve_num_classes(args: argparse.Namespace, train_annotations: dict[str, Any]) -> int:
@@ -141,10 +143,10 @@ def param_groups(model: DetrForObjectDetection, args: argparse.Namespace) -> lis
 
 
 def resume_name(args: argparse.Namespace) -> str:
-    """The checkpoint to resume: --resume (which must exist), else <dump_path>/checkpoint.pth if present."""
+    """The checkpoint to resume: --resume (which must exist), else <dump_path>/checkpoint.pth.tar if present."""
     if args.resume and not storage.exists(args.resume):
-        raise UserError(f"--resume {args.resume} does not exist; pass a checkpoint.pth written by detr")
-    return args.resume or CHECKPOINT
+        raise UserError(f"--resume {args.resume} does not exist; pass a checkpoint.pth.tar written by detr")
+    return args.resume or epoch_state.CHECKPOINT
 
 
 def run_identity(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
@@ -156,6 +158,13 @@ def _legacy_values(saved: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(saved.get("args"), dict):
         return None
     return {"command": "detr", **saved["args"], "num_classes": saved.get("num_classes")}
+
+
+def _from_old_layout(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint written before the epoch state: `epoch` was the index of the last finished epoch, the
+    scheduler was `lr_scheduler` and the step `global_step`."""
+    values = {key: value for key, value in saved.items() if key not in ("lr_scheduler", "global_step")}
+    return {**values, "epoch": saved["epoch"] + 1, "step": saved["global_step"], "scheduler": saved["lr_scheduler"]}
 
 
 def make_loaders(args: argparse.Namespace, env: DistEnv, annotations: dict[str, dict[str, Any]]
@@ -293,22 +302,20 @@ def _train(args: argparse.Namespace, env: DistEnv, session: RunSession) -> dict[
     annotations = {split: load_annotations(args.coco_path, split) for split in ("train", "val")}
     num_classes = resolve_num_classes(args, annotations["train"])
     identity = run_identity(args, num_classes)
-    checkpoint = session.resume(resume_name(args), identity, env.device,
-                                legacy_identity(identity, _legacy_values, RESUME_CHANGEABLE))
+    saved = epoch_state.read(session, identity, resume_name(args), fallbacks=() if args.resume else (OLD_CHECKPOINT,),
+                             upgrade=_from_old_layout, map_location=env.device,
+                             legacy_identity=legacy_identity(identity, _legacy_values, RESUME_CHANGEABLE))
     session.write_params(vars(args))
     torch.manual_seed(args.seed)  # same initial transformer on every rank (DDP broadcasts rank 0's anyway)
     detr, report = build_detr(args, num_classes)
     detr.to(env.device)
     optimizer = torch.optim.AdamW(param_groups(detr, args), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
-    start_epoch, global_step, history = 0, 0, []
-    if checkpoint is not None:
-        detr.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["lr_scheduler"])
-        start_epoch, global_step, history = checkpoint["epoch"] + 1, checkpoint["global_step"], checkpoint["history"]
-        log.info("resumed after epoch %d", checkpoint["epoch"])
-        del checkpoint
+    objects = {"model": detr, "optimizer": optimizer, "scheduler": scheduler}
+    state = epoch_state.restore(saved, **objects)
+    del saved
+    state.extra = {"num_classes": num_classes, "args": vars(args)}  # kept for readers, as before the epoch state
+    start_epoch, global_step, history = state.epoch, state.step, state.history
     model = detr
     if env.is_distributed:
         model = DistributedDataParallel(detr, device_ids=[env.device] if env.device.type == "cuda" else None)
@@ -340,10 +347,8 @@ def _train(args: argparse.Namespace, env: DistEnv, session: RunSession) -> dict[
         log.info("epoch %d/%d: loss %.4f, %.3f s/step, box AP %.4f (AP50 %.4f)", epoch + 1, args.epochs,
                  losses["train_loss"], train_seconds / max(steps, 1), ap["AP"], ap["AP50"])
         metrics.record("eval_epoch", global_step, {"epoch": epoch, **losses, **ap})
-        session.save(CHECKPOINT, {"model": detr.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "lr_scheduler": scheduler.state_dict(), "epoch": epoch,
-                                  "global_step": global_step, "history": history, "num_classes": num_classes,
-                                  "args": vars(args)})
+        state.epoch, state.step = epoch + 1, global_step
+        epoch_state.save(session, state, **objects)
         write_document(args.dump_path, metrics_document(args, report, num_classes, env, history, health))
         metrics.sync()
     if history:

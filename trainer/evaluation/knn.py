@@ -27,7 +27,8 @@ from trainer.distributed import (
 )
 from trainer.evaluation.common import add_common_arguments, check_common, evaluation_session, prepare_trunk
 from trainer.evaluation.features import SourceDataset, aligned_targets, eval_transform, extract_features
-from trainer.evaluation.reporting import CHECKPOINT, finish
+from trainer.evaluation.reporting import finish
+from trainer.run import epoch_state
 from trainer.run.health import HEALTHY
 from trainer.run.session import RunSession
 
@@ -167,23 +168,27 @@ def _knn_run(args: argparse.Namespace, env: DistEnv, session: RunSession) -> dic
     identity = {"command": "eval-knn", "arch": args.arch, "data_path": args.data_path,
                 "pretrained_sha256": pretrained["sha256"] if pretrained else None,
                 "image_size": args.image_size, "k": args.k, "temperature": args.temperature}
-    state = session.resume(CHECKPOINT, identity)
-    if state is not None and "results" in state:
+    state = epoch_state.restore(epoch_state.read(session, identity, upgrade=_from_old_layout))
+    if "results" in state.extra:
         log.info("kNN already evaluated under %s; reporting the stored result", args.dump_path)
-        results = state["results"]
+        results = state.extra["results"]
     else:
         results = knn_evaluate(trunk, args.data_path, env.device, args.image_size, args.k,
                                args.temperature, args.batch_size, args.workers, env)
     log.info("kNN (k=%d, T=%g): top-1 %.2f%%, top-5 %.2f%% on %d val images", results["k"],
              args.temperature, results["top1"], results["top5"], results["val_samples"])
     session.write_params(vars(args))  # after the data opened and scored: a refused run leaves none
-    if env.is_main:
-        session.save(CHECKPOINT, {"epoch": 0, "results": results})
-    metrics = session.metrics()
     row = {"epoch": 0, "top1": results["top1"], "top5": results["top5"]}
+    epoch_state.save(session, epoch_state.EpochState(epoch=1, history=[row], extra={"results": results}))
+    metrics = session.metrics()
     metrics.record("knn", 0, row)
     extra = {key: value for key, value in results.items() if key not in ("top1", "top5")}
     return {**results, **finish(session, metrics, "eval-knn", pretrained, [row], extra, HEALTHY)}
+
+
+def _from_old_layout(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint written before the epoch state: {"epoch": 0, "results": ...} once the evaluation ran."""
+    return {**saved, "epoch": 1 if "results" in saved else 0, "step": 0, "history": []}
 
 
 def run(args: argparse.Namespace) -> None:

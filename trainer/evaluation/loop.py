@@ -1,7 +1,8 @@
 """The epoch loop shared by eval-linear and eval-semisup: train, validate, log, checkpoint, resume.
 
-A run resumes from `<dump_path>/checkpoint.pth.tar` at the last finished epoch (trainer.run.resume checks
-that the checkpoint belongs to this run); every epoch is an `eval_epoch` record of the run's metrics.
+A run resumes from `<dump_path>/checkpoint.pth.tar` at the last finished epoch (the run kit's epoch state,
+trainer.run.epoch_state, after trainer.run.resume checked that it belongs to this run); every epoch is an
+`eval_epoch` record of the run's metrics.
 Every random draw of an epoch (shuffle, data-loader worker seeds, augmentations in the main process) is seeded from
 (seed, epoch, rank), so a resumed run repeats exactly what an uninterrupted one would have done.
 """
@@ -23,7 +24,8 @@ from trainer import storage
 from trainer.data.sources import loader_timeout
 from trainer.distributed import DistEnv, all_reduce_sum
 from trainer.evaluation.features import shard
-from trainer.evaluation.reporting import CHECKPOINT, finish
+from trainer.evaluation.reporting import finish
+from trainer.run import epoch_state
 from trainer.run.health import LossWatch, TrainingDiverged
 from trainer.run.logs import progress
 from trainer.run.session import RunSession
@@ -123,20 +125,14 @@ def validate(spec: TrainingSpec, loader: DataLoader) -> tuple[float, float, list
 def fit(spec: TrainingSpec, session: RunSession) -> dict[str, Any]:
     """Train for args.epochs (resuming if a checkpoint of this run exists) and write the metrics."""
     args, env = spec.args, spec.env
-    history: list[dict[str, float]] = []
-    start, confusion = 0, None
-    state = session.resume(CHECKPOINT, spec.identity)
+    saved = epoch_state.read(session, spec.identity, upgrade=_from_old_layout)
     session.write_params(vars(args))
     for name, text in (spec.outputs or {}).items():
         if env.is_main:
             storage.write_text(session.url(name), text)
-    if state is not None:
-        spec.model.load_state_dict(state["model"])
-        spec.optimizer.load_state_dict(state["optimizer"])
-        spec.scheduler.load_state_dict(state["scheduler"])
-        history, start = list(state["history"]), int(state["epoch"])
-        confusion = state.get("confusion")
-        log.info("resumed after epoch %d", start)
+    objects = {"model": spec.model, "optimizer": spec.optimizer, "scheduler": spec.scheduler}
+    state = epoch_state.restore(saved, **objects)
+    history, start, confusion = state.history, state.epoch, state.extra.get("confusion")
 
     sampler = spec.train_sampler or DistributedSampler(spec.train_set, num_replicas=env.world_size, rank=env.rank,
                                                        shuffle=True, seed=args.seed)
@@ -145,7 +141,7 @@ def fit(spec: TrainingSpec, session: RunSession) -> dict[str, Any]:
     val_share = spec.val_set if spec.train_sampler is not None else Subset(spec.val_set,
                                                                           shard(len(spec.val_set), env))
     val_loader = _loader(val_share, spec)
-    metrics = session.metrics(resume_step=start)
+    metrics = session.metrics(resume_step=state.step)
     health = LossWatch(spec.divergence_fix)
     for row in history:  # a resumed run judges its whole history
         health.observe(row["loss"], f"epoch {row['epoch']}")
@@ -170,10 +166,14 @@ def fit(spec: TrainingSpec, session: RunSession) -> dict[str, Any]:
                  args.epochs, loss, top1, top5, max(r["top1"] for r in history))
         metrics.record("eval_epoch", epoch + 1, row)
         session.check_lock()
-        if env.is_main:
-            session.save(CHECKPOINT, {"epoch": epoch + 1, "history": history, "model": spec.model.state_dict(),
-                                      "optimizer": spec.optimizer.state_dict(),
-                                      "scheduler": spec.scheduler.state_dict(), "confusion": confusion})
+        state.epoch = state.step = epoch + 1  # an evaluation's metrics step is its epoch
+        state.extra["confusion"] = confusion
+        epoch_state.save(session, state, **objects)
         metrics.sync()
     extra = {**(spec.extra_results or {}), "classes": spec.classes, "confusion_matrix": confusion}
     return finish(session, metrics, spec.command, spec.pretrained, history, extra, health.summary())
+
+
+def _from_old_layout(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint written before the epoch state: the same keys (`epoch` counted the completed epochs), no step."""
+    return {**saved, "step": saved.get("epoch", 0)}

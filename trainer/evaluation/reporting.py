@@ -7,8 +7,6 @@ from typing import Any
 from trainer.run.metrics import MetricsLog, write_document
 from trainer.run.session import RunSession
 
-CHECKPOINT = "checkpoint.pth.tar"
-
 
 def summary(history: list[dict[str, float]]) -> dict[str, Any]:
     """Top-1 / top-5 of the last and of the best (highest top-1) epoch of `history`."""

@@ -17,8 +17,8 @@ from trainer import storage
 from trainer.data.sources import MANIFEST
 from trainer.errors import UserError
 from trainer.evaluation.linear import LinearClassifier
-from trainer.evaluation.reporting import CHECKPOINT
 from trainer.export.model import fold_head
+from trainer.run.epoch_state import CHECKPOINT
 from trainer.run.metrics import METRICS_DOCUMENT
 from trainer.run.session import PARAMS
 
