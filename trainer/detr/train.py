@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import time
 from typing import Any
 
@@ -142,9 +143,11 @@ def param_groups(model: DetrForObjectDetection, args: argparse.Namespace) -> lis
 
 def resume_name(args: argparse.Namespace) -> str:
     """The checkpoint to resume: --resume (which must exist), else <dump_path>/checkpoint.pth if present."""
-    if args.resume and not storage.exists(args.resume):
+    if not args.resume:
+        return CHECKPOINT
+    if not storage.exists(args.resume):
         raise UserError(f"--resume {args.resume} does not exist; pass a checkpoint.pth written by detr")
-    return args.resume or CHECKPOINT
+    return args.resume if "://" in args.resume else os.path.abspath(args.resume)
 
 
 def run_identity(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:

@@ -74,7 +74,8 @@ class RunSession:
                         one_line(error))
 
     def url(self, name: str) -> str:
-        return storage.join(self.dump_path, name)
+        """`name` under the dump path; a URL or an absolute path (detr's --resume) stays as it is."""
+        return name if "://" in name or name.startswith("/") else storage.join(self.dump_path, name)
 
     def resume(self, name: str, identity: Mapping[str, Any], map_location: str | torch.device = "cpu",
                legacy_identity: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
