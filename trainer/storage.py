@@ -167,19 +167,8 @@ def write_text(url: str, text: str) -> None:
     atomic_write_bytes(url, text.encode("utf-8"))
 
 
-# --- Verified files -------------------------------------------------------------------------------------
-#
-# Where the digest lives: a sidecar object `<name>.sha256` beside the file, not object metadata. A sidecar is
-# a plain file, so it works the same on local paths and every fsspec store, and it travels with the file
-# through `cp -r`, `aws s3 cp --recursive` and `aws s3 sync` (local copies drop S3 metadata, and S3 metadata
-# cannot be rewritten without rewriting the object). The cost is a second small object per file.
-#
-# A file and its sidecar cannot be replaced in one atomic step, so the sidecar lists every digest the file
-# may hold while it changes: first the sidecar lists the new digest and the old ones, then the file is
-# replaced atomically, then the sidecar keeps only the new digest. A crash between any two steps leaves a
-# file whose digest is listed: a good file is never refused, a damaged one always is. With no sidecar yet
-# (a new file, or one written before digests existed) the file goes first and its sidecar after: a crash
-# in between leaves a file that loads unverified, as any file without a sidecar does (with a warning).
+# --- Verified files: a sha256 sidecar beside each file, written with it and checked on every read
+# (`write_verified` says why a sidecar and how the pair stays consistent through a crash; docs/integrity.md).
 
 DIGEST_SUFFIX = ".sha256"
 DIGEST_FORMAT = "unmix-swav sha256 sidecar v1"
@@ -238,7 +227,7 @@ def _remove_record(url: str) -> None:
 
 def _publish(url: str, new: list[dict[str, Any]] | None, put: Callable[[], None]) -> None:
     """Run `put`, which replaces the file at `url` by one whose fingerprint is in `new` (None: unknown), so
-    that its sidecar accepts the file at every moment (see the comment above)."""
+    that its sidecar accepts the file at every moment (the steps are in `write_verified`'s docstring)."""
     try:
         old = _read_record(url)
     except IntegrityError:
@@ -261,7 +250,20 @@ def _publish(url: str, new: list[dict[str, Any]] | None, put: Callable[[], None]
 
 
 def write_verified(url: str, data: bytes | str) -> None:
-    """Write `data` atomically with a sha256 sidecar that `read_verified` checks (str is written as UTF-8)."""
+    """Write `data` atomically with a sha256 sidecar `<url>.sha256` that `read_verified` checks (str as UTF-8).
+
+    Why a sidecar and not object metadata: a sidecar is a plain file, so it works the same on local paths and
+    every fsspec store, and it travels with the file through `cp -r`, `aws s3 cp --recursive` and `aws s3
+    sync`; a local copy drops S3 metadata, local files have none, and S3 metadata cannot change without
+    rewriting the object. The cost is a second small object per file.
+
+    A file and its sidecar cannot be replaced in one atomic step, so the sidecar lists every digest the file
+    may hold while it changes: first the sidecar lists the new digest and the ones it listed, then the file
+    is replaced atomically, then the sidecar keeps only the new digest. A crash between any two steps leaves
+    a file whose digest is listed: a good file is never refused, a damaged one always is. With no sidecar yet
+    (a new file, or one written before digests existed) the file goes first and its sidecar after: a crash
+    in between leaves a file without a sidecar, which loads unverified as any such file does.
+    """
     payload = data.encode("utf-8") if isinstance(data, str) else data
     _publish(url, [_fingerprint(payload)], lambda: atomic_write_bytes(url, payload))
 

@@ -195,3 +195,34 @@ def test_staging_again_replaces_a_damaged_manifest(staged, shapes_dir, tmp_path)
     stage_dataset(str(shapes_dir), str(data), workers=1, progress=messages.append)
     assert not any("reused" in message for message in messages)
     assert json.loads(storage.read_verified(str(data / "manifest.json")))["complete"] is True
+
+
+def test_a_damaged_shard_record_is_staged_again_not_reused(shapes_dir, tmp_path):
+    dest = tmp_path / "staged"
+    stage_dataset(str(shapes_dir), str(dest), shard_size_mb=0.01, workers=1, progress=lambda message: None)
+    records = sorted((dest / "train").glob("*.json"))
+    assert len(records) > 2
+    flip(records[1])
+    (dest / "manifest.json").unlink()  # staging again goes over the shards instead of reusing the dataset
+    messages: list[str] = []
+    stage_dataset(str(shapes_dir), str(dest), shard_size_mb=0.01, workers=1, progress=messages.append)
+    assert f"{len(records) - 1} shards done by an earlier run, 1 to write" in " ".join(messages), messages
+    assert storage.read_verified(str(records[1]))
+
+
+def test_a_damaged_archive_index_record_is_rebuilt_with_a_warning(shapes_dir, tmp_path, caplog):
+    import tarfile
+
+    from trainer.data.archives import cached_index
+
+    archive = tmp_path / "images.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(shapes_dir / "train", arcname="train")
+    index_dir = str(tmp_path / "index")
+    key, members = cached_index(str(archive), index_dir)
+    (record,) = Path(index_dir).glob("*.json")
+    flip(record)
+    with caplog.at_level(logging.WARNING):
+        assert cached_index(str(archive), index_dir) == (key, members)
+    assert any("indexing it again" in r.getMessage() and "is damaged" in r.getMessage() for r in caplog.records)
+    assert storage.read_verified(str(record))  # rewritten whole, with its digest
