@@ -226,3 +226,27 @@ def test_a_damaged_archive_index_record_is_rebuilt_with_a_warning(shapes_dir, tm
         assert cached_index(str(archive), index_dir) == (key, members)
     assert any("indexing it again" in r.getMessage() and "is damaged" in r.getMessage() for r in caplog.records)
     assert storage.read_verified(str(record))  # rewritten whole, with its digest
+
+
+def test_pretrain_refuses_a_damaged_split_index(staged, tmp_path, capsys):
+    data = Path(shutil.copytree(staged, tmp_path / "data"))
+    flip(data / "train" / "index.npz")
+    refused(capsys, ["pretrain", "--data_path", data, "--dump_path", tmp_path / "run", *TINY],
+            "index.npz is damaged", [data])
+
+
+def test_s3_resume_falls_back_to_the_previous_checkpoint(s3_server, caplog):
+    import boto3
+
+    latest = storage.join(s3_server.bucket("integrity-resume"), "run", "checkpoint.pth.tar")
+    save_checkpoint(latest, {"step": 1}, IDENTITY)
+    save_checkpoint(latest, {"step": 2}, IDENTITY)
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint)
+    client.put_object(Bucket="integrity-resume", Key="run/checkpoint.pth.tar", Body=b"torn")
+    with caplog.at_level(logging.WARNING):
+        url, state = resume_point(latest, IDENTITY)
+    assert url == previous_url(latest) and state["step"] == 1
+    assert any(f"{latest} is damaged" in r.getMessage() for r in caplog.records)
+    client.delete_object(Bucket="integrity-resume", Key="run/checkpoint.prev.pth.tar")
+    with pytest.raises(UserError, match=r"no intact checkpoint to resume: s3://\S+ is damaged.*there is no previous"):
+        resume_point(latest, IDENTITY)
