@@ -148,8 +148,8 @@ def test_truncated_checkpoint_is_one_clear_error(shapes_dir, tmp_path, uninterru
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
-    assert errors == [errors[0]] and errors[0].startswith(f"error: checkpoint {dump}/checkpoint.pth.tar could not "
-                                                         "be loaded"), done.stderr
+    assert errors == [errors[0]] and errors[0].startswith(f"error: no intact checkpoint to resume: checkpoint {dump}"
+                                                         "/checkpoint.pth.tar could not be loaded"), done.stderr
     assert "Traceback" not in done.stderr
     assert (dump / "checkpoint.pth.tar").read_bytes() == whole[:len(whole) // 2]  # left for inspection
 

@@ -149,7 +149,8 @@ def s3_run(s3_server, s3_data, proxy):
     """4 steps through the proxy, which cuts the second checkpoint upload and is down for 3 s; then the
     same command resumes to step 6 straight against the server."""
     dump = f"s3://{BUCKET}/run"
-    proxy.go_down_on(f"PUT /{BUCKET}/run/checkpoint.pth.tar".encode(), occurrence=2, down_for=3.0)
+    # The request line of the checkpoint's own PUT (its .sha256 sidecar is another object).
+    proxy.go_down_on(f"PUT /{BUCKET}/run/checkpoint.pth.tar ".encode(), occurrence=2, down_for=3.0)
     first = pretrain(s3_data, dump, proxy.endpoint, "--max_steps", "4", "--workers", "1")
     assert first.returncode == 0, first.stderr[-3000:]
     assert proxy.triggered.is_set()
@@ -200,7 +201,7 @@ def test_credentials_appear_in_no_file_and_no_log_line(s3_run):
 
 def test_a_store_that_stays_down_fails_the_run_cleanly_and_keeps_the_last_checkpoint(s3_server, s3_data, proxy):
     dump = f"s3://{BUCKET}/down"
-    proxy.go_down_on(f"PUT /{BUCKET}/down/checkpoint.pth.tar".encode(), occurrence=2, down_for=None)
+    proxy.go_down_on(f"PUT /{BUCKET}/down/checkpoint.pth.tar ".encode(), occurrence=2, down_for=None)
     started = time.monotonic()
     try:
         failed = pretrain(s3_data, dump, proxy.endpoint, "--max_steps", "6", "--workers", "0",

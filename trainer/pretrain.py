@@ -510,7 +510,7 @@ def train(cfg: argparse.Namespace, env: DistEnv, session: RunSession) -> None:
     if saved is not None:
         state.restore(saved, env)
         del saved
-        log.info("resumed from %s at step %d (epoch %d, iteration %d)", session.url(CHECKPOINT), state.step,
+        log.info("resumed from %s at step %d (epoch %d, iteration %d)", session.resumed_from, state.step,
                  *divmod(state.step, schedule.iters_per_epoch))
     forward_model: nn.Module = state.model
     if env.is_distributed:

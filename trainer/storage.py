@@ -2,13 +2,18 @@
 
 S3 settings come only from the standard AWS environment (AWS_ENDPOINT_URL[_S3], AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_REGION or an IRSA role); nothing here accepts or prints credentials.
-Writes that must never be seen half-done go through `atomic_write_bytes`. Transient store errors are
+Writes that must never be seen half-done go through `atomic_write_bytes`. Files the product writes and
+later trusts go through `write_verified` / `read_verified` (and `save_torch` / `load_torch` on them): a
+sha256 sidecar recorded at write time, checked on every read (docs/integrity.md). Transient store errors are
 retried with backoff (`with_retries`); a store that stays down raises `StorageUnavailable`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -180,20 +185,184 @@ def write_text(url: str, text: str) -> None:
     atomic_write_bytes(url, text.encode("utf-8"))
 
 
+# --- Verified files: a sha256 sidecar beside each file, written with it and checked on every read
+# (`write_verified` says why a sidecar and how the pair stays consistent through a crash; docs/integrity.md).
+
+DIGEST_SUFFIX = ".sha256"
+DIGEST_FORMAT = "unmix-swav sha256 sidecar v1"
+_warned_unverified: set[str] = set()
+
+
+class IntegrityError(UserError):
+    """The bytes at a URL are not what was written there: a digest mismatch, a damaged sidecar, or a
+    checkpoint torch cannot load. Callers that hold another copy (resume, caches) catch this one."""
+
+
+def digest_url(url: str) -> str:
+    """The sidecar that records the sha256 of the file at `url`."""
+    return url + DIGEST_SUFFIX
+
+
+def _fingerprint(data: bytes) -> dict[str, Any]:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def _is_fingerprint(entry: object) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64
+            and isinstance(entry.get("size"), int) and not isinstance(entry.get("size"), bool))
+
+
+def _read_record(url: str) -> list[dict[str, Any]] | None:
+    """The fingerprints the sidecar of `url` accepts, or None when it has no sidecar; IntegrityError when the
+    sidecar is damaged (a file cannot be trusted by a record that cannot be read)."""
+    record_url = digest_url(url)
+    fs, path = filesystem(record_url)
+    try:
+        data = with_retries(lambda: fs.cat_file(path), f"reading {record_url}")
+    except FileNotFoundError:
+        return None
+    try:
+        accepted = json.loads(data)["accept"]
+    except (ValueError, KeyError, TypeError):
+        accepted = None
+    if not isinstance(accepted, list) or not accepted or not all(_is_fingerprint(e) for e in accepted):
+        raise IntegrityError(f"the digest record {record_url} is damaged (not a list of sha256 digests), so "
+                             f"{url} cannot be verified; restore both from a copy, or delete {record_url} to "
+                             "use the file unverified")
+    return [{"sha256": e["sha256"], "size": e["size"]} for e in accepted]
+
+
+def _write_record(url: str, accepted: list[dict[str, Any]]) -> None:
+    record = {"format": DIGEST_FORMAT, "file": url.rstrip("/").rsplit("/", 1)[-1], "accept": accepted}
+    atomic_write_bytes(digest_url(url), (json.dumps(record, indent=1) + "\n").encode("utf-8"))
+
+
+def _remove_record(url: str) -> None:
+    fs, path = filesystem(digest_url(url))
+    with contextlib.suppress(FileNotFoundError):
+        with_retries(lambda: fs.rm_file(path), f"deleting {digest_url(url)}")
+
+
+def _publish(url: str, new: list[dict[str, Any]] | None, put: Callable[[], None]) -> None:
+    """Run `put`, which replaces the file at `url` by one whose fingerprint is in `new` (None: unknown), so
+    that its sidecar accepts the file at every moment (the steps are in `write_verified`'s docstring)."""
+    try:
+        old = _read_record(url)
+    except IntegrityError:
+        old = None  # a damaged sidecar is replaced with the file it records
+    if new is None:
+        if old is not None:
+            _remove_record(url)
+        put()
+        return
+    if old is None:
+        put()
+        _write_record(url, new)
+        return
+    transition = [*new, *(entry for entry in old if entry not in new)]
+    if transition != old:
+        _write_record(url, transition)
+    put()
+    if transition != new:
+        _write_record(url, new)
+
+
+def write_verified(url: str, data: bytes | str) -> None:
+    """Write `data` atomically with a sha256 sidecar `<url>.sha256` that `read_verified` checks (str as UTF-8).
+
+    Why a sidecar and not object metadata: a sidecar is a plain file, so it works the same on local paths and
+    every fsspec store, and it travels with the file through `cp -r`, `aws s3 cp --recursive` and `aws s3
+    sync`; a local copy drops S3 metadata, local files have none, and S3 metadata cannot change without
+    rewriting the object. The cost is a second small object per file.
+
+    A file and its sidecar cannot be replaced in one atomic step, so the sidecar lists every digest the file
+    may hold while it changes: first the sidecar lists the new digest and the ones it listed, then the file
+    is replaced atomically, then the sidecar keeps only the new digest. A crash between any two steps leaves
+    a file whose digest is listed: a good file is never refused, a damaged one always is. With no sidecar yet
+    (a new file, or one written before digests existed) the file goes first and its sidecar after: a crash
+    in between leaves a file without a sidecar, which loads unverified as any such file does.
+    """
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    _publish(url, [_fingerprint(payload)], lambda: atomic_write_bytes(url, payload))
+
+
+def read_verified(url: str, unrecorded_ok: bool = False) -> bytes:
+    """The bytes at `url`, checked against its sidecar; IntegrityError (one line, both digests) on a mismatch.
+
+    A file without a sidecar (written before digests existed, or copied without it) is returned with one
+    warning naming it unverified; `unrecorded_ok` drops the warning for files users may write themselves.
+    A mismatch is read once more before it is refused: a reader that raced one rewrite sees the new pair.
+    """
+    for _ in range(2):
+        data = read_bytes(url)
+        accepted = _read_record(url)
+        if accepted is None:
+            if not unrecorded_ok and url not in _warned_unverified:
+                _warned_unverified.add(url)
+                log.warning("%s has no digest record (%s): it is used unverified", url, digest_url(url))
+            return data
+        found = _fingerprint(data)
+        if found in accepted:
+            return data
+    expected = " or ".join(f"{e['sha256'][:12]}.. ({e['size']} bytes)" for e in accepted)
+    raise IntegrityError(f"{url} is damaged: its sha256 is {found['sha256'][:12]}.. ({found['size']} bytes) but "
+                         f"{digest_url(url)} recorded {expected}; restore it from a copy or rerun the step that "
+                         "wrote it")
+
+
+def copy_verified(source: str, dest: str) -> None:
+    """Copy the file at `source` to `dest` with its digest record, without reading it through this process:
+    a server-side copy on object stores, a hard link (else a copy) locally. `source` is not verified here;
+    its record travels with it, so a damaged source stays detectable at `dest`."""
+    try:
+        accepted = _read_record(source)
+    except IntegrityError:
+        accepted = None
+    src_fs, src_path = filesystem(source)
+    _, dest_path = filesystem(dest)
+
+    def put() -> None:
+        if is_local(source) and is_local(dest):
+            _local_copy(src_path, dest_path)
+        else:
+            with_retries(lambda: src_fs.copy(src_path, dest_path), f"copying {source} to {dest}")
+
+    _publish(dest, accepted, put)
+
+
+def _local_copy(source: str, dest: str) -> None:
+    """Replace `dest` by the file at `source` atomically: a hard link (files here are always replaced by a
+    rename, never rewritten in place, so the two names never share a later write), else a copy."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(dest)), f".{os.path.basename(dest)}.{uuid.uuid4().hex}.tmp")
+    try:
+        os.link(source, tmp)
+    except OSError:  # a filesystem without hard links
+        with open(source, "rb") as handle:
+            atomic_write_bytes(dest, handle.read())
+        return
+    try:
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def save_torch(obj: Any, url: str) -> None:
-    """torch.save to any URL, atomically (serialised in memory first)."""
+    """torch.save to any URL, atomically and with a digest (serialised in memory first)."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(url, buffer.getvalue())
+    write_verified(url, buffer.getvalue())
 
 
 def load_torch(url: str, map_location: str | torch.device = "cpu") -> Any:
-    """torch.load with weights_only=True; a missing or unreadable file is one clear UserError."""
+    """torch.load with weights_only=True of verified bytes; a missing file is one UserError, a damaged or
+    unloadable one an IntegrityError, each one line naming the file."""
     if not exists(url):
         raise UserError(f"checkpoint {url} does not exist; pass the URL of a file written by unmix-swav")
-    data = read_bytes(url)
+    data = read_verified(url)
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise UserError(f"checkpoint {url} could not be loaded ({describe(error)}); it is truncated, corrupt, "
-                        "not a PyTorch checkpoint, or holds objects other than tensors and plain values") from error
+        raise IntegrityError(f"checkpoint {url} could not be loaded ({describe(error)}); it is truncated, corrupt, "
+                             "not a PyTorch checkpoint, or holds objects other than tensors and plain values"
+                             ) from error

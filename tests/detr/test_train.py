@@ -66,6 +66,21 @@ def test_fine_tune_evaluates_and_resumes(coco_dir: Path, pretrained_tiny: Path, 
     assert torch.load(dump / "checkpoint.pth.tar", weights_only=True)["step"] == 42
 
 
+def test_resume_flag_continues_a_checkpoint_from_another_dump_path(coco_dir: Path, pretrained_tiny: Path,
+                                                                     tiny_flags: list[str], tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    common = ["detr", "--coco_path", str(coco_dir), "--pretrained", str(pretrained_tiny), *tiny_flags, *FAST]
+    assert main([*common, "--dump_path", str(tmp_path / "first"), "--epochs", "1"]) == 0
+    monkeypatch.chdir(tmp_path)  # a relative --resume is read from where the command runs, not under --dump_path
+    capsys.readouterr()
+    assert main([*common, "--dump_path", str(tmp_path / "second"), "--epochs", "2",
+                 "--resume", "first/checkpoint.pth.tar"]) == 0
+    assert "/first/checkpoint.pth.tar after epoch 1" in capsys.readouterr().err
+    assert [entry["epoch"] for entry in json.loads((tmp_path / "second" / "metrics.json").read_text())["history"]] \
+        == [0, 1]
+
+
 def test_mismatched_pretrained_is_refused(coco_dir: Path, pretrained_tiny: Path, tiny_flags: list[str],
                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # resnet_tiny weights have one block per stage: a resnet18 trunk would stay half random.

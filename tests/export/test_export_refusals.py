@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from trainer import storage
 from trainer.cli import main
 from trainer.models.resnet import build_trunk, trunk_state_dict
 
@@ -56,7 +57,8 @@ def test_a_head_scored_on_another_trunk(run_dir, tmp_path, capfd):
 def test_a_dump_without_a_head(run_dir, tmp_path, capfd):
     dump = copy_dump(run_dir, tmp_path)
     checkpoint = torch.load(dump / "checkpoint.pth.tar", weights_only=True)
-    torch.save({key: value for key, value in checkpoint.items() if key != "model"}, dump / "checkpoint.pth.tar")
+    storage.save_torch({key: value for key, value in checkpoint.items() if key != "model"},
+                       str(dump / "checkpoint.pth.tar"))  # with its digest record, as a run writes it
     line = refused(capfd, tmp_path / "out", "--pretrained", str(run_dir / "pretrain" / "backbone.pth"),
                    "--arch", "resnet_tiny", "--linear", str(dump))
     assert "no linear head" in line
@@ -71,7 +73,7 @@ def test_a_head_on_unpooled_features(run_dir, tmp_path, capfd):
     dump = copy_dump(run_dir, tmp_path)
     metrics = json.loads((dump / "metrics.json").read_text())
     metrics["args"]["global_pooling"] = False
-    (dump / "metrics.json").write_text(json.dumps(metrics))
+    storage.write_verified(str(dump / "metrics.json"), json.dumps(metrics))
     line = refused(capfd, tmp_path / "out", "--pretrained", str(run_dir / "pretrain" / "backbone.pth"),
                    "--arch", "resnet_tiny", "--linear", str(dump))
     assert "--global_pooling" in line
@@ -93,7 +95,7 @@ def test_a_dump_from_before_trunk_digests_is_matched_by_the_file(run_dir, tmp_pa
     dump = copy_dump(run_dir, tmp_path)
     metrics = json.loads((dump / "metrics.json").read_text())
     del metrics["pretrained"]["trunk_sha256"]
-    (dump / "metrics.json").write_text(json.dumps(metrics))
+    storage.write_verified(str(dump / "metrics.json"), json.dumps(metrics))
     line = refused(capfd, tmp_path / "out", "--pretrained", str(run_dir / "pretrain" / "checkpoint.pth.tar"),
                    "--arch", "resnet_tiny", "--linear", str(dump))
     assert "another trunk" in line  # the same tensors in another file: without the digest it cannot tell

@@ -147,10 +147,12 @@ def cached_index(url: str, index_dir: str) -> tuple[str, list[Member]]:
     """(key, members) of one archive; reuses the index an earlier run wrote if the archive is unchanged."""
     key = _archive_key(url)
     record_url = storage.join(index_dir, hashlib.sha256(url.encode("utf-8")).hexdigest()[:24] + ".json")
-    if storage.exists(record_url):
+    if storage.exists(storage.digest_url(record_url)):  # a record written before digests is indexed again
         try:
-            record = json.loads(storage.read_text(record_url))
-        except ValueError:
+            record = json.loads(storage.read_verified(record_url))
+        except (ValueError, FileNotFoundError, storage.IntegrityError) as error:
+            log.warning("the index of %s at %s is unusable (%s); indexing it again", url, record_url,
+                        storage.describe(error))
             record = {}
         if record.get("key") == key and record.get("version") == INDEX_VERSION:
             return key, [Member(*entry) for entry in record["members"]]
@@ -158,7 +160,7 @@ def cached_index(url: str, index_dir: str) -> tuple[str, list[Member]]:
     record = {"key": key, "version": INDEX_VERSION,
               "members": [[m.path, m.offset, m.size] + ([m.text] if m.text is not None else []) for m in members]}
     try:
-        storage.write_text(record_url, json.dumps(record, ensure_ascii=False))
+        storage.write_verified(record_url, json.dumps(record, ensure_ascii=False))
     except OSError as error:  # a cache: a read-only or full place costs a re-index next time, not the run
         log.warning("could not keep the index of %s at %s (%s); it will be read again next time", url, record_url,
                     error)

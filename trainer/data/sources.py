@@ -403,7 +403,7 @@ def open_folder(url: str) -> FolderSource:
 def read_manifest(url: str) -> dict[str, Any]:
     manifest_url = storage.join(url, MANIFEST)
     try:
-        manifest = json.loads(storage.read_text(manifest_url))
+        manifest = json.loads(storage.read_verified(manifest_url).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
         raise UserError(f"{manifest_url} is not valid JSON ({error}); re-run unmix-swav stage") from error
     if not isinstance(manifest, dict) or not isinstance(manifest.get("classes"), list) or not isinstance(
@@ -431,8 +431,10 @@ def read_index(url: str, split_info: dict[str, Any], manifest: dict[str, Any] | 
     index_url = storage.child_url(data_root(url, manifest or {}), split_info["index"],
                                   f"{storage.join(url, MANIFEST)}: index")
     data = storage.read_bytes(index_url)
-    if hashlib.sha256(data).hexdigest() != split_info["index_sha256"]:
-        raise UserError(f"{index_url} does not match the manifest's checksum; re-run unmix-swav stage")
+    found = hashlib.sha256(data).hexdigest()
+    if found != split_info["index_sha256"]:
+        raise storage.IntegrityError(f"{index_url} is damaged: its sha256 is {found[:12]}.. but the manifest "
+                                     f"recorded {str(split_info['index_sha256'])[:12]}..; re-run unmix-swav stage")
     with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
         return {key: arrays[key] for key in arrays.files}
 

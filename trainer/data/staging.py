@@ -205,18 +205,18 @@ def write_shard(task: dict[str, Any]) -> dict[str, Any]:
     record = {"plan": task["plan"], "path": task["path"], "size": len(shard_bytes),
               "sha256": hashlib.sha256(shard_bytes).hexdigest(), "members": packed, "skipped": skipped,
               "modes": dict(modes)}
-    storage.write_text(storage.join(task["dest"], task["record"]), json.dumps(record, ensure_ascii=False))
+    storage.write_verified(storage.join(task["dest"], task["record"]), json.dumps(record, ensure_ascii=False))
     return record
 
 
 def _reusable_record(task: dict[str, Any]) -> dict[str, Any] | None:
-    """The shard's record from an earlier run, if it matches this plan and its tar is complete."""
+    """The shard's record from an earlier run, if it verifies, matches this plan and its tar is complete."""
     record_url = storage.join(task["dest"], task["record"])
-    if not storage.exists(record_url):
+    if not storage.exists(storage.digest_url(record_url)):  # none, or written before digests: stage it again
         return None
     try:
-        record = json.loads(storage.read_text(record_url))
-    except ValueError:
+        record = json.loads(storage.read_verified(record_url))
+    except (ValueError, FileNotFoundError, storage.IntegrityError):
         return None
     fs, tar_path = storage.filesystem(storage.join(task["dest"], task["path"]))
     if record.get("plan") != task["plan"] or not fs.exists(tar_path) or fs.size(tar_path) != record["size"]:
@@ -395,7 +395,7 @@ def _stage_split(split: str, listing: FolderListing | ArchiveListing, classes: l
     wids_index = {"wids_version": 1, "name": split,
                   "shardlist": [{"url": r["path"], "nsamples": len(r["members"]), "filesize": r["size"]}
                                 for r in records]}
-    storage.write_text(storage.join(dest, info["wids_index"]), json.dumps(wids_index, indent=1))
+    storage.write_verified(storage.join(dest, info["wids_index"]), json.dumps(wids_index, indent=1))
     skipped = [{"split": split, "path": entry[0], "reason": entry[1],
                 **({"archive": entry[2]} if entry[2:] else {})} for r in records for entry in r["skipped"]]
     return info, skipped
@@ -526,12 +526,12 @@ def reuse_staged(source: str, dest: str, checksums: bool, workers: int, progress
         "the original source into a new --dest to get them")
     if _location(source) != _location(dest):
         if storage.exists(storage.join(dest, MANIFEST)):
-            existing = json.loads(storage.read_text(storage.join(dest, MANIFEST)))
+            existing = json.loads(storage.read_verified(storage.join(dest, MANIFEST)))
             if not isinstance(existing, dict) or existing.get("data_root") != root:
                 raise UserError(f"--dest {dest} already holds another staged dataset; pick a new --dest (or pass "
                                 f"{source} itself as --data_path)")
         manifest = {**manifest, "data_root": root, "reused_from": source}
-        storage.write_text(storage.join(dest, MANIFEST), json.dumps(manifest, indent=1, ensure_ascii=False))
+        storage.write_verified(storage.join(dest, MANIFEST), json.dumps(manifest, indent=1, ensure_ascii=False))
         note = f"; wrote {storage.join(dest, MANIFEST)}, which points at its shards" + note
     checked = "sha256" if checksums else "sizes"
     progress(f"stage: reused the staged dataset {source} ({len(manifest['classes'])} classes, {_counts(manifest)} "
@@ -578,7 +578,7 @@ def stage_folder(source: str, dest: str, shard_size_mb: float = 256, workers: in
                         f"decodable images, over --max_bad_fraction {max_bad_fraction}; fix or remove them "
                         f"(all listed in {storage.join(dest, 'staging-report.json')}), e.g. {first}")
     classes_file = "classes.txt" if not any("\n" in name or "\r" in name for name in classes) else "classes.json"
-    storage.write_text(storage.join(dest, classes_file),
+    storage.write_verified(storage.join(dest, classes_file),
                        "".join(f"{name}\n" for name in classes) if classes_file == "classes.txt"
                        else json.dumps(classes, ensure_ascii=False))
     manifest = {
@@ -595,7 +595,7 @@ def stage_folder(source: str, dest: str, shard_size_mb: float = 256, workers: in
                     "not_regular": dict(list(not_regular.items())[:MAX_IGNORED_LISTED])},
         "options": {**options, "max_bad_fraction": max_bad_fraction},
     }
-    storage.write_text(storage.join(dest, MANIFEST), json.dumps(manifest, indent=1, ensure_ascii=False))
+    storage.write_verified(storage.join(dest, MANIFEST), json.dumps(manifest, indent=1, ensure_ascii=False))
     progress(f"stage: wrote {storage.join(dest, MANIFEST)}: {len(classes)} classes, {_counts(manifest)} images, "
              f"{len(skipped)} skipped, {len(ignored)} non-image or special files ignored")
     return manifest
@@ -645,7 +645,7 @@ def stage_dataset(source: str, dest: str, shard_size_mb: float = 256, workers: i
         shutil.rmtree(generated, ignore_errors=True)
     manifest["source"] = source
     manifest["generator"] = generator
-    storage.write_text(storage.join(dest, MANIFEST), json.dumps(manifest, indent=1, ensure_ascii=False))
+    storage.write_verified(storage.join(dest, MANIFEST), json.dumps(manifest, indent=1, ensure_ascii=False))
     return manifest
 
 

@@ -163,7 +163,7 @@ def _wids_shards(url: str) -> tuple[list[str], list[int]]:
     """Shard URLs and sample counts of a wids index; relative URLs are resolved as wids does (against the
     index's folder)."""
     try:
-        spec = json.loads(storage.read_text(url))
+        spec = json.loads(storage.read_verified(url, unrecorded_ok=True).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
         raise UserError(f"{url} is not valid JSON ({error}); pass a wids index ({{\"wids_version\": 1, "
                         "\"shardlist\": [{\"url\": ..., \"nsamples\": ...}]}), a folder or a brace pattern") from error
@@ -244,7 +244,7 @@ def assign_splits(shards: ShardList) -> dict[str, list[int]]:
 def read_classes_file(url: str) -> list[str]:
     """Class names by index from classes.txt (line i names class i) or classes.json (a list, {name: index}
     or {"index": name})."""
-    text = storage.read_text(url)
+    text = storage.read_verified(url, unrecorded_ok=True).decode("utf-8")
     if url.endswith(".txt"):
         names = [line.strip() for line in text.rstrip("\n").splitlines()]
     else:

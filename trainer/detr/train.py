@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import time
 from typing import Any
 
@@ -144,9 +145,11 @@ def param_groups(model: DetrForObjectDetection, args: argparse.Namespace) -> lis
 
 def resume_name(args: argparse.Namespace) -> str:
     """The checkpoint to resume: --resume (which must exist), else <dump_path>/checkpoint.pth.tar if present."""
-    if args.resume and not storage.exists(args.resume):
+    if not args.resume:
+        return epoch_state.CHECKPOINT
+    if not storage.exists(args.resume):
         raise UserError(f"--resume {args.resume} does not exist; pass a checkpoint.pth.tar written by detr")
-    return args.resume or epoch_state.CHECKPOINT
+    return args.resume if "://" in args.resume else os.path.abspath(args.resume)
 
 
 def run_identity(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def read(session: RunSession, identity: Mapping[str, Any], name: str = CHECKPOIN
         values = session.resume(candidate, identity, map_location, legacy_identity)
         if values is None:
             continue
-        url = session.url(candidate)
+        url = session.resumed_from or session.url(candidate)
         if VERSION_KEY not in values and upgrade is not None:
             try:
                 values = upgrade(values)

@@ -139,7 +139,7 @@ def read_records(dump_path: str, kind: str | None = None) -> list[dict[str, Any]
 def write_document(dump_path: str, document: dict[str, Any]) -> str:
     """Write the command's final result as `<dump_path>/metrics.json`; its URL."""
     url = storage.join(dump_path, METRICS_DOCUMENT)
-    storage.write_text(url, json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
+    storage.write_verified(url, json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
     log.info("metrics written to %s", url)
     tracker = tracking.active(dump_path)
     if tracker is not None:
@@ -148,4 +148,4 @@ def write_document(dump_path: str, document: dict[str, Any]) -> str:
 
 
 def read_document(dump_path: str) -> dict[str, Any]:
-    return json.loads(storage.read_text(storage.join(dump_path, METRICS_DOCUMENT)))
+    return json.loads(storage.read_verified(storage.join(dump_path, METRICS_DOCUMENT)))

@@ -26,7 +26,7 @@ from trainer.run import tracking
 from trainer.run.boundary import one_line
 from trainer.run.lock import RunLock
 from trainer.run.metrics import MetricsLog
-from trainer.run.resume import load_for_resume, save_checkpoint
+from trainer.run.resume import resume_point, save_checkpoint
 
 log = logging.getLogger(__name__)
 PARAMS = "params.json"
@@ -37,6 +37,7 @@ class RunSession:
         self.command, self.dump_path, self.env = command, dump_path, env
         self.lock: RunLock | None = None
         self.identity: dict[str, Any] | None = None
+        self.resumed_from: str | None = None  # the checkpoint `resume` returned: the latest or the previous one
         self.params: dict[str, Any] = {}
 
     def __enter__(self) -> RunSession:
@@ -73,16 +74,22 @@ class RunSession:
                         one_line(error))
 
     def url(self, name: str) -> str:
-        return storage.join(self.dump_path, name)
+        """`name` under the dump path; a URL or an absolute path (detr's --resume) stays as it is."""
+        return name if "://" in name or name.startswith("/") else storage.join(self.dump_path, name)
 
     def resume(self, name: str, identity: Mapping[str, Any], map_location: str | torch.device = "cpu",
                legacy_identity: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
                ) -> dict[str, Any] | None:
         """The checkpoint `name` of this run (every rank reads it), None to start fresh; refuses another run's.
+        A damaged one gives way to the previous checkpoint (`resumed_from` says which was read).
 
         `identity` is also what `save` records in every checkpoint of this run."""
         self.identity = dict(identity)
-        return load_for_resume(self.url(name), identity, map_location, legacy_identity)
+        found = resume_point(self.url(name), identity, map_location, legacy_identity)
+        if found is None:
+            return None
+        self.resumed_from, state = found
+        return state
 
     def save(self, name: str, state: dict[str, Any]) -> None:
         """Write checkpoint `name` with this run's identity (call `resume` first)."""
