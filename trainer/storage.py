@@ -8,6 +8,7 @@ retried with backoff (`with_retries`); a store that stays down raises `StorageUn
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -25,11 +26,17 @@ from trainer.errors import RetryableError, UserError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# 8 attempts with 1, 2, 4, ... 30 s between them ride out about 90 s of outage (plus botocore's own
-# quick retries inside each attempt) before the run gives up.
+# 8 attempts with 1, 2, 4, ... 30 s between them ride out about 90 s of outage before the run gives up. These
+# are the only retries: s3fs and botocore make one attempt per call (`_s3_options`), so that the bound in
+# `with_retries` is the whole wait.
 RETRY_ATTEMPTS = int(os.environ.get("UNMIX_STORAGE_RETRIES", "8"))
 RETRY_FIRST_DELAY_S = float(os.environ.get("UNMIX_STORAGE_RETRY_DELAY", "1.0"))
 RETRY_MAX_DELAY_S = 30.0
+# Per S3 request: connecting, and each wait for bytes of the answer (botocore's connect / read timeouts).
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 20.0
+# Local errors (the disk under a cache or a temp file): the user's to fix, never worth a retry.
+LOCAL_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 class StorageUnavailable(RetryableError, OSError):
@@ -53,18 +60,26 @@ PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotAD
 
 
 def _s3_options() -> dict[str, Any]:
+    """s3fs options: the endpoint, and botocore making exactly one attempt per request (`total_max_attempts` 1
+    in standard mode; legacy mode would add 4 retries, standard 2, each with its own backoff) bounded by
+    CONNECT_TIMEOUT_S and READ_TIMEOUT_S (botocore's default is 60 s each)."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"config_kwargs": {"retries": {"total_max_attempts": 1, "mode": "standard"},
+                                                 "connect_timeout": CONNECT_TIMEOUT_S,
+                                                 "read_timeout": READ_TIMEOUT_S}}
     if endpoint:
         options["endpoint_url"] = endpoint
     return options
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem of `url` and the path inside it."""
+    """The fsspec filesystem of `url` and the path inside it. On S3, s3fs's own retry loop (5 tries of every
+    call, SlowDown included, with up to 15 s between them) is cut to one try: `with_retries` is the one budget."""
     protocol = fsspec.utils.get_protocol(url)
     options = _s3_options() if protocol in ("s3", "s3a") else {}
     fs, path = fsspec.core.url_to_fs(url, **options)
+    if protocol in ("s3", "s3a"):
+        fs.retries = 1  # a class attribute in s3fs, not a constructor argument
     return fs, path
 
 
@@ -77,10 +92,25 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base, *(p.strip("/") for p in parts)])
 
 
+def retry_bound_s(attempts: int, first_delay_s: float, max_delay_s: float, request_s: float) -> float:
+    """The longest `with_retries` can take when every attempt fails: see its docstring."""
+    sleeps = sum(min(first_delay_s * 2**i, max_delay_s) for i in range(attempts - 1))
+    return attempts * request_s + sleeps
+
+
 def with_retries(action: Callable[[], T], what: str) -> T:
     """Run `action`, retrying transient storage errors with exponential backoff.
 
-    Raises StorageUnavailable (one line naming `what` and the last error) when every attempt failed.
+    Raises StorageUnavailable (one line naming `what` and the last error) when every attempt failed. Local
+    faults (no space, read-only filesystem) and PERMANENT_ERRORS are raised at once. Bound, with N =
+    RETRY_ATTEMPTS, d = RETRY_FIRST_DELAY_S, D = RETRY_MAX_DELAY_S and t the time of one failing attempt:
+
+        total <= N * t + sum(min(d * 2**i, D) for i in 0 .. N-2)          (`retry_bound_s`)
+
+    where one S3 request makes one attempt (`_s3_options`), so t <= CONNECT_TIMEOUT_S + READ_TIMEOUT_S for a
+    store that hangs, and t is one round trip for a store that answers 503 / SlowDown. Defaults: N=8, d=1 s,
+    D=30 s: sleeps 1+2+4+8+16+30+30 = 91 s; total <= 91 s + 8 round trips in a 503 storm, <= 291 s when every
+    request times out. An operation of several requests in parallel (a shard's parts) spends them together.
     """
     delay = RETRY_FIRST_DELAY_S
     started = time.monotonic()
@@ -90,6 +120,8 @@ def with_retries(action: Callable[[], T], what: str) -> T:
         except PERMANENT_ERRORS:
             raise
         except _transient_errors() as error:
+            if isinstance(error, OSError) and error.errno in LOCAL_FAULTS:
+                raise
             reason = describe(error)
             if attempt == RETRY_ATTEMPTS:
                 raise StorageUnavailable(
