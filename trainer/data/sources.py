@@ -256,6 +256,7 @@ class ShardedSource(ImageSource):
                                        if self._versions is not None else None):
                 self._mark_bad(index, str(error))
                 return None
+            self._open.forget(self._cache.path(self._cache_names[shard]))  # the discarded file, still open
         return super().decode_with(index, transform)
 
     def prefetch(self, shards: list[int]) -> None:

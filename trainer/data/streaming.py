@@ -117,8 +117,9 @@ def cache_cap_bytes(folder: str) -> int:
     """UNMIX_SHARD_CACHE_GB, else half the free space of `folder`'s disk, at most DEFAULT_CAP_BYTES."""
     if os.environ.get("UNMIX_SHARD_CACHE_GB"):
         return int(float(os.environ["UNMIX_SHARD_CACHE_GB"]) * 2**30)
-    os.makedirs(folder, exist_ok=True)
-    return min(DEFAULT_CAP_BYTES, shutil.disk_usage(folder).free // 2)
+    with shard_fetch.local_faults(folder):
+        os.makedirs(folder, exist_ok=True)
+        return min(DEFAULT_CAP_BYTES, shutil.disk_usage(folder).free // 2)
 
 
 def choose_read_path(url: str, cache_dir: str | None) -> ReadPath:
