@@ -34,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pass_first", type=int, default=6, help="GETs forwarded before the storm")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--log", default=None, help="write the run's stderr (its log) to this file")
     args = parser.parse_args()
     with loopback_s3(None) as endpoint, tempfile.TemporaryDirectory(prefix="unmix-bench-storm-") as work:
         import boto3
@@ -56,6 +57,9 @@ def main() -> None:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
         ended = time.monotonic()
         errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        if args.log:
+            with open(args.log, "w") as log:
+                log.write(done.stderr)
         bound = storage.retry_bound_s(storage.RETRY_ATTEMPTS, storage.RETRY_FIRST_DELAY_S, storage.RETRY_MAX_DELAY_S,
                                       1.0)
         print(f"settings: UNMIX_STORAGE_RETRIES={storage.RETRY_ATTEMPTS} UNMIX_STORAGE_RETRY_DELAY="

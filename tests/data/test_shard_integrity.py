@@ -292,3 +292,41 @@ def test_a_full_cache_disk_ends_the_cli_with_exit_2_not_138(staged: str, small_d
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 2, done.stderr[-3000:]
     assert len(errors) == 1 and f"shard cache {small_disk / 'cache'}" in errors[0] and "Traceback" not in done.stderr
+
+
+def test_a_shard_in_many_parts_is_fetched_in_order_and_hashed_whole(staged: str, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """Parts of 4 KB, 4 in flight (real ranged GETs against moto): the entry is the shard, byte for byte, and
+    its digest record is the manifest's."""
+    monkeypatch.setattr(streaming, "PART_BYTES", 4096)
+    source = open_source(staged, cache_dir=str(tmp_path / "cache"))
+    before = streaming.read_counts().requests
+    local = Path(source.fetch_shard(0))
+    original = storage.read_bytes(source.shard_urls[0])
+    assert local.read_bytes() == original and len(original) > 3 * 4096
+    assert streaming.read_counts().requests - before == -(-len(original) // 4096)
+    record = json.loads(Path(shard_fetch.record_path(str(local))).read_text())
+    assert record["sha256"] == source.shards[0]["sha256"] and record["size"] == len(original)
+
+
+def test_a_shard_replaced_during_its_download_is_refused_not_mixed(own_copy: str, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """The object is replaced (same size) after its first part was read: the other parts are conditioned on
+    the ETag seen at open (If-Match), so the download fails in one line instead of mixing two versions."""
+    monkeypatch.setattr(streaming, "PART_BYTES", 4096)
+    monkeypatch.setattr(streaming, "PART_CONCURRENCY", 1)
+    source = open_source(own_copy, cache_dir=str(tmp_path / "cache"))
+    url = source.shard_urls[0]
+    original = storage.read_bytes(url)
+    read_range = shard_fetch._read_range
+
+    def replace_after_first_part(fs, path, handle, start, end):
+        data = read_range(fs, path, handle, start, end)
+        if start == 0:
+            storage.atomic_write_bytes(url, bytes(len(original)))
+        return data
+
+    monkeypatch.setattr(shard_fetch, "_read_range", replace_after_first_part)
+    with pytest.raises(UserError, match=f"shard {url} changed in the store since it was staged .replaced while"):
+        source.fetch_shard(0)
+    assert not list((tmp_path / "cache").glob("*.tar"))

@@ -56,6 +56,10 @@ class Damaged(Exception):
     """A cache entry failed its check: why, for the log."""
 
 
+class _Replaced(Exception):
+    """The object is no longer the version opened (HTTP 412 on If-Match): not an OSError, so never retried."""
+
+
 def changed(expected: Expected, what: str) -> UserError:
     since = "it was staged" if expected.sha256 else "it was indexed"
     return UserError(f"shard {expected.url} changed in the store since {since} ({what}); {expected.restage_hint()}")
@@ -125,14 +129,12 @@ def _parts(fs: fsspec.AbstractFileSystem, path: str, handle: Any, ranges: list[t
 
     def read(start: int, end: int) -> bytes:
         try:
-            return storage.with_retries(lambda: _read_range(fs, path, handle, start, end),
+            return storage.with_retries(lambda: _read_range_once(fs, path, handle, start, end),
                                         f"fetching shard {expected.url} (bytes {start}-{end})")
         except FileNotFoundError as error:
             raise missing(expected.url) from error
-        except OSError as error:
-            if _is_precondition_failure(error):
-                raise changed(expected, "replaced while it was read") from error
-            raise
+        except _Replaced as error:
+            raise changed(expected, "replaced while it was read") from error
 
     if len(ranges) == 1:
         yield read(*ranges[0])
@@ -151,6 +153,15 @@ def _parts(fs: fsspec.AbstractFileSystem, path: str, handle: Any, ranges: list[t
         pool.shutdown(wait=False, cancel_futures=True)  # a failed part: the others in flight end on their own
 
 
+def _read_range_once(fs: fsspec.AbstractFileSystem, path: str, handle: Any, start: int, end: int) -> bytes:
+    try:
+        return _read_range(fs, path, handle, start, end)
+    except OSError as error:
+        if _is_precondition_failure(error):
+            raise _Replaced(str(error)) from error
+        raise
+
+
 def _read_range(fs: fsspec.AbstractFileSystem, path: str, handle: Any, start: int, end: int) -> bytes:
     if start == end:
         return b""
@@ -164,9 +175,7 @@ def _read_range(fs: fsspec.AbstractFileSystem, path: str, handle: Any, start: in
 
 
 def _is_precondition_failure(error: OSError) -> bool:
-    text = str(error)
-    return type(error).__name__ == "FileExpired" or "PreconditionFailed" in text or "412" in text or (
-        "pre-condition" in text.lower())
+    return type(error).__name__ == "FileExpired" or "pre-condition" in str(error).lower()
 
 
 # --- the digest record beside each entry -------------------------------------------------------------------
