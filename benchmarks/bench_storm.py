@@ -54,21 +54,30 @@ def main() -> None:
                    "--min_scale_crops", "0.3", "--max_scale_crops", "1", "--batch_size", "4", "--epochs", "5",
                    "--nmb_prototypes", "20", "--workers", str(args.workers)]
         started = time.monotonic()
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+        run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert run.stderr is not None
+        lines, error_at = [], None
+        for line in run.stderr:  # read as it comes, to time the error line
+            lines.append(line)
+            if line.startswith("error:") and error_at is None:
+                error_at = time.monotonic()
+        returncode = run.wait(timeout=1800)
         ended = time.monotonic()
-        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        stderr = "".join(lines)
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
         if args.log:
             with open(args.log, "w") as log:
-                log.write(done.stderr)
+                log.write(stderr)
         bound = storage.retry_bound_s(storage.RETRY_ATTEMPTS, storage.RETRY_FIRST_DELAY_S, storage.RETRY_MAX_DELAY_S,
                                       1.0)
         print(f"settings: UNMIX_STORAGE_RETRIES={storage.RETRY_ATTEMPTS} UNMIX_STORAGE_RETRY_DELAY="
               f"{storage.RETRY_FIRST_DELAY_S:g} (max delay {storage.RETRY_MAX_DELAY_S:g} s)")
-        print(f"exit {done.returncode} after {ended - started:.1f} s in all; {proxy.slowed_down} GETs answered 503")
+        print(f"exit {returncode} after {ended - started:.1f} s in all; {proxy.slowed_down} GETs answered 503")
         if proxy.first_slow_down_at is not None:
-            print(f"first 503 to exit: {ended - proxy.first_slow_down_at:.1f} s; bound (1 s a failing attempt): "
-                  f"{bound:.1f} s")
-        print("\n".join(errors) or done.stderr[-2000:])
+            to_line = f"{error_at - proxy.first_slow_down_at:.1f} s" if error_at is not None else "none"
+            print(f"first 503 to the error line: {to_line}, to exit: {ended - proxy.first_slow_down_at:.1f} s; "
+                  f"bound (1 s a failing attempt): {bound:.1f} s")
+        print("\n".join(errors) or stderr[-2000:])
         proxy.close()
 
 

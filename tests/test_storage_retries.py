@@ -60,6 +60,56 @@ def test_a_local_fault_is_raised_at_once_not_retried(code: int) -> None:
     assert raised.value.errno == code and not isinstance(raised.value, storage.StorageUnavailable) and calls == [1]
 
 
+def always_failing() -> None:
+    raise OSError(errno.EIO, "503 SlowDown")
+
+
+def spend_a_budget(started=None) -> None:
+    if started is not None:
+        started.set()
+    with pytest.raises(storage.StorageUnavailable):
+        storage.with_retries(always_failing, "the prefetcher's fetch")
+
+
+def test_a_budget_spent_in_another_process_ends_the_waiting_ones(monkeypatch) -> None:
+    """A forked process (a loader worker, or the prefetcher's side) spends its budget: an operation of this
+    process already backing off raises at once instead of spending a second budget."""
+    import multiprocessing
+
+    monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 4)
+    monkeypatch.setattr(storage, "RETRY_FIRST_DELAY_S", 0.4)  # sleeps 0.4 + 0.8 + 1.6 = 2.8 s
+    fork = multiprocessing.get_context("fork")
+    running = fork.Event()
+    other = fork.Process(target=spend_a_budget, args=(running,))
+    other.start()
+    assert running.wait(30)
+    started = time.monotonic()
+    time.sleep(1.0)
+    with pytest.raises(storage.StorageUnavailable, match="another operation of this run spent the retry budget"):
+        storage.with_retries(always_failing, "the reader's fetch")
+    ended = time.monotonic() - started
+    other.join(10)
+    assert other.exitcode == 0
+    alone = 1.0 + storage.retry_bound_s(4, 0.4, 30.0, ROUND_TRIP_S)  # what a second budget would have taken
+    assert ended <= storage.retry_bound_s(4, 0.4, 30.0, ROUND_TRIP_S) + 0.5 < alone
+
+
+def test_after_the_window_a_new_outage_gets_a_whole_budget(monkeypatch) -> None:
+    monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 3)
+    monkeypatch.setattr(storage, "RETRY_FIRST_DELAY_S", 0.05)
+    spend_a_budget()
+    time.sleep(0.2)  # past the 0.05 + 0.1 s of sleeps
+    calls = []
+
+    def fail_twice() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError(errno.EIO, "503 SlowDown")
+        return "ok"
+
+    assert storage.with_retries(fail_twice, "a later read") == "ok" and len(calls) == 3
+
+
 @pytest.fixture
 def small_budget(monkeypatch):
     monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 2)

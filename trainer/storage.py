@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import math
+import multiprocessing
 import os
 import re
 import time
@@ -92,6 +94,24 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base, *(p.strip("/") for p in parts)])
 
 
+# When an operation of this run last spent its whole retry budget (time.monotonic(), system-wide on Linux):
+# shared memory made at import, so forked loader workers and the main process see each other's.
+_GAVE_UP_AT = multiprocessing.RawValue("d", -math.inf)
+
+
+def _spent_elsewhere() -> float | None:
+    """Seconds since an operation of this run spent its budget, if that is within the budget's sleeps."""
+    ago = time.monotonic() - _GAVE_UP_AT.value
+    return ago if ago < retry_bound_s(RETRY_ATTEMPTS, RETRY_FIRST_DELAY_S, RETRY_MAX_DELAY_S, 0.0) else None
+
+
+def _backoff(delay: float) -> None:
+    """Sleep `delay` seconds, or less when another operation of this run spends its budget meanwhile."""
+    until = time.monotonic() + delay
+    while (left := until - time.monotonic()) > 0 and _spent_elsewhere() is None:
+        time.sleep(min(left, 0.25))
+
+
 def retry_bound_s(attempts: int, first_delay_s: float, max_delay_s: float, request_s: float) -> float:
     """The longest `with_retries` can take when every attempt fails: see its docstring."""
     sleeps = sum(min(first_delay_s * 2**i, max_delay_s) for i in range(attempts - 1))
@@ -111,6 +131,11 @@ def with_retries(action: Callable[[], T], what: str) -> T:
     store that hangs, and t is one round trip for a store that answers 503 / SlowDown. Defaults: N=8, d=1 s,
     D=30 s: sleeps 1+2+4+8+16+30+30 = 91 s; total <= 91 s + 8 round trips in a 503 storm, <= 291 s when every
     request times out. An operation of several requests in parallel (a shard's parts) spends them together.
+
+    One budget per outage, not per operation: once an operation of this run (this process or its forked
+    loader workers, e.g. a background shard fetch) has spent its budget, every other one that fails within
+    the budget's sleeps after that raises at its next failed attempt (waking early from its backoff), so
+    overlapping operations end within one budget of the first one's start, plus t.
     """
     delay = RETRY_FIRST_DELAY_S
     started = time.monotonic()
@@ -123,13 +148,17 @@ def with_retries(action: Callable[[], T], what: str) -> T:
             if isinstance(error, OSError) and error.errno in LOCAL_FAULTS:
                 raise
             reason = describe(error)
-            if attempt == RETRY_ATTEMPTS:
+            spent = _spent_elsewhere()
+            if attempt == RETRY_ATTEMPTS or spent is not None:
+                _GAVE_UP_AT.value = time.monotonic()
+                elsewhere = (f"; another operation of this run spent the retry budget {spent:.0f}s ago"
+                             if spent is not None else "")
                 raise StorageUnavailable(
-                    f"{what} failed {attempt} times over {time.monotonic() - started:.0f}s ({reason}); "
+                    f"{what} failed {attempt} times over {time.monotonic() - started:.0f}s ({reason}{elsewhere}); "
                     "the store is down or failing: check AWS_ENDPOINT_URL and the store, then rerun the same "
                     "command to resume") from error
             log.warning("%s failed (%s); retry %d/%d in %.1fs", what, reason, attempt, RETRY_ATTEMPTS - 1, delay)
-            time.sleep(delay)
+            _backoff(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY_S)
         except Exception as error:
             if type(error).__name__ == "NoCredentialsError":  # botocore's, without importing botocore here
