@@ -103,7 +103,7 @@ def test_a_damaged_entry_is_fetched_again_and_no_sample_is_lost(staged: str, tmp
     with caplog.at_level(logging.WARNING, logger="trainer.data.streaming"):
         again = open_source(staged, cache_dir=str(cache))  # the next run on this host
         assert load_all(again) == len(again)
-    lines = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if "is damaged (" in r.getMessage()]
     assert len(lines) == 1 and DAMAGE[damage][1] in lines[0] and "fetched again" in lines[0], lines
     assert "damaged entries so far" in lines[0]
     assert victim.read_bytes() == intact and streaming.read_counts().requests > damaged_before.requests
