@@ -229,13 +229,35 @@ def test_a_background_fetch_failure_is_handed_to_the_reader_not_retried(tmp_path
     assert len(calls) == 2
 
 
-def test_a_failure_left_by_another_run_is_not_raised(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("left_by", ["another run", "this run, longer ago than a budget"])
+def test_a_failure_left_earlier_is_not_raised(tmp_path: Path, left_by: str) -> None:
     shard = tmp_path / "s.tar"
     shard.write_bytes(b"y" * 100)
     (tmp_path / "cache").mkdir()
     earlier = streaming.ShardCache(str(tmp_path / "cache"), cap_bytes=2**20)
     earlier._leave_failure(earlier.path("k"), storage.StorageUnavailable("old outage"))
-    assert streaming.ShardCache(str(tmp_path / "cache"), 2**20).fetch(str(shard), "k", 100, None) is not None
+    cache = streaming.ShardCache(str(tmp_path / "cache"), 2**20) if left_by == "another run" else earlier
+    if left_by != "another run":
+        failed = Path(earlier.path("k") + ".failed")
+        failed.write_text(json.dumps({**json.loads(failed.read_text()), "at": 0}))
+    assert cache.fetch(str(shard), "k", 100, None) is not None
+
+
+def test_access_denied_by_the_store_is_not_called_a_cache_fault(tmp_path: Path, monkeypatch) -> None:
+    """Stand-in for S3 AccessDenied (s3fs raises PermissionError; root here bypasses file modes): the error
+    names the shard and the credentials, not the cache folder."""
+    import fsspec.implementations.local
+
+    shard = tmp_path / "s.tar"
+    shard.write_bytes(b"z" * 100)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Access Denied")
+
+    monkeypatch.setattr(fsspec.implementations.local.LocalFileSystem, "open", refuse)
+    with pytest.raises(UserError, match=f"access denied reading shard {shard}") as raised:
+        streaming.ShardCache(str(tmp_path / "cache"), 2**20).fetch(str(shard), "k", 100, None)
+    assert "shard cache" not in str(raised.value)
 
 
 # --- local faults under the cache ----------------------------------------------------------------------------

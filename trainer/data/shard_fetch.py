@@ -65,6 +65,12 @@ def changed(expected: Expected, what: str) -> UserError:
     return UserError(f"shard {expected.url} changed in the store since {since} ({what}); {expected.restage_hint()}")
 
 
+def denied(url: str, error: OSError) -> UserError:
+    """The store refused access (not the local cache: local_faults must not take it for a cache fault)."""
+    return UserError(f"access denied reading shard {url} ({storage.describe(error)}); check AWS_ACCESS_KEY_ID / "
+                     "AWS_SECRET_ACCESS_KEY (or the pod's IAM role) and the bucket policy")
+
+
 def missing(url: str) -> UserError:
     return UserError(f"shard {url} is missing from the store (deleted or moved after the dataset was staged or "
                      "indexed); put it back, or restage the dataset")
@@ -109,6 +115,8 @@ def _open(fs: fsspec.AbstractFileSystem, path: str, url: str, part_bytes: int) -
                                     f"opening shard {url}")
     except FileNotFoundError as error:
         raise missing(url) from error
+    except PermissionError as error:
+        raise denied(url, error) from error
 
 
 def _check_identity(fs: fsspec.AbstractFileSystem, path: str, handle: Any, size: int, expected: Expected) -> None:
@@ -133,6 +141,8 @@ def _parts(fs: fsspec.AbstractFileSystem, path: str, handle: Any, ranges: list[t
                                         f"fetching shard {expected.url} (bytes {start}-{end})")
         except FileNotFoundError as error:
             raise missing(expected.url) from error
+        except PermissionError as error:
+            raise denied(expected.url, error) from error
         except _Replaced as error:
             raise changed(expected, "replaced while it was read") from error
 

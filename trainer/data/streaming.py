@@ -251,18 +251,21 @@ class ShardCache:
 
     def _leave_failure(self, local: str, error: Exception) -> None:
         with open(f"{local}.failed", "w") as handle:
-            json.dump({"run": self.run, "kind": "store" if isinstance(error, storage.StorageUnavailable)
-                       else "user", "message": str(error)}, handle)
+            json.dump({"run": self.run, "at": time.time(), "message": str(error),
+                       "kind": "store" if isinstance(error, storage.StorageUnavailable) else "user"}, handle)
 
     def _raise_left_failure(self, local: str) -> None:
-        """A background fetch of this run spent its retry budget on this shard: raise its error again."""
+        """A background fetch of this run failed on this shard (its retry budget spent) within the last budget's
+        sleeps: raise its error again. Older ones are dropped: the store may be back."""
         try:
             with open(f"{local}.failed") as handle:
                 failure = json.load(handle)
             os.remove(f"{local}.failed")
         except (OSError, ValueError):
             return
-        if failure.get("run") == self.run:
+        window = storage.retry_bound_s(storage.RETRY_ATTEMPTS, storage.RETRY_FIRST_DELAY_S,
+                                       storage.RETRY_MAX_DELAY_S, 0.0)
+        if failure.get("run") == self.run and time.time() - float(failure.get("at", 0)) < window:
             kind = storage.StorageUnavailable if failure.get("kind") == "store" else UserError
             raise kind(str(failure.get("message")))
 
