@@ -160,8 +160,23 @@ def test_a_shard_changed_in_the_bucket_since_staging_is_refused(own_copy: str, t
     assert "restage" in str(raised.value) and "\n" not in str(raised.value)
 
 
+@pytest.mark.parametrize("how", ["deleted", "resized"])
+def test_a_shard_missing_or_resized_before_the_run_is_refused_at_open(own_copy: str, tmp_path: Path,
+                                                                      how: str) -> None:
+    """Before any work: one listing of the shard folder against the manifest's names and sizes."""
+    url = open_source(own_copy, cache_dir=str(tmp_path / "cache")).shard_urls[-1]
+    fs, path = storage.filesystem(url)
+    if how == "deleted":
+        fs.rm(path)
+    else:
+        storage.atomic_write_bytes(url, storage.read_bytes(url)[:-512])
+    expected = "is missing from the store" if how == "deleted" else "changed in the store since it was staged"
+    with pytest.raises(UserError, match=f"shard {url} {expected}"):
+        open_source(own_copy, cache_dir=str(tmp_path / "cache"))
+
+
 @pytest.mark.parametrize("read_path", ["cache", "ranged"])
-@pytest.mark.parametrize("when", ["before", "during"])
+@pytest.mark.parametrize("when", ["after opening", "during"])
 def test_a_shard_deleted_from_the_bucket_is_named(own_copy: str, tmp_path: Path, monkeypatch, read_path: str,
                                                  when: str) -> None:
     if read_path == "ranged":
@@ -169,8 +184,9 @@ def test_a_shard_deleted_from_the_bucket_is_named(own_copy: str, tmp_path: Path,
     source = open_source(own_copy, cache_dir=str(tmp_path / "cache") if read_path == "cache" else None)
     last = source.shard_urls[-1]
     in_last = [index for index in range(len(source)) if source.shard_urls[source.shard_of(index)] == last]
-    if when == "during":
-        assert all(source.load(index) is not None for index in range(len(source)) if index not in in_last)
+    if when == "during":  # the first shard's samples, backwards (in shard order the next shard is fetched ahead)
+        first = [index for index in range(len(source)) if source.shard_of(index) == 0]
+        assert all(source.load(index) is not None for index in reversed(first))
     fs, path = storage.filesystem(last)
     fs.rm(path)
     with pytest.raises(UserError, match=f"shard {last} is missing from the store") as raised:

@@ -47,9 +47,13 @@ class Expected:
     sha256: str | None = None
     version: str | None = None
 
+    @property
+    def staged(self) -> bool:
+        return self.version is None
+
     def restage_hint(self) -> str:
         return ("restage the dataset (unmix-swav stage) from its source, or put the staged shard back"
-                if self.sha256 else "rerun the command to index the shard set again")
+                if self.staged else "rerun the command to index the shard set again")
 
 
 class Damaged(Exception):
@@ -61,7 +65,7 @@ class _Replaced(Exception):
 
 
 def changed(expected: Expected, what: str) -> UserError:
-    since = "it was staged" if expected.sha256 else "it was indexed"
+    since = "it was staged" if expected.staged else "it was indexed"
     return UserError(f"shard {expected.url} changed in the store since {since} ({what}); {expected.restage_hint()}")
 
 
@@ -74,6 +78,28 @@ def denied(url: str, error: OSError) -> UserError:
 def missing(url: str) -> UserError:
     return UserError(f"shard {url} is missing from the store (deleted or moved after the dataset was staged or "
                      "indexed); put it back, or restage the dataset")
+
+
+def check_listed(urls: list[str], sizes: list[int]) -> None:
+    """Refuse, before any work, a shard missing from the store or of another size than staged: one listing per
+    folder of shards (a few requests for thousands of shards), not one per shard."""
+    folders: dict[str, list[tuple[str, int]]] = {}
+    for url, size in zip(urls, sizes, strict=True):
+        folders.setdefault(url.rsplit("/", 1)[0], []).append((url, size))
+    for folder, shards in folders.items():
+        fs, path = storage.filesystem(folder)
+        try:
+            listing = storage.with_retries(lambda fs=fs, path=path: fs.ls(path, detail=True),
+                                           f"listing the shards in {folder}")
+        except FileNotFoundError:
+            listing = []
+        found = {str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]: entry.get("size") for entry in listing}
+        for url, size in shards:
+            name = url.rsplit("/", 1)[-1]
+            if name not in found:
+                raise missing(url)
+            if found[name] is not None and int(found[name]) != size:
+                raise changed(Expected(url, size), f"{found[name]} bytes, {size} expected")
 
 
 @contextlib.contextmanager

@@ -475,7 +475,9 @@ def open_staged(url: str, split: str | None = None, cache_dir: str | None = None
     split_info = manifest["splits"][split]
     if split_info["count"] == 0:
         raise UserError(f"split {split!r} of staged dataset {url} is empty")
-    return StagedSource(url, manifest, split, read_index(url, split_info, manifest), cache_dir)
+    source = StagedSource(url, manifest, split, read_index(url, split_info, manifest), cache_dir)
+    shard_fetch.check_listed(source.shard_urls, [int(shard["size"]) for shard in source.shards])
+    return source
 
 
 def resolve_folder(url: str, split: str | None) -> str:
