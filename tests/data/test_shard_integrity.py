@@ -319,17 +319,41 @@ def test_a_local_fault_under_the_cache_is_a_user_error_naming_the_folder(staged:
     assert "store" not in message.split(";")[0]
 
 
+def pretrain(data: str, dump: str, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """The CLI, a few steps from `data`; (the finished process, its `error:` lines)."""
+    done = subprocess.run([sys.executable, "-m", "trainer", "pretrain", "--data_path", data, "--dump_path", dump,
+                           "--preset", "demo_cpu", "--nmb_crops", "2", "--size_crops", "32", "--min_scale_crops",
+                           "0.3", "--max_scale_crops", "1", "--batch_size", "8", "--epochs", "1",
+                           "--nmb_prototypes", "20", "--workers", "1", "--max_steps", "4"],
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env}, capture_output=True, text=True,
+                          timeout=300)
+    return done, [line for line in done.stderr.splitlines() if line.startswith("error:")]
+
+
 @pytest.mark.slow
 def test_a_full_cache_disk_ends_the_cli_with_exit_2_not_138(staged: str, small_disk: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "UNMIX_SHARD_CACHE": str(small_disk / "cache")}
-    done = subprocess.run([sys.executable, "-m", "trainer", "pretrain", "--data_path", staged, "--dump_path",
-                           str(tmp_path / "dump"), "--preset", "demo_cpu", "--nmb_crops", "2", "--size_crops",
-                           "32", "--min_scale_crops", "0.3", "--max_scale_crops", "1", "--batch_size", "8",
-                           "--epochs", "1", "--nmb_prototypes", "20", "--workers", "0", "--max_steps", "2"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    done, errors = pretrain(staged, str(tmp_path / "dump"), UNMIX_SHARD_CACHE=str(small_disk / "cache"))
     assert done.returncode == 2, done.stderr[-3000:]
     assert len(errors) == 1 and f"shard cache {small_disk / 'cache'}" in errors[0] and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["deleted", "replaced, same size"])
+def test_a_shard_deleted_or_replaced_in_the_bucket_ends_the_cli_with_exit_2_naming_it(own_copy: str,
+                                                                                     tmp_path: Path,
+                                                                                     fault: str) -> None:
+    url = open_source(own_copy, cache_dir=str(tmp_path / "probe")).shard_urls[0]
+    if fault == "deleted":
+        fs, path = storage.filesystem(url)
+        fs.rm(path)
+    else:
+        original = storage.read_bytes(url)
+        storage.atomic_write_bytes(url, bytes([original[0] ^ 1]) + original[1:])
+    dump = str(tmp_path / "dump")
+    done, errors = pretrain(own_copy, dump, UNMIX_SHARD_CACHE=str(tmp_path / "cache"))
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert len(errors) == 1 and f"shard {url} " in errors[0] and dump not in errors[0], errors
+    assert "Traceback" not in done.stderr
 
 
 def test_a_shard_in_many_parts_is_fetched_in_order_and_hashed_whole(staged: str, tmp_path: Path,
