@@ -95,7 +95,16 @@ def pretrain_rate(url: str, dump: str, args: argparse.Namespace) -> tuple[float,
 
 
 def verify_cost(remote: str, proxy: StorageProxy, args: argparse.Namespace) -> None:
-    """Pretraining images/s from S3 with shard verification on and off, cold and warm cache, interleaved."""
+    """Plain reads and pretraining images/s from S3 with shard verification on and off, interleaved."""
+    reads: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(args.repeats):
+        for verify in (True, False):
+            shard_fetch.VERIFY = verify
+            with read_path("default", proxy):
+                reads[verify].append(plain_read(remote, args.workers, args.batch_size)[0])
+    on, off = (statistics.median(reads[verify]) for verify in (True, False))
+    print(f"\nplain reads from S3, cold cache, DataLoader x{args.workers}, median of {args.repeats}: verification "
+          f"on {on:.0f} samples/s, off {off:.0f} samples/s, ratio {on / off:.3f}")
     print(f"\nshard verification cost: pretraining from S3 (default path), resnet_tiny at {args.size} px, batch "
           f"{args.batch_size}, {args.workers} workers, {args.steps} steps, median of {args.repeats} runs, CPU")
     rates: dict[tuple[bool, str], list[float]] = {}

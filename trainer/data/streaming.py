@@ -3,14 +3,15 @@ ahead of the reader, and a count of the storage requests this process (and its l
 
 Why: a per-sample ranged GET costs one store round trip (tens of ms) per image, and 64 ranks of them are
 tens of thousands of requests per second on one prefix, past what S3 serves before it answers SlowDown.
-Here a shard is fetched with one GET streamed to disk (s3: a few large ranges in parallel above
-`PART_BYTES`), once per host, and samples are then read from the local file (the page cache), so the
-shuffle inside a shard happens at memory speed. `ResumableSampler` knows the rank's shard sequence and
-asks for the next `SHARDS_AHEAD` shards in the background while the current one is read; the order itself
-is untouched, so resume and per-rank disjointness are the sampler's alone.
+Here a shard is fetched as ranged GETs of `PART_BYTES`, `PART_CONCURRENCY` in flight, hashed and written
+in order and verified before it is published (trainer/data/shard_fetch.py), once per host, and samples
+are then read from the local file (the page cache), so the shuffle inside a shard happens at memory speed.
+`ResumableSampler` knows the rank's shard sequence and asks for the next `SHARDS_AHEAD` shards in the
+background while the current one is read; the order itself is untouched, so resume and per-rank
+disjointness are the sampler's alone.
 
-Bounds (per rank): memory for downloads FETCH_THREADS x PART_CONCURRENCY x PART_BYTES (64 MB) in the main
-process (a loader worker that needs a shard no one fetched yet fetches it itself: 32 MB), one sample's bytes
+Bounds (per rank): memory for downloads FETCH_THREADS x (PART_CONCURRENCY + 1) x PART_BYTES (80 MB) in the
+main process (a loader worker that needs a shard no one fetched yet fetches it itself: 40 MB), one sample's bytes
 per loader worker (no shard is held in a worker's memory); disk
 (1 + SHARDS_AHEAD + 1) x shard size (the shard being read, the ones fetched ahead, and one that late
 workers still finish), under the cache's cap. Settings come from the environment:
@@ -18,6 +19,7 @@ workers still finish), under the cache's cap. Settings come from the environment
                         ranged GET per sample in trainer order (read-ahead in shard order), the old path
   UNMIX_SHARD_CACHE_GB  the cap (default: half the free space of the folder's disk, at most 50 GB)
   UNMIX_SHARDS_AHEAD    shards fetched ahead of the one being read (default 2)
+  UNMIX_VERIFY_SHARDS   0: no hashing or digest records (to measure their cost; default 1)
 """
 
 from __future__ import annotations
