@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -94,17 +95,29 @@ def pretrain_rate(url: str, dump: str, args: argparse.Namespace) -> tuple[float,
     return statistics.median(r["images_per_s"] for r in steps), statistics.mean(r["data_time"] for r in steps)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (loader workers, when joined)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def verify_cost(remote: str, proxy: StorageProxy, args: argparse.Namespace) -> None:
     """Plain reads and pretraining images/s from S3 with shard verification on and off, interleaved."""
-    reads: dict[bool, list[float]] = {True: [], False: []}
+    reads: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
     for _ in range(args.repeats):
         for verify in (True, False):
             shard_fetch.VERIFY = verify
             with read_path("default", proxy):
-                reads[verify].append(plain_read(remote, args.workers, args.batch_size)[0])
-    on, off = (statistics.median(reads[verify]) for verify in (True, False))
+                cpu = cpu_seconds()
+                rate, count, _ = plain_read(remote, args.workers, args.batch_size)
+                reads[verify].append((rate, (cpu_seconds() - cpu) * 1000 / count))
+    (on, on_cpu), (off, off_cpu) = (tuple(map(statistics.median, zip(*reads[v], strict=True))) for v in (True, False))
     print(f"\nplain reads from S3, cold cache, DataLoader x{args.workers}, median of {args.repeats}: verification "
-          f"on {on:.0f} samples/s, off {off:.0f} samples/s, ratio {on / off:.3f}")
+          f"on {on:.0f} samples/s, off {off:.0f} samples/s, ratio {on / off:.3f}; CPU s per 1,000 samples (this "
+          f"process and its loader workers): on {on_cpu:.2f}, off {off_cpu:.2f}, ratio off/on {off_cpu / on_cpu:.3f}")
+    if args.skip_pretrain:
+        shard_fetch.VERIFY = True
+        return
     print(f"\nshard verification cost: pretraining from S3 (default path), resnet_tiny at {args.size} px, batch "
           f"{args.batch_size}, {args.workers} workers, {args.steps} steps, median of {args.repeats} runs, CPU")
     rates: dict[tuple[bool, str], list[float]] = {}
