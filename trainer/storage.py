@@ -94,15 +94,21 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base, *(p.strip("/") for p in parts)])
 
 
-# When an operation of this run last spent its whole retry budget (time.monotonic(), system-wide on Linux):
-# shared memory made at import, so forked loader workers and the main process see each other's.
-_GAVE_UP_AT = multiprocessing.RawValue("d", -math.inf)
+# When an operation of this run last spent its whole retry budget, and until when that counts (the budget's
+# sleeps later), in time.monotonic() (system-wide on Linux): shared memory made at import, so forked loader
+# workers and the main process see each other's.
+_GAVE_UP = multiprocessing.RawArray("d", [-math.inf, -math.inf])
+
+
+def _give_up() -> None:
+    now = time.monotonic()
+    _GAVE_UP[0], _GAVE_UP[1] = now, now + retry_bound_s(RETRY_ATTEMPTS, RETRY_FIRST_DELAY_S, RETRY_MAX_DELAY_S, 0.0)
 
 
 def _spent_elsewhere() -> float | None:
     """Seconds since an operation of this run spent its budget, if that is within the budget's sleeps."""
-    ago = time.monotonic() - _GAVE_UP_AT.value
-    return ago if ago < retry_bound_s(RETRY_ATTEMPTS, RETRY_FIRST_DELAY_S, RETRY_MAX_DELAY_S, 0.0) else None
+    now = time.monotonic()
+    return now - _GAVE_UP[0] if now < _GAVE_UP[1] else None
 
 
 def _backoff(delay: float) -> None:
@@ -150,7 +156,7 @@ def with_retries(action: Callable[[], T], what: str) -> T:
             reason = describe(error)
             spent = _spent_elsewhere()
             if attempt == RETRY_ATTEMPTS or spent is not None:
-                _GAVE_UP_AT.value = time.monotonic()
+                _give_up()
                 elsewhere = (f"; another operation of this run spent the retry budget {spent:.0f}s ago"
                              if spent is not None else "")
                 raise StorageUnavailable(
