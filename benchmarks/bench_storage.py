@@ -9,9 +9,13 @@ same shards to local disk. Then, one after the other, for each read path:
      workers, GETs per 1,000 samples (counted by the proxy) and MB per GET;
   2. `unmix-swav pretrain` images/s (resnet_tiny at `--size` px, same flags) from the run's own metrics.jsonl,
      the median of `--repeats` interleaved runs, and the ratio to local disk.
-Each S3 run starts with an empty shard cache (a cold host). Prints measurements only.
+Each S3 run starts with an empty shard cache (a cold host). Prints measurements only. `--verify_cost` measures
+instead what shard verification costs: pretraining images/s from S3 (default path) with shard verification on
+and off (UNMIX_VERIFY_SHARDS=1 / 0), interleaved, and their ratio; half the runs start with a warm cache from an
+earlier run, whose entries are checked once (the digest) before use.
 
     python benchmarks/bench_storage.py [--images 600] [--latency_ms 30] [--bandwidth_mb_s 0] [--workers 4]
+    python benchmarks/bench_storage.py --verify_cost [--repeats 3]
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -90,6 +95,45 @@ def pretrain_rate(url: str, dump: str, args: argparse.Namespace) -> tuple[float,
     return statistics.median(r["images_per_s"] for r in steps), statistics.mean(r["data_time"] for r in steps)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (loader workers, when joined)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def verify_cost(remote: str, proxy: StorageProxy, args: argparse.Namespace) -> None:
+    """Plain reads and pretraining images/s from S3 with shard verification on and off, interleaved."""
+    reads: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for _ in range(args.repeats):
+        for verify in (True, False):
+            os.environ["UNMIX_VERIFY_SHARDS"] = "1" if verify else "0"
+            with read_path("default", proxy):
+                cpu = cpu_seconds()
+                rate, count, _ = plain_read(remote, args.workers, args.batch_size)
+                reads[verify].append((rate, (cpu_seconds() - cpu) * 1000 / count))
+    (on, on_cpu), (off, off_cpu) = (tuple(map(statistics.median, zip(*reads[v], strict=True))) for v in (True, False))
+    print(f"\nplain reads from S3, cold cache, DataLoader x{args.workers}, median of {args.repeats}: verification "
+          f"on {on:.0f} samples/s, off {off:.0f} samples/s, ratio {on / off:.3f}; CPU s per 1,000 samples (this "
+          f"process and its loader workers): on {on_cpu:.2f}, off {off_cpu:.2f}, ratio off/on {off_cpu / on_cpu:.3f}")
+    if args.skip_pretrain:
+        os.environ["UNMIX_VERIFY_SHARDS"] = "1"
+        return
+    print(f"\nshard verification cost: pretraining from S3 (default path), resnet_tiny at {args.size} px, batch "
+          f"{args.batch_size}, {args.workers} workers, {args.steps} steps, median of {args.repeats} runs, CPU")
+    rates: dict[tuple[bool, str], list[float]] = {}
+    for _ in range(args.repeats):
+        for verify in (True, False):
+            os.environ["UNMIX_VERIFY_SHARDS"] = "1" if verify else "0"
+            with read_path("default", proxy):
+                for cache in ("cold", "warm"):  # warm: the entries the cold run left (a restarted job)
+                    with tempfile.TemporaryDirectory(prefix="unmix-bench-run-") as dump:
+                        rates.setdefault((verify, cache), []).append(pretrain_rate(remote, dump, args)[0])
+    os.environ["UNMIX_VERIFY_SHARDS"] = "1"
+    for cache in ("cold", "warm"):
+        on, off = (statistics.median(rates[(verify, cache)]) for verify in (True, False))
+        print(f"  {cache} cache: verification on {on:7.1f} images/s, off {off:7.1f} images/s, ratio {on / off:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=600)
@@ -101,6 +145,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32, help="crop size of the pretraining runs")
     parser.add_argument("--repeats", type=int, default=3, help="pretraining runs per path; the median is printed")
     parser.add_argument("--skip_pretrain", action="store_true")
+    parser.add_argument("--verify_cost", action="store_true", help="only the verification on/off ratio")
     args = parser.parse_args()
     args.steps = min(args.images // args.batch_size, 20)
 
@@ -122,6 +167,10 @@ def main() -> None:
         target_port = int(endpoint.rsplit(":", 1)[1])
         proxy = StorageProxy(target_port, args.latency_ms / 1e3, args.bandwidth_mb_s or None)
         os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint
+        if args.verify_cost:
+            verify_cost(remote, proxy, args)
+            proxy.close()
+            return
         paths = [("S3, default (whole shards, cache)", "default", remote),
                  ("S3, UNMIX_SHARD_CACHE=off (per sample)", "ranged", remote),
                  ("local disk, same shards", "local", local)]

@@ -125,6 +125,9 @@ VARIABLES: tuple[Variable, ...] = (
              "<tmp>/unmix-shard-cache-<uid> for remote data"),
     Variable("UNMIX_SHARD_CACHE_GB", "shard_cache_gb", *number(0, 1e6), None, "the shard cache's cap in GiB",
              f"{YOU}, {SPEC}", "half the free space of its disk, at most 50"),
+    Variable("UNMIX_VERIFY_SHARDS", "verify_shards", *_choice("0", "1"), "1",
+             "1: shards are hashed as they stream into the shard cache and checked on reuse; 0: no hashing or "
+             "digest records (to measure their cost)", YOU),
     Variable("UNMIX_INDEX_CACHE", "index_cache", _not_blank, "a folder or fsspec URL", None,
              "where indexes of WebDataset shard sets read directly are kept", YOU, "~/.cache/unmix-swav/tar-index"),
     Variable("UNMIX_MAX_IMAGE_PIXELS", "max_image_pixels", *integer(1, 2**40), "89478485",
@@ -174,6 +177,7 @@ class Env:
     shards_ahead: int
     shard_cache: str | None
     shard_cache_gb: float | None
+    verify_shards: bool
     index_cache: str | None
     max_image_pixels: int
     lock_lease_s: float

@@ -11,10 +11,13 @@ retried with backoff (`with_retries`); a store that stays down raises `StorageUn
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
 import logging
+import math
+import multiprocessing
 import os
 import re
 import time
@@ -31,9 +34,15 @@ from trainer.errors import RetryableError, UserError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# 8 attempts (UNMIX_STORAGE_RETRIES) with 1, 2, 4, ... 30 s (UNMIX_STORAGE_RETRY_DELAY first) between them
-# ride out about 90 s of outage (plus botocore's own quick retries inside each attempt) before the run gives up.
+# 8 attempts (UNMIX_STORAGE_RETRIES) with 1, 2, 4, ... 30 s (UNMIX_STORAGE_RETRY_DELAY first) between them ride
+# out about 90 s of outage before the run gives up. These are the only retries: s3fs and botocore make one attempt
+# per call (`_s3_options`), so that the bound in `with_retries` is the whole wait.
 RETRY_MAX_DELAY_S = 30.0
+# Per S3 request: connecting, and each wait for bytes of the answer (botocore's connect / read timeouts).
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 20.0
+# Local errors (the disk under a cache or a temp file): the user's to fix, never worth a retry.
+LOCAL_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 class StorageUnavailable(RetryableError, OSError):
@@ -57,18 +66,26 @@ PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotAD
 
 
 def _s3_options() -> dict[str, Any]:
+    """s3fs options: the endpoint, and botocore making exactly one attempt per request (`total_max_attempts` 1
+    in standard mode; legacy mode would add 4 retries, standard 2, each with its own backoff) bounded by
+    CONNECT_TIMEOUT_S and READ_TIMEOUT_S (botocore's default is 60 s each)."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"config_kwargs": {"retries": {"total_max_attempts": 1, "mode": "standard"},
+                                                 "connect_timeout": CONNECT_TIMEOUT_S,
+                                                 "read_timeout": READ_TIMEOUT_S}}
     if endpoint:
         options["endpoint_url"] = endpoint
     return options
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem of `url` and the path inside it."""
+    """The fsspec filesystem of `url` and the path inside it. On S3, s3fs's own retry loop (5 tries of every
+    call, SlowDown included, with up to 15 s between them) is cut to one try: `with_retries` is the one budget."""
     protocol = fsspec.utils.get_protocol(url)
     options = _s3_options() if protocol in ("s3", "s3a") else {}
     fs, path = fsspec.core.url_to_fs(url, **options)
+    if protocol in ("s3", "s3a"):
+        fs.retries = 1  # a class attribute in s3fs, not a constructor argument
     return fs, path
 
 
@@ -99,10 +116,55 @@ def child_url(root: str, relative: object, what: str) -> str:
     return join(root, check_relative(relative, what))
 
 
+# When an operation of this run last spent its whole retry budget, and until when that counts (the budget's
+# sleeps later), in time.monotonic() (system-wide on Linux): shared memory made at import, so forked loader
+# workers and the main process see each other's.
+_GAVE_UP = multiprocessing.RawArray("d", [-math.inf, -math.inf])
+
+
+def _give_up() -> None:
+    now, settings = time.monotonic(), env.current()
+    _GAVE_UP[0], _GAVE_UP[1] = now, now + retry_bound_s(settings.storage_retries, settings.storage_retry_delay_s,
+                                                        RETRY_MAX_DELAY_S, 0.0)
+
+
+def _spent_elsewhere() -> float | None:
+    """Seconds since an operation of this run spent its budget, if that is within the budget's sleeps."""
+    now = time.monotonic()
+    return now - _GAVE_UP[0] if now < _GAVE_UP[1] else None
+
+
+def _backoff(delay: float) -> None:
+    """Sleep `delay` seconds, or less when another operation of this run spends its budget meanwhile."""
+    until = time.monotonic() + delay
+    while (left := until - time.monotonic()) > 0 and _spent_elsewhere() is None:
+        time.sleep(min(left, 0.25))
+
+
+def retry_bound_s(attempts: int, first_delay_s: float, max_delay_s: float, request_s: float) -> float:
+    """The longest `with_retries` can take when every attempt fails: see its docstring."""
+    sleeps = sum(min(first_delay_s * 2**i, max_delay_s) for i in range(attempts - 1))
+    return attempts * request_s + sleeps
+
+
 def with_retries(action: Callable[[], T], what: str) -> T:
     """Run `action`, retrying transient storage errors with exponential backoff.
 
-    Raises StorageUnavailable (one line naming `what` and the last error) when every attempt failed.
+    Raises StorageUnavailable (one line naming `what` and the last error) when every attempt failed. Local
+    faults (no space, read-only filesystem) and PERMANENT_ERRORS are raised at once. Bound, with N =
+    UNMIX_STORAGE_RETRIES, d = UNMIX_STORAGE_RETRY_DELAY, D = RETRY_MAX_DELAY_S and t the time of one failing attempt:
+
+        total <= N * t + sum(min(d * 2**i, D) for i in 0 .. N-2)          (`retry_bound_s`)
+
+    where one S3 request makes one attempt (`_s3_options`), so t <= CONNECT_TIMEOUT_S + READ_TIMEOUT_S for a
+    store that hangs, and t is one round trip for a store that answers 503 / SlowDown. Defaults: N=8, d=1 s,
+    D=30 s: sleeps 1+2+4+8+16+30+30 = 91 s; total <= 91 s + 8 round trips in a 503 storm, <= 291 s when every
+    request times out. An operation of several requests in parallel (a shard's parts) spends them together.
+
+    One budget per outage, not per operation: once an operation of this run (this process or its forked
+    loader workers, e.g. a background shard fetch) has spent its budget, every other one that fails within
+    the budget's sleeps after that raises at its next failed attempt (waking early from its backoff), so
+    overlapping operations end within one budget of the first one's start, plus t.
     """
     settings = env.current()
     attempts, delay = settings.storage_retries, settings.storage_retry_delay_s
@@ -113,14 +175,20 @@ def with_retries(action: Callable[[], T], what: str) -> T:
         except PERMANENT_ERRORS:
             raise
         except _transient_errors() as error:
+            if isinstance(error, OSError) and error.errno in LOCAL_FAULTS:
+                raise
             reason = describe(error)
-            if attempt == attempts:
+            spent = _spent_elsewhere()
+            if attempt == attempts or spent is not None:
+                _give_up()
+                elsewhere = (f"; another operation of this run spent the retry budget {spent:.0f}s ago"
+                             if spent is not None else "")
                 raise StorageUnavailable(
-                    f"{what} failed {attempt} times over {time.monotonic() - started:.0f}s ({reason}); "
+                    f"{what} failed {attempt} times over {time.monotonic() - started:.0f}s ({reason}{elsewhere}); "
                     "the store is down or failing: check AWS_ENDPOINT_URL and the store, then rerun the same "
                     "command to resume") from error
             log.warning("%s failed (%s); retry %d/%d in %.1fs", what, reason, attempt, attempts - 1, delay)
-            time.sleep(delay)
+            _backoff(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY_S)
         except Exception as error:
             if type(error).__name__ == "NoCredentialsError":  # botocore's, without importing botocore here

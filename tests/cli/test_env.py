@@ -48,6 +48,7 @@ BAD = [
     ({"UNMIX_SHARDS_AHEAD": "-1"}, "UNMIX_SHARDS_AHEAD", "from 0 to 64"),
     ({"UNMIX_SHARD_CACHE": "s3://bucket/cache"}, "UNMIX_SHARD_CACHE", "off or a local folder"),
     ({"UNMIX_SHARD_CACHE_GB": "10GB"}, "UNMIX_SHARD_CACHE_GB", "'10GB'"),
+    ({"UNMIX_VERIFY_SHARDS": "off"}, "UNMIX_VERIFY_SHARDS", "0 or 1"),
     ({"UNMIX_INDEX_CACHE": "   "}, "UNMIX_INDEX_CACHE", "a folder or fsspec URL"),
     ({"UNMIX_MAX_IMAGE_PIXELS": "0"}, "UNMIX_MAX_IMAGE_PIXELS", "from 1"),
     ({"UNMIX_LOCK_LEASE_S": "x"}, "UNMIX_LOCK_LEASE_S", "'x'"),

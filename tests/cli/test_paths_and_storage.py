@@ -104,6 +104,8 @@ def test_a_wrong_access_key_is_one_line_and_never_echoed(command, shapes_dir, co
 def test_an_unreachable_endpoint_is_retryable_with_one_line(shapes_dir, coco_dir, monkeypatch, capsys):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # credentials present: the endpoint is the fault
+        monkeypatch.setenv(name, "testing")
     monkeypatch.setenv("UNMIX_STORAGE_RETRIES", "2")
     monkeypatch.setenv("UNMIX_STORAGE_RETRY_DELAY", "0.01")
     assert main(commands(shapes_dir, coco_dir)["eval-knn"]("s3://b/run")) == EXIT_RETRYABLE

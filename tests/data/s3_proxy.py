@@ -1,7 +1,8 @@
 """A TCP proxy on loopback in front of an S3 server that behaves like real object storage: each request waits
 `latency_s` before it is forwarded, responses flow at most `bandwidth_mb_s` per connection, and the first
-`slow_down` GETs are answered `503 SlowDown` without reaching the server. It counts the requests it saw by
-method. Used by tests/data/test_streaming.py and benchmarks/bench_storage.py.
+`slow_down` GETs (after the first `pass_first`) are answered `503 SlowDown` without reaching the server; it
+notes when it sent the first of them. It counts the requests it saw by method. Used by tests/data/test_streaming.py,
+tests/test_storage_retries.py and benchmarks/bench_storage.py.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ SLOW_DOWN_BODY = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>Slo
 
 class StorageProxy:
     def __init__(self, target_port: int, latency_s: float = 0.0, bandwidth_mb_s: float | None = None,
-                 slow_down: int = 0) -> None:
+                 slow_down: int = 0, pass_first: int = 0) -> None:
         self.target_port, self.latency_s, self.bandwidth_mb_s = target_port, latency_s, bandwidth_mb_s
         self.slow_down = slow_down  # GETs still to answer with 503 SlowDown
+        self.pass_first = pass_first  # GETs still to forward before those
+        self.first_slow_down_at: float | None = None  # time.monotonic() of the first 503
         self.requests: collections.Counter[str] = collections.Counter()
         self.slowed_down = 0
         self._lock = threading.Lock()
@@ -84,8 +87,13 @@ class StorageProxy:
 
     def _take_slow_down(self) -> bool:
         with self._lock:
+            if self.pass_first > 0:
+                self.pass_first -= 1
+                return False
             if self.slow_down <= 0:
                 return False
+            if self.first_slow_down_at is None:
+                self.first_slow_down_at = time.monotonic()
             self.slow_down -= 1
             self.slowed_down += 1
             self.requests["GET"] += 1

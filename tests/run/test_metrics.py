@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -39,6 +40,11 @@ def test_a_resumed_run_drops_what_came_after_its_checkpoint(tmp_path):
     metrics.close()
     with open(tmp_path / "metrics.jsonl", "a") as handle:
         handle.write('{"kind": "train_step", "step": 6, "lo')  # torn by a kill
+    # TensorBoard reads event files in name order: the second, then a per-process writer counter compared as
+    # text ('10' < '9'). A real resume is a new process seconds later; here, start the next second.
+    second = int(time.time())
+    while int(time.time()) == second:
+        time.sleep(0.05)
     resumed = MetricsLog(str(tmp_path), resume_step=3)
     for step in range(4, 7):
         resumed.record("train_step", step, {"loss": step + 0.5})

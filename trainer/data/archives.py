@@ -138,7 +138,11 @@ def index_tar(url: str) -> list[Member]:
 
 def _archive_key(url: str) -> str:
     fs, path = storage.filesystem(url)
-    info = storage.with_retries(lambda: fs.info(path), f"checking {url}")
+    return archive_key(url, storage.with_retries(lambda: fs.info(path), f"checking {url}"))
+
+
+def archive_key(url: str, info: dict[str, Any]) -> str:
+    """URL, size and version (ETag, else modification time) of an archive from its fsspec `info`."""
     version = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
     return f"{url} size={info.get('size')} version={version}"
 

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from trainer import env, storage
-from trainer.data import streaming
+from trainer.data import shard_fetch, streaming
 from trainer.data.decode import BadImage, is_image_name, open_image_bytes, to_rgb
 from trainer.errors import UserError
 
@@ -186,7 +186,8 @@ class ShardedSource(ImageSource):
     def __init__(self, url: str, classes: list[str], names: np.ndarray, targets: np.ndarray, *,
                  shard_urls: list[str], shard_ends: list[int], shard: np.ndarray, offset: np.ndarray,
                  size: np.ndarray, cache_dir: str | None, cache_names: list[str],
-                 checksums: list[str] | None = None) -> None:
+                 checksums: list[str] | None = None, shard_sizes: list[int] | None = None,
+                 versions: list[str] | None = None) -> None:
         super().__init__(url, classes, names, targets)
         self.shard_urls = shard_urls
         self._shard_ends = shard_ends  # read-ahead never reads past these (the shard's size, or its last sample)
@@ -197,7 +198,10 @@ class ShardedSource(ImageSource):
                        if self.read_path.kind == "cache" else None)
         self._open = streaming.OpenShards(touch=self._cache is not None)
         self._cache_names = cache_names  # per shard: its file name in the cache (unique per content)
-        self._checksums = checksums  # per shard sha256, verified when it enters the cache
+        self._checksums = checksums  # per shard sha256 (staged), verified when it enters the cache
+        self._shard_sizes = shard_sizes  # per shard size (staged)
+        self._versions = versions  # per shard URL, size and ETag as indexed (WebDataset)
+        self._rechecked: set[int] = set()  # shards whose cache entry this process re-checked after a bad sample
         self._block: tuple[int, int, bytes] | None = None  # (shard, start, data) of the last read-ahead
         self._last_index = -2  # samples are numbered in shard order: the next number is the next member
         self._in_order = 0  # consecutive reads in shard order so far (then the next shard is fetched ahead)
@@ -226,8 +230,33 @@ class ShardedSource(ImageSource):
         """Local path of the whole shard in the cache, fetched (and checksum-verified) once per host; None when
         `wait` is False and another process is fetching it."""
         assert self._cache is not None
-        return self._cache.fetch(self.shard_urls[shard], self._cache_names[shard], self._shard_ends[shard],
-                                 self._checksums[shard] if self._checksums is not None else None, wait)
+        return self._cache.fetch(*self._expected(shard), wait=wait, version=self._versions[shard]
+                                 if self._versions is not None else None)
+
+    def _expected(self, shard: int) -> tuple[str, str, int | None, str | None]:
+        """(URL, cache name, size, sha256) of `shard`, for the cache's checks."""
+        return (self.shard_urls[shard], self._cache_names[shard],
+                self._shard_sizes[shard] if self._shard_sizes is not None else None,
+                self._checksums[shard] if self._checksums is not None else None)
+
+    def decode_with(self, index: int, transform: Callable[[Image.Image], T]) -> T | None:
+        """As ImageSource's; but a sample that does not decode from a cached shard first has the shard's cache
+        entry checked (once per shard and process): a damaged entry is fetched again and the sample read anew,
+        so no sample is skipped because of the local cache."""
+        try:
+            return transform(open_image_bytes(self._read(index)))
+        except BadImage as error:
+            shard = self.shard_of(index)
+            if self._cache is None or shard in self._rechecked:
+                self._mark_bad(index, str(error))
+                return None
+            self._rechecked.add(shard)
+            if not self._cache.recheck(*self._expected(shard), self._versions[shard]
+                                       if self._versions is not None else None):
+                self._mark_bad(index, str(error))
+                return None
+            self._open.forget(self._cache.path(self._cache_names[shard]))  # the discarded file, still open
+        return super().decode_with(index, transform)
 
     def prefetch(self, shards: list[int]) -> None:
         """Fetch `shards` into the cache in the background, in order (no-op without the cache)."""
@@ -249,9 +278,12 @@ class ShardedSource(ImageSource):
             return self._read_cached(shard, start, end)
         url = self.shard_urls[shard]
         fs, path = self._fs(), storage.filesystem(url)[1]
-        if self.read_path.kind == "direct":
-            return self._open.read(path, start, end)
-        data = storage.with_retries(lambda: fs.cat_file(path, start=start, end=end), f"reading {url}")
+        try:
+            if self.read_path.kind == "direct":
+                return self._open.read(path, start, end)
+            data = storage.with_retries(lambda: fs.cat_file(path, start=start, end=end), f"reading {url}")
+        except FileNotFoundError as error:
+            raise shard_fetch.missing(url) from error
         if self.read_path.kind == "ranged":
             streaming.count_request(len(data))
         return data
@@ -300,7 +332,8 @@ class StagedSource(ShardedSource):
                          shard_ends=[int(shard["size"]) for shard in shards], shard=index["shard"],
                          offset=index["offset"], size=index["size"], cache_dir=cache_dir,
                          cache_names=[shard["sha256"] for shard in shards],
-                         checksums=[shard["sha256"] for shard in shards])
+                         checksums=[shard["sha256"] for shard in shards],
+                         shard_sizes=[int(shard["size"]) for shard in shards])
         self.shards = shards
         self.format = manifest["format"]
 
@@ -447,7 +480,9 @@ def open_staged(url: str, split: str | None = None, cache_dir: str | None = None
     split_info = manifest["splits"][split]
     if split_info["count"] == 0:
         raise UserError(f"split {split!r} of staged dataset {url} is empty")
-    return StagedSource(url, manifest, split, read_index(url, split_info, manifest), cache_dir)
+    source = StagedSource(url, manifest, split, read_index(url, split_info, manifest), cache_dir)
+    shard_fetch.check_listed(source.shard_urls, [int(shard["size"]) for shard in source.shards])
+    return source
 
 
 def resolve_folder(url: str, split: str | None) -> str:

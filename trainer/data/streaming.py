@@ -3,14 +3,15 @@ ahead of the reader, and a count of the storage requests this process (and its l
 
 Why: a per-sample ranged GET costs one store round trip (tens of ms) per image, and 64 ranks of them are
 tens of thousands of requests per second on one prefix, past what S3 serves before it answers SlowDown.
-Here a shard is fetched with one GET streamed to disk (s3: a few large ranges in parallel above
-`PART_BYTES`), once per host, and samples are then read from the local file (the page cache), so the
-shuffle inside a shard happens at memory speed. `ResumableSampler` knows the rank's shard sequence and
-asks for the next `SHARDS_AHEAD` shards in the background while the current one is read; the order itself
-is untouched, so resume and per-rank disjointness are the sampler's alone.
+Here a shard is fetched as ranged GETs of `PART_BYTES`, `PART_CONCURRENCY` in flight, hashed and written
+in order and verified before it is published (trainer/data/shard_fetch.py), once per host, and samples
+are then read from the local file (the page cache), so the shuffle inside a shard happens at memory speed.
+`ResumableSampler` knows the rank's shard sequence and asks for the next `SHARDS_AHEAD` shards in the
+background while the current one is read; the order itself is untouched, so resume and per-rank
+disjointness are the sampler's alone.
 
-Bounds (per rank): memory for downloads FETCH_THREADS x PART_CONCURRENCY x PART_BYTES (64 MB) in the main
-process (a loader worker that needs a shard no one fetched yet fetches it itself: 32 MB), one sample's bytes
+Bounds (per rank): memory for downloads FETCH_THREADS x (PART_CONCURRENCY + 1) x PART_BYTES (80 MB) in the
+main process (a loader worker that needs a shard no one fetched yet fetches it itself: 40 MB), one sample's bytes
 per loader worker (no shard is held in a worker's memory); disk
 (1 + SHARDS_AHEAD + 1) x shard size (the shard being read, the ones fetched ahead, and one that late
 workers still finish), under the cache's cap. Settings come from the environment:
@@ -18,13 +19,15 @@ workers still finish), under the cache's cap. Settings come from the environment
                         ranged GET per sample in trainer order (read-ahead in shard order), the old path
   UNMIX_SHARD_CACHE_GB  the cap (default: half the free space of the folder's disk, at most 50 GB)
   UNMIX_SHARDS_AHEAD    shards fetched ahead of the one being read (default 2)
+  UNMIX_VERIFY_SHARDS   0: no hashing or digest records (to measure their cost; default 1)
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
-import hashlib
+import json
 import logging
 import math
 import multiprocessing
@@ -32,6 +35,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 import weakref
 from dataclasses import dataclass
@@ -40,6 +44,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from trainer import env, storage
+from trainer.data import shard_fetch
+from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +60,7 @@ _SUFFIX = ".tar"
 
 # Shared memory made at import, before DataLoader workers fork: the workers' requests add to the same counts.
 # (With the spawn start method a worker re-imports this module and counts alone.)
-_COUNTS = multiprocessing.RawArray("q", 2)
+_COUNTS = multiprocessing.RawArray("q", 3)  # requests, bytes, damaged cache entries found
 _COUNTS_LOCK = multiprocessing.Lock()
 
 
@@ -72,17 +78,16 @@ def count_request(nbytes: int, requests: int = 1) -> None:
         _COUNTS[1] += nbytes
 
 
+def count_damaged() -> int:
+    """Count one damaged cache entry (this process and its forked workers); the running total."""
+    with _COUNTS_LOCK:
+        _COUNTS[2] += 1
+        return int(_COUNTS[2])
+
+
 def read_counts() -> ReadCounts:
     with _COUNTS_LOCK:
         return ReadCounts(int(_COUNTS[0]), int(_COUNTS[1]))
-
-
-def fetch_requests(url: str, size: int) -> int:
-    """Requests one whole-shard fetch of `size` bytes makes: s3fs opens one GET, and above PART_BYTES closes it
-    and fetches the parts (trainer.data.streaming docstring); other stores one streamed read."""
-    if url.startswith(("s3://", "s3a://")) and size > PART_BYTES:
-        return 1 + math.ceil(size / PART_BYTES)
-    return 1
 
 
 # --- which read path ------------------------------------------------------------------------------------------
@@ -113,8 +118,9 @@ def cache_cap_bytes(folder: str) -> int:
     """UNMIX_SHARD_CACHE_GB, else half the free space of `folder`'s disk, at most DEFAULT_CAP_BYTES."""
     if env.current().shard_cache_gb is not None:
         return int(env.current().shard_cache_gb * 2**30)
-    os.makedirs(folder, exist_ok=True)
-    return min(DEFAULT_CAP_BYTES, shutil.disk_usage(folder).free // 2)
+    with shard_fetch.local_faults(folder):
+        os.makedirs(folder, exist_ok=True)
+        return min(DEFAULT_CAP_BYTES, shutil.disk_usage(folder).free // 2)
 
 
 def choose_read_path(url: str, cache_dir: str | None) -> ReadPath:
@@ -139,50 +145,148 @@ def choose_read_path(url: str, cache_dir: str | None) -> ReadPath:
 class ShardCache:
     """Whole shards on local disk under `folder`, named by their content key, at most `cap_bytes` of them.
 
+    Only verified bytes are served (trainer/data/shard_fetch.py): a shard is hashed as it streams in and
+    checked against what the dataset says before it is published with its digest record; an entry found on
+    disk is checked before its first use by each process (size always; its digest once per run on this host);
+    a damaged entry is discarded, counted, logged and fetched again, so no sample is lost to a damaged cache.
     One download per host: processes that need a shard being fetched wait on its lock file instead of
-    fetching it again; a background fetch (`wait=False`) skips a shard another process is fetching. Full:
-    the least recently used shards go first (a reader holding one open keeps reading it: Linux frees an
-    unlinked file when its last reader closes it).
+    fetching it again; a background fetch (`wait=False`) skips a shard another process is fetching, and when
+    it fails it leaves its error for the reader (`<entry>.failed`), which raises it instead of spending a
+    second retry budget. Full: the least recently used shards go first (a reader holding one open keeps
+    reading it: Linux frees an unlinked file when its last reader closes it).
     """
 
     def __init__(self, folder: str, cap_bytes: int) -> None:
         self.folder, self.cap_bytes = folder, cap_bytes
+        self.started = time.time()  # digests checked since then were checked by this run (this host's clock)
+        self.run = uuid.uuid4().hex  # this run's processes (forked loader workers share it)
+        self._checked: dict[str, tuple[int, int, int]] = {}  # entry -> (inode, size, mtime) checked here
 
     def path(self, key: str) -> str:
         return os.path.join(self.folder, key + _SUFFIX)
 
-    def fetch(self, url: str, key: str, size: int, checksum: str | None, wait: bool = True) -> str | None:
-        """Local path of shard `url` (downloaded first if absent); None when `wait` is False and another process
-        holds its download."""
+    def fetch(self, url: str, key: str, size: int | None, checksum: str | None, wait: bool = True,
+              version: str | None = None) -> str | None:
+        """Local path of shard `url` (checked, or downloaded first); None when `wait` is False and another
+        process holds its download. `size`, `checksum` and `version` are what it must be (shard_fetch.Expected)."""
         local = self.path(key)
-        if os.path.exists(local):
+        if self._seen(local):
             return local
-        os.makedirs(self.folder, exist_ok=True)
-        with open(f"{local}.lock", "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return None
-            if not os.path.exists(local):
-                self._download(url, local, size, checksum)
+        expected = shard_fetch.Expected(url, size, checksum, version)
+        with shard_fetch.local_faults(self.folder):
+            os.makedirs(self.folder, exist_ok=True)
+            with open(f"{local}.lock", "w") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return None
+                if not self._usable(local, expected):
+                    self._raise_left_failure(local)
+                    try:
+                        self._download(expected, local)
+                    except (storage.StorageUnavailable, UserError) as error:
+                        if not wait:
+                            self._leave_failure(local, error)
+                        raise
         return local
 
-    def _download(self, url: str, local: str, size: int, checksum: str | None) -> None:
-        self.make_room(size)
-        fs, path = storage.filesystem(url)
-        options = {"chunksize": PART_BYTES, "max_concurrency": PART_CONCURRENCY} if url.startswith(
-            ("s3://", "s3a://")) else {}
+    def _seen(self, local: str) -> bool:
+        """Checked by this process already, and unchanged since (same file, size and time)."""
+        try:
+            info = os.stat(local)
+        except FileNotFoundError:
+            return False
+        return self._checked.get(local) == (info.st_ino, info.st_size, info.st_mtime_ns)
+
+    def _remember(self, local: str) -> None:
+        info = os.stat(local)
+        self._checked[local] = (info.st_ino, info.st_size, info.st_mtime_ns)
+
+    def _usable(self, local: str, expected: shard_fetch.Expected, trusted_since: float | None = None) -> bool:
+        """Whether entry `local` exists and passes its check (else it is discarded, counted and logged); its
+        digest is checked unless the record says it was checked since `trusted_since` (default: this run)."""
+        if not os.path.exists(local):
+            return False
+        if shard_fetch.verifying():
+            try:
+                shard_fetch.check_entry(local, expected, self.started if trusted_since is None else trusted_since)
+            except shard_fetch.Damaged as why:
+                self._discard(local)
+                log.warning("shard cache %s: the entry of %s is damaged (%s); discarded and fetched again "
+                            "(%d damaged entries so far)", self.folder, expected.url, why, count_damaged())
+                return False
+        self._remember(local)
+        return True
+
+    def _download(self, expected: shard_fetch.Expected, local: str) -> None:
         tmp = f"{local}.{uuid.uuid4().hex}.tmp"
         try:
-            storage.with_retries(lambda: fs.get_file(path, tmp, **options), f"fetching shard {url}")
-            got = os.path.getsize(tmp)
-            count_request(got, fetch_requests(url, got))
-            if checksum is not None and _sha256(tmp) != checksum:
-                raise OSError(f"shard {url} does not match its manifest checksum")
+            digest, got = self._download_once(expected, tmp)
+            if shard_fetch.verifying() and expected.sha256 is not None and digest != expected.sha256:
+                # Bytes damaged in transit differ each time; a shard replaced in the store is wrong twice alike.
+                again, got = self._download_once(expected, tmp)
+                if again != expected.sha256:
+                    raise shard_fetch.changed(expected, "its sha256 is not the manifest's" if again == digest
+                                              else "two downloads differ and neither matches the manifest")
+                log.warning("shard %s did not match its digest once (damaged in transit); fetched again",
+                            expected.url)
+                digest = again
+            if shard_fetch.verifying():
+                shard_fetch.write_record(local, digest, got)
             os.replace(tmp, local)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{local}.failed")
+            self._remember(local)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+    def _download_once(self, expected: shard_fetch.Expected, tmp: str) -> tuple[str, int]:
+        if expected.size is not None:
+            self.make_room(expected.size)
+        digest, got, requests = shard_fetch.download(expected, tmp, PART_BYTES, PART_CONCURRENCY)
+        if expected.size is None:
+            self.make_room(got)
+        count_request(got, requests)
+        return digest, got
+
+    def _leave_failure(self, local: str, error: Exception) -> None:
+        with open(f"{local}.failed", "w") as handle:
+            json.dump({"run": self.run, "at": time.time(), "message": str(error),
+                       "kind": "store" if isinstance(error, storage.StorageUnavailable) else "user"}, handle)
+
+    def _raise_left_failure(self, local: str) -> None:
+        """A background fetch of this run failed on this shard (its retry budget spent) within the last budget's
+        sleeps: raise its error again. Older ones are dropped: the store may be back."""
+        try:
+            with open(f"{local}.failed") as handle:
+                failure = json.load(handle)
+            os.remove(f"{local}.failed")
+        except (OSError, ValueError):
+            return
+        settings = env.current()
+        window = storage.retry_bound_s(settings.storage_retries, settings.storage_retry_delay_s,
+                                       storage.RETRY_MAX_DELAY_S, 0.0)
+        if failure.get("run") == self.run and time.time() - float(failure.get("at", 0)) < window:
+            kind = storage.StorageUnavailable if failure.get("kind") == "store" else UserError
+            raise kind(str(failure.get("message")))
+
+    def recheck(self, url: str, key: str, size: int | None, checksum: str | None, version: str | None) -> bool:
+        """Check the digest of entry `key` now (a sample in it did not decode); True if it was damaged (then it
+        is discarded and counted, and the next fetch gets it again)."""
+        local = self.path(key)
+        if not shard_fetch.verifying() or not os.path.exists(local):
+            return False
+        self._checked.pop(local, None)
+        with shard_fetch.local_faults(self.folder), open(f"{local}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return not self._usable(local, shard_fetch.Expected(url, size, checksum, version), math.inf)
+
+    def _discard(self, local: str) -> None:
+        for path in (local, shard_fetch.record_path(local)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        self._checked.pop(local, None)
 
     def make_room(self, size: int) -> None:
         """Remove the least recently used shards until `size` more bytes fit under the cap."""
@@ -203,17 +307,11 @@ class ShardCache:
                 total -= nbytes
             except FileNotFoundError:
                 pass
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(shard_fetch.record_path(os.path.join(self.folder, name)))
         if total + size > self.cap_bytes:
             log.warning("shard cache %s: a %.0f MB shard does not fit under its %.1f GB cap; raise "
                         "UNMIX_SHARD_CACHE_GB", self.folder, size / 2**20, self.cap_bytes / 2**30)
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(2**22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class OpenShards:
@@ -284,9 +382,8 @@ class Prefetcher:
                 (_, shard), source = self._pending.popitem(last=False)
             try:
                 source.fetch_shard(shard, wait=False)
-            except Exception as error:  # the reader fetches it itself, with its own error reporting
-                log.warning("fetching shard %d ahead failed (%s); it is read when needed", shard,
-                            storage.describe(error))
+            except Exception as error:  # left for the reader (ShardCache), which raises it when it gets there
+                log.warning("fetching shard %d ahead failed (%s)", shard, storage.describe(error))
 
 
 PREFETCHER = Prefetcher()

@@ -530,7 +530,8 @@ class WebDatasetSource(ShardedSource):
                          shard=np.array([s.shard for s in samples], dtype=np.int32),
                          offset=np.array([s.image.offset for s in samples], dtype=np.int64),
                          size=np.array([s.image.size for s in samples], dtype=np.int64),
-                         cache_dir=cache_dir, cache_names=[_cache_name(key) for key in shard_set.keys])
+                         cache_dir=cache_dir, cache_names=[_cache_name(key) for key in shard_set.keys],
+                         versions=list(shard_set.keys))
         self.left_out = len(shard_set.bad)
 
 
