@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-knn": ("trainer.evaluation.knn", "weighted kNN evaluation on frozen trunk features"),
     "detr": ("trainer.detr.train", "DETR fine-tuning on COCO-format data with the pretrained trunk"),
     "stage": ("trainer.data.staging", "validate and shard an image dataset into object storage"),
+    "plan": ("trainer.plan.cli", "the run planned before any GPU starts: recipe, memory, time, cost"),
 }
 
 
