@@ -19,7 +19,7 @@ from trainer import config, pretrain
 from trainer.cli import build_parser
 from trainer.data.photometric import Photometric
 from trainer.distributed import DistEnv
-from trainer.plan.memory import LiveBytes, measure_steps
+from trainer.plan.memory import measure_steps
 
 
 def pretrain_cfg(arch: str, sizes: list[int]) -> object:
@@ -54,7 +54,8 @@ def cpu_step_peak(arch: str, batch: int, sizes: list[int], amp: bool) -> int:
 
 def main() -> None:
     arch, batch, *rest = sys.argv[1:]
-    amp, tensors, device = "--amp" in rest, "--tensors" in rest or "--meta" in rest, "meta" if "--meta" in rest else "cpu"
+    amp, device = "--amp" in rest, "meta" if "--meta" in rest else "cpu"
+    tensors = "--tensors" in rest or device == "meta"
     sizes = [int(value) for value in rest if not value.startswith("--")]
     if tensors:
         _, built, _, peaks = measure_steps(pretrain_cfg(arch, sizes), (int(batch),), 1, torch.device(device),

@@ -12,6 +12,7 @@ tables (8-GPU images/s / (8 x 1-GPU images/s)); None where not published.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from trainer.errors import UserError
@@ -73,3 +74,24 @@ def gpu(name: str) -> Gpu:
         raise UserError(f"--gpu {name!r} is not known; choose one of {', '.join(GPUS)}, or give --gpu_memory_gib "
                         "and --gpu_images_per_s for another GPU")
     return GPUS[name]
+
+
+# CUDA device names -> GPU kinds, most specific first; a key matches whole words (so "L4" is not "L40S").
+_KINDS = (("GH200", "h200"), ("H200", "h200"), ("H100", "h100"), ("B200", "b200"), ("A100.*80GB", "a100-80gb"),
+          ("A100", "a100-40gb"), ("V100.*32GB", "v100-32gb"), ("V100", "v100-16gb"), ("L40S", "l40s"), ("L4", "l4"),
+          ("A10", "a10"))
+
+
+def kind_of(device_name: str) -> str | None:
+    """The GPU kind of a CUDA device name ("NVIDIA H100 80GB HBM3" -> "h100"), None when not in the table."""
+    for pattern, kind in _KINDS:
+        if re.search(rf"(?<!\w){pattern}(?!\w)", device_name):
+            return kind
+    return None
+
+
+def this_machine() -> str | None:
+    """The GPU kind of this machine's first CUDA device, None without one (or one not in the table)."""
+    import torch
+
+    return kind_of(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None

@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.plan import gpus, memory, recipe, throughput
 from trainer.plan.dataset import dataset_info
+
+log = logging.getLogger("trainer.plan")
 
 
 @dataclass
@@ -62,9 +65,10 @@ class Plan:
 
     def table(self) -> str:
         m, t, s, c, d = self.memory, self.time, self.speed, self.checkpoint, self.data
+        crops = " + ".join(f"{n}x{z}" for n, z in zip(self.cfg.nmb_crops, self.cfg.size_crops, strict=True))
         lines = [f"plan: {self.num_nodes} node(s) x {self.gpus_per_node} {self.gpu.name} = {self.world_size} GPUs, "
                  f"batch {self.cfg.batch_size} per GPU = global batch {self.global_batch}, {self.cfg.epochs} epochs, "
-                 f"{self.cfg.arch}, crops {' + '.join(f'{n}x{z}' for n, z in zip(self.cfg.nmb_crops, self.cfg.size_crops))}"
+                 f"{self.cfg.arch}, crops {crops}"
                  f"{'' if self.cfg.run_swav else ' + Un-Mix'}",
                  *(f"note: {note}" for note in self.notes),
                  f"data: {self.dataset['source']}", "", "recipe (flag, value, rule):"]
@@ -155,3 +159,36 @@ def apply(cfg: argparse.Namespace, plan: Plan) -> list[str]:
             lines.append(f"--{item.flag} {getattr(cfg, item.flag)} -> {item.value:.6g}: {item.rule}")
             setattr(cfg, item.flag, item.value)
     return lines
+
+
+AUTO_SCALE_HELP = ("derive the recipe flags not given (learning rates, warm-up, queue, prototype freezing and count) "
+                   "for this job's global batch and data, as `unmix-swav plan` shows them; the plan goes into "
+                   "params.json and a `plan` record of metrics.jsonl")
+
+
+def planned_config(args: argparse.Namespace, world_size: int, listing: bool = True
+                   ) -> tuple[argparse.Namespace, Plan | None]:
+    """pretrain's flags resolved (trainer/config.py), auto-scaled with --auto_scale, then validated: (cfg, plan)."""
+    from trainer import config
+
+    cfg = config.resolve(args)
+    plan = auto_scale(cfg, args, world_size, listing) if args.auto_scale else None
+    config.validate(cfg, world_size)
+    return cfg, plan
+
+
+def auto_scale(cfg: argparse.Namespace, args: argparse.Namespace, world_size: int, listing: bool = True) -> Plan:
+    """`pretrain --auto_scale`: plan the run for this job's nodes x GPUs (torchrun's WORLD_SIZE / LOCAL_WORLD_SIZE,
+    this machine's GPU kind) and apply the derived flags the user did not give, in place; logged."""
+    from trainer import config
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    gpus_per_node = local if local > 0 and world_size % local == 0 else world_size
+    given = config.given_flags(args)
+    dataset = dataset_info(cfg.data_path, listing)
+    plan = plan_for(cfg, world_size // gpus_per_node, gpus_per_node, gpus.this_machine(), given, dataset=dataset)
+    for line in apply(cfg, plan):
+        log.info("auto_scale: %s", line)
+    for line in plan.warnings:
+        log.warning("auto_scale: %s", line)
+    return plan

@@ -85,7 +85,7 @@ def queue_start(queue_length: int, epochs: int) -> tuple[int, str]:
         return QUEUE_START_EPOCH, "unused without a queue (the 256 recipe's 15 kept)"
     value = min(QUEUE_START_EPOCH, epochs // 2)
     clamp = "" if value == QUEUE_START_EPOCH else f", cut to half of --epochs {epochs} so the queue is used"
-    return value, f"epoch {value}: the 256 recipe starts its queue at epoch 15 (its 200 and 400 epoch runs alike){clamp}"
+    return value, f"epoch {value}: the 256 recipe starts its queue at epoch 15 (at 200 and 400 epochs alike){clamp}"
 
 
 def freeze(batch: int, num_images: int) -> tuple[int, str]:

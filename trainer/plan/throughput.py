@@ -114,7 +114,8 @@ def scaling(gpu: Gpu, num_nodes: int, gpus_per_node: int) -> tuple[float, str]:
     node = gpu.node_scaling or DEFAULT_NODE_SCALING
     within = 1 - (1 - node) * (gpus_per_node - 1) / 7 if gpus_per_node > 1 else 1.0
     across = INTER_NODE_PER_DOUBLING ** math.log2(num_nodes)
-    source = "NVIDIA's published 8-GPU strong scaling" if gpu.node_scaling else "assumed (NVIDIA's A100 0.84, V100 0.87)"
+    source = ("NVIDIA's published 8-GPU strong scaling" if gpu.node_scaling
+              else "assumed (NVIDIA's A100 0.84, V100 0.87)")
     note = (f"{within:.2f} within a node ({node:.2f} at 8 GPUs: {source}, linear in the GPU count) x {across:.2f} "
             f"across {num_nodes} nodes (assumed {INTER_NODE_PER_DOUBLING} per doubling of nodes)")
     return within * across, note
@@ -147,8 +148,8 @@ def run_time(speed: Throughput, gpus: int, num_images: int, epochs: int, global_
     epoch_hours = num_images / images_per_s / 3600
     hours = epoch_hours * epochs
     gpu_hours = hours * gpus
-    return RunTime(epoch_hours, hours, gpu_hours, None if price_per_gpu_hour is None else gpu_hours * price_per_gpu_hour,
-                   global_batch / images_per_s)
+    cost = None if price_per_gpu_hour is None else gpu_hours * price_per_gpu_hour
+    return RunTime(epoch_hours, hours, gpu_hours, cost, global_batch / images_per_s)
 
 
 def checkpoint_plan(parameters: int, cfg: argparse.Namespace, step_s: float, steps_per_epoch: int,
