@@ -52,7 +52,7 @@ def test_mixed_precision_activations_match_cpu_autocast_within_the_models_error(
 
 
 def test_memory_grows_with_the_batch_and_the_largest_batch_is_the_last_that_fits() -> None:
-    step = memory.simulate(pretrain_cfg("resnet_tiny", [32, 16]), world_size=8)
+    step = memory.simulate(pretrain_cfg("resnet_tiny", [32, 16]), world_size=8, batch=64)
     totals = [memory.plan_memory(step, batch, True, 8, 80.0).gib_per_gpu for batch in (2, 8, 32, 128, 512)]
     assert all(b > a for a, b in zip(totals, totals[1:], strict=False))
     gpu_gib = memory.plan_memory(step, 100, True, 8, 80.0).gib_per_gpu  # a GPU exactly as big as batch 100 needs
@@ -61,8 +61,8 @@ def test_memory_grows_with_the_batch_and_the_largest_batch_is_the_last_that_fits
     assert not memory.plan_memory(step, 101, True, 8, gpu_gib).fits
 
 
-def test_the_simulated_line_is_affine_in_the_batch() -> None:
+def test_the_simulated_line_through_b_and_2b_predicts_3b() -> None:
     cfg = pretrain_cfg("resnet_tiny", [32, 16])
-    step = memory.simulate(cfg, world_size=1)
-    _, _, _, peaks = memory.measure_steps(cfg, (7,), 1, torch.device("meta"))
-    assert step.peak(7) == pytest.approx(peaks[-1], rel=0.01)
+    step = memory.simulate(cfg, world_size=1, batch=16)
+    _, _, _, peaks = memory.measure_steps(cfg, (48,), 1, torch.device("meta"))
+    assert step.peak(48) == pytest.approx(peaks[-1], rel=0.01)

@@ -4,8 +4,8 @@
 device, where tensors have shapes but no data, while a dispatch mode adds up the bytes of every live tensor
 storage (a storage is counted once, however many views share it, and subtracted when it is freed): its peak is
 what torch.cuda.max_memory_allocated() would report for the same step in float32. Two batch sizes give the
-line peak(b) = fixed + per_image x b (a step's memory is affine in the batch: every activation has the batch as
-its first dimension). The GPU figure then adds what the meta device cannot see:
+line peak(b) = fixed + per_image x b through the planned batch and twice it (every activation has the batch as its
+first dimension; near the planned batch the activations set the peak). The GPU figure then adds what the meta device cannot see:
 - mixed precision: autocast keeps the saved activations in bf16/fp16; AMP_ACTIVATION_FACTOR of the float32
   activations (measured on the CPU with torch.autocast, tests/plan/test_memory_calibration.py) plus the
   half-precision copies of the weights autocast caches (2 bytes a parameter);
@@ -40,7 +40,6 @@ MODEL_ERROR = 0.15  # the GPU figure's stated error: AMP_ACTIVATION_FACTOR measu
 HOST_RSS_FACTOR = 1.6
 HOST_RSS_ERROR = 0.2
 WARN_FRACTION = 0.85
-SIMULATED_BATCHES = (2, 4)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -131,15 +130,17 @@ def measure_steps(cfg: argparse.Namespace, batches: tuple[int, ...], world_size:
 _SIMULATED: dict[tuple, StepMemory] = {}
 
 
-def simulate(cfg: argparse.Namespace, world_size: int) -> StepMemory:
-    """The float32 memory line of `cfg`'s step (cached per step settings; seconds for a ResNet-50)."""
-    key = (step_settings(cfg), world_size)
+def simulate(cfg: argparse.Namespace, world_size: int, batch: int | None = None) -> StepMemory:
+    """The float32 memory line of `cfg`'s step through per-GPU `batch` and twice it (cached; seconds for a ResNet-50:
+    on the meta device a step takes as long at any batch). Both points sit at the batch planned, because at small
+    batches a fixed transient (Sinkhorn over the queue, the optimizer's temporaries) can set the peak instead."""
+    batch = batch or cfg.batch_size
+    key = (step_settings(cfg), world_size, batch)
     if key not in _SIMULATED:
-        parameters, _, persistent, (_, peak_small, peak_large) = measure_steps(cfg, SIMULATED_BATCHES, world_size,
+        parameters, _, persistent, (_, peak, peak_twice) = measure_steps(cfg, (batch, 2 * batch), world_size,
                                                                          torch.device("meta"))
-        per_image = (peak_large - peak_small) // (SIMULATED_BATCHES[1] - SIMULATED_BATCHES[0])
-        _SIMULATED[key] = StepMemory(parameters, persistent, peak_small - per_image * SIMULATED_BATCHES[0],
-                                     per_image)
+        per_image = (peak_twice - peak) // batch
+        _SIMULATED[key] = StepMemory(parameters, persistent, peak - per_image * batch, per_image)
     return _SIMULATED[key]
 
 

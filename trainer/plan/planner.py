@@ -129,7 +129,7 @@ def plan_for(cfg: argparse.Namespace, num_nodes: int, gpus_per_node: int, gpu: s
     warnings = [item.warning for item in derived if item.warning]
     warnings += [f"{item.flag}: {item.rule}" for item in derived
                  if "EXTRAPOLATED" in item.rule and not item.given and item.flag == "base_lr"]
-    step = memory.simulate(planned, world_size)
+    step = memory.simulate(planned, world_size, planned.batch_size)
     mixed = bool(planned.use_fp16)
     mem = memory.plan_memory(step, planned.batch_size, mixed, world_size, gpu_spec.memory_gib)
     if not mem.fits:

@@ -137,8 +137,8 @@ class RunTime:
     step_s: float
 
     def to_json(self) -> dict:
-        return {"hours_per_epoch": round(self.hours_per_epoch, 3), "hours": round(self.hours, 2),
-                "gpu_hours": round(self.gpu_hours, 1), "cost": None if self.cost is None else round(self.cost, 2),
+        return {"hours_per_epoch": round(self.hours_per_epoch, 3), "hours": round(self.hours, 3),
+                "gpu_hours": round(self.gpu_hours, 2), "cost": None if self.cost is None else round(self.cost, 2),
                 "step_s": round(self.step_s, 4)}
 
 
