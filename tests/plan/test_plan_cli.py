@@ -81,3 +81,13 @@ def test_counts_come_from_a_staged_manifest(capsys: pytest.CaptureFixture[str], 
 def test_an_unknown_gpu_is_refused_by_argparse(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--gpu", "tpu-v4"]) == 2
     assert "invalid choice: 'tpu-v4'" in capsys.readouterr().err
+
+
+def test_bad_flags_are_refused_before_planning(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", *TINY, "--size_crops", "32"]) == 2  # two crop counts, one size
+    assert "error: --nmb_crops, --size_crops" in capsys.readouterr().err
+
+
+def test_a_preset_queue_that_the_cluster_breaks_is_derived_anew(capsys: pytest.CaptureFixture[str]) -> None:
+    plan = plan_json(capsys, "--preset", "swav_200ep_bs256", "--batch_size", "64", "--gpus_per_node", "8")
+    assert plan["derived"]["queue_length"] == 3584  # the preset's 3840 is no multiple of 512

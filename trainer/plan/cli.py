@@ -12,7 +12,7 @@ import json
 from trainer import config
 from trainer.errors import UserError
 from trainer.plan.gpus import GPUS
-from trainer.plan.planner import plan_for
+from trainer.plan.planner import plan_for, validate_for_planning
 
 
 def positive_int(value: str) -> int:
@@ -54,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     cfg = config.resolve(args)
     world_size = args.num_nodes * args.gpus_per_node
+    validate_for_planning(cfg, world_size)
     plan = plan_for(cfg, args.num_nodes, args.gpus_per_node, args.gpu, config.given_flags(args),
                     gpu_memory_gib=args.gpu_memory_gib, gpu_images_per_s=args.gpu_images_per_s,
                     price_per_gpu_hour=args.price_per_gpu_hour,

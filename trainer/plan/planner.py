@@ -172,9 +172,20 @@ def planned_config(args: argparse.Namespace, world_size: int, listing: bool = Tr
     from trainer import config
 
     cfg = config.resolve(args)
-    plan = auto_scale(cfg, args, world_size, listing) if args.auto_scale else None
+    plan = None
+    if args.auto_scale:
+        validate_for_planning(cfg, world_size)
+        plan = auto_scale(cfg, args, world_size, listing)
     config.validate(cfg, world_size)
     return cfg, plan
+
+
+def validate_for_planning(cfg: argparse.Namespace, world_size: int) -> None:
+    """The flag checks that planning needs passed (crops, ranges, arch) before it builds a model from them; the
+    queue is checked after planning, which may derive another length."""
+    from trainer import config
+
+    config.validate(argparse.Namespace(**{**vars(cfg), "queue_length": 0}), world_size)
 
 
 def auto_scale(cfg: argparse.Namespace, args: argparse.Namespace, world_size: int, listing: bool = True) -> Plan:
