@@ -5,9 +5,10 @@ device, where tensors have shapes but no data, while a dispatch mode adds up the
 storage (a storage is counted once, however many views share it, and subtracted when it is freed): its peak is
 what torch.cuda.max_memory_allocated() would report for the same step in float32. Two batch sizes give the
 line peak(b) = fixed + per_image x b through the planned batch and twice it (every activation has the batch as its
-first dimension; near the planned batch the activations set the peak). The GPU figure then adds what the meta device cannot see:
+first dimension; near the planned batch the activations set the peak). The GPU figure then adds what the meta
+device cannot see:
 - mixed precision: autocast keeps the saved activations in bf16/fp16; AMP_ACTIVATION_FACTOR of the float32
-  activations (measured on the CPU with torch.autocast, tests/plan/test_memory_calibration.py) plus the
+  activations (measured on the CPU with torch.autocast, tests/plan/test_memory.py) plus the
   half-precision copies of the weights autocast caches (2 bytes a parameter);
 - DDP's gradient buckets (one more float32 copy of the gradients) when there is more than one process;
 - the caching allocator's blocks (reserved / allocated, ALLOCATOR_FACTOR) and the CUDA context, cuDNN/cuBLAS

@@ -182,10 +182,10 @@ def planned_config(args: argparse.Namespace, world_size: int, listing: bool = Tr
 
 def validate_for_planning(cfg: argparse.Namespace, world_size: int) -> None:
     """The flag checks that planning needs passed (crops, ranges, arch) before it builds a model from them; the
-    queue is checked after planning, which may derive another length."""
+    queue and the warm-up are checked after planning, which may derive other values for them."""
     from trainer import config
 
-    config.validate(argparse.Namespace(**{**vars(cfg), "queue_length": 0}), world_size)
+    config.validate(argparse.Namespace(**{**vars(cfg), "queue_length": 0, "warmup_epochs": 0}), world_size)
 
 
 def auto_scale(cfg: argparse.Namespace, args: argparse.Namespace, world_size: int, listing: bool = True) -> Plan:
