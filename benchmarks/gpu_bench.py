@@ -321,7 +321,8 @@ def single_gpu(args: argparse.Namespace) -> None:
                 print(f"  {label}: real loader / synthetic = {ratio:.2f} (target >= 0.9)")
     if device.type == "cuda":
         print(f"  peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
-        store_result(args.results, torch.cuda.get_device_name(device), args.batch_size, results, device)
+        store_result(args.results, torch.cuda.get_device_name(device), args.batch_size, results,
+                     torch.cuda.max_memory_allocated(device) / 2**30, torch.cuda.max_memory_reserved(device) / 2**30)
     photometric = photometric_seconds(args.batch_size, crop_sizes, device, rounds=2 if args.smoke else 20)
     print(f"  photometric ops alone: {photometric * 1e3:.1f} ms per step "
           f"({args.batch_size / photometric:.0f} images/s)")
@@ -333,7 +334,8 @@ def single_gpu(args: argparse.Namespace) -> None:
     print(f"  total {time.monotonic() - started:.0f} s")
 
 
-def store_result(path: str, device_name: str, batch_size: int, rates: dict[str, float], device: torch.device) -> None:
+def store_result(path: str, device_name: str, batch_size: int, rates: dict[str, float], peak_allocated_gib: float,
+                 peak_reserved_gib: float) -> None:
     """Merge this GPU kind's images/s into `path` (a JSON object keyed by GPU kind): `unmix-swav plan` reads it
     and calls its throughput `measured` (trainer/plan/throughput.py). A GPU not in the planner's table is stored
     under its CUDA name, which the planner never looks up."""
@@ -346,8 +348,8 @@ def store_result(path: str, device_name: str, batch_size: int, rates: dict[str, 
     stored[kind] = {"device_name": device_name, "batch_size": batch_size, "images_per_s": rates,
                     "crop_units": crop_units(argparse.Namespace(nmb_crops=RECIPE_SCALES["nmb_crops"],
                                                                 size_crops=[224, 96], run_swav=False)),
-                    "peak_allocated_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
-                    "peak_reserved_gib": round(torch.cuda.max_memory_reserved(device) / 2**30, 2),
+                    "peak_allocated_gib": round(peak_allocated_gib, 2),
+                    "peak_reserved_gib": round(peak_reserved_gib, 2),
                     "torch": torch.__version__, "date": time.strftime("%Y-%m-%d", time.gmtime())}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = f"{path}.tmp"
