@@ -91,7 +91,11 @@ def kind_of(device_name: str) -> str | None:
 
 
 def this_machine() -> str | None:
-    """The GPU kind of this machine's first CUDA device, None without one (or one not in the table)."""
+    """The GPU kind of this process's CUDA device (LOCAL_RANK's), None without one (or one not in the table)."""
+    import os
+
     import torch
 
-    return kind_of(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None
+    if not torch.cuda.is_available():
+        return None
+    return kind_of(torch.cuda.get_device_name(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()))
