@@ -34,7 +34,8 @@ def test_explicit_flags_are_kept_and_the_rest_derived(tmp_path) -> None:
     cfg, plan = planned("--preset", "swav_200ep_bs256", "--auto_scale", "--batch_size", "64", "--base_lr", "0.3",
                         "--config", str(config_file))
     assert cfg.base_lr == 0.3 and cfg.queue_length == 0  # command line and config file: kept
-    assert cfg.final_lr == pytest.approx(0.6 * 2 ** 0.75 / 1000)  # not given: derived
+    assert cfg.final_lr == pytest.approx(0.3 / 1000)  # not given: derived, from the given base_lr
+    assert cfg.warmup_epochs == 2 and cfg.freeze_prototypes_niters == 2502  # not given: derived
     assert {"base_lr", "queue_length"} == set(plan.to_json()["given"])
     assert any(w.startswith("--base_lr 0.3 (given) differs") for w in plan.warnings)
 

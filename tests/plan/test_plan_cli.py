@@ -91,3 +91,8 @@ def test_bad_flags_are_refused_before_planning(capsys: pytest.CaptureFixture[str
 def test_a_preset_queue_that_the_cluster_breaks_is_derived_anew(capsys: pytest.CaptureFixture[str]) -> None:
     plan = plan_json(capsys, "--preset", "swav_200ep_bs256", "--batch_size", "64", "--gpus_per_node", "8")
     assert plan["derived"]["queue_length"] == 3584  # the preset's 3840 is no multiple of 512
+
+
+def test_a_given_queue_the_cluster_breaks_is_refused_before_planning(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", *TINY, "--queue_length", "3840", "--batch_size", "64", "--gpus_per_node", "8"]) == 2
+    assert "error: --queue_length 3840 is not a multiple of the global batch 512" in capsys.readouterr().err

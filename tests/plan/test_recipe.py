@@ -60,7 +60,7 @@ def test_a_given_flag_is_kept_and_a_disagreeing_one_warned_with_the_reason() -> 
     assert lr.given and lr.value == 4.8 and lr.rule_value == pytest.approx(0.6)
     assert lr.warning and "--base_lr 4.8 (given)" in lr.warning and "0.6" in lr.warning
     assert derived["queue_length"].warning is None  # 3840 is the rule's value at 256
-    assert not derived["final_lr"].given and derived["final_lr"].value == pytest.approx(0.0006)
+    assert not derived["final_lr"].given and derived["final_lr"].value == pytest.approx(0.0048)  # follows base_lr
 
 
 def test_small_data_gets_fewer_prototypes_and_a_queue_that_holds_no_image_twice() -> None:
@@ -74,3 +74,11 @@ def test_adamw_learning_rates_are_kept_not_scaled() -> None:
     derived = {d.flag: d for d in recipe.derive(cfg(optimizer="adamw", base_lr=0.002, final_lr=1e-5), set(), 32,
                                                  1000, 4)}
     assert derived["base_lr"].value == 0.002 and "SwAV publishes LARS recipes only" in derived["base_lr"].rule
+
+
+def test_rules_that_follow_another_flag_follow_the_users_value() -> None:
+    derived = {d.flag: d for d in recipe.derive(cfg(base_lr=2.0, warmup_epochs=0, queue_length=8192),
+                                                 {"base_lr", "warmup_epochs", "queue_length"}, 4096, IMAGES, CLASSES)}
+    assert derived["final_lr"].value == pytest.approx(0.002)  # the given base_lr / 1000, not 0.0048
+    assert derived["start_warmup"].value == 0.0  # no warm-up was given
+    assert derived["epoch_queue_starts"].value == 15 and "unused" not in derived["epoch_queue_starts"].rule

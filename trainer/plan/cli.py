@@ -54,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     cfg = config.resolve(args)
     world_size = args.num_nodes * args.gpus_per_node
-    validate_for_planning(cfg, world_size)
-    plan = plan_for(cfg, args.num_nodes, args.gpus_per_node, args.gpu, config.given_flags(args),
+    given = config.given_flags(args)
+    validate_for_planning(cfg, world_size, given)
+    plan = plan_for(cfg, args.num_nodes, args.gpus_per_node, args.gpu, given,
                     gpu_memory_gib=args.gpu_memory_gib, gpu_images_per_s=args.gpu_images_per_s,
                     price_per_gpu_hour=args.price_per_gpu_hour,
                     preemptions_per_node_day=args.preemptions_per_node_day)

@@ -174,18 +174,19 @@ def planned_config(args: argparse.Namespace, world_size: int, listing: bool = Tr
     cfg = config.resolve(args)
     plan = None
     if args.auto_scale:
-        validate_for_planning(cfg, world_size)
+        validate_for_planning(cfg, world_size, config.given_flags(args))
         plan = auto_scale(cfg, args, world_size, listing)
     config.validate(cfg, world_size)
     return cfg, plan
 
 
-def validate_for_planning(cfg: argparse.Namespace, world_size: int) -> None:
-    """The flag checks that planning needs passed (crops, ranges, arch) before it builds a model from them; the
-    queue and the warm-up are checked after planning, which may derive other values for them."""
+def validate_for_planning(cfg: argparse.Namespace, world_size: int, given: set[str]) -> None:
+    """The flag checks passed before planning builds a model from the flags; a queue length or warm-up the user did
+    not give is checked after planning, which derives it anew."""
     from trainer import config
 
-    config.validate(argparse.Namespace(**{**vars(cfg), "queue_length": 0, "warmup_epochs": 0}), world_size)
+    derived = {flag: 0 for flag in ("queue_length", "warmup_epochs") if flag not in given}
+    config.validate(argparse.Namespace(**{**vars(cfg), **derived}), world_size)
 
 
 def auto_scale(cfg: argparse.Namespace, args: argparse.Namespace, world_size: int, listing: bool = True) -> Plan:

@@ -100,25 +100,30 @@ def prototypes(num_classes: int, feat_dim: int) -> tuple[int, str]:
                    f"the published 3000 and at least 2 x --feat_dim {feat_dim}")
 
 
-def rules(cfg: argparse.Namespace, global_batch: int, num_images: int, num_classes: int
-          ) -> dict[str, tuple[float | int, str]]:
-    """flag -> (the rule's value, the rule) for every flag in DERIVED."""
+def rules(cfg: argparse.Namespace, global_batch: int, num_images: int, num_classes: int,
+          given: set[str] = frozenset()) -> dict[str, tuple[float | int, str]]:
+    """flag -> (the rule's value, the rule) for every flag in DERIVED. A rule that follows another flag (final_lr
+    and start_warmup follow base_lr, start_warmup the warm-up, the queue's start the queue) follows the value the
+    run will use: the user's where given."""
     out: dict[str, tuple[float | int, str]] = {}
-    base, final, lr_rule = learning_rates(global_batch)
+
+    def used(flag: str) -> float | int:
+        return getattr(cfg, flag) if flag in given else out[flag][0]
+
+    base, _, lr_rule = learning_rates(global_batch)
     if cfg.optimizer != "lars":
         lr_rule = f"--optimizer {cfg.optimizer}: SwAV publishes LARS recipes only, so its value is kept"
-        base, final = cfg.base_lr, cfg.final_lr
+        base = cfg.base_lr
     out["base_lr"] = (base, lr_rule)
+    final = used("base_lr") * FINAL_LR_RATIO if cfg.optimizer == "lars" else cfg.final_lr
     out["final_lr"] = (final, f"{final:.4g} = base_lr / 1000, as both recipes (4.8 -> 0.0048, 0.6 -> 0.0006)"
                        if cfg.optimizer == "lars" else lr_rule)
-    warm, warm_rule = warmup(global_batch, cfg.epochs)
-    out["warmup_epochs"] = (warm, warm_rule)
-    start = base * START_WARMUP_RATIO if warm else 0.0
-    out["start_warmup"] = (start, f"{start:.4g} = base_lr / 16 as the 4096 recipe (0.3 for 4.8)" if warm
+    out["warmup_epochs"] = warmup(global_batch, cfg.epochs)
+    start = used("base_lr") * START_WARMUP_RATIO if used("warmup_epochs") else 0.0
+    out["start_warmup"] = (start, f"{start:.4g} = base_lr / 16 as the 4096 recipe (0.3 for 4.8)" if start
                            else "0: no warm-up")
-    length, queue_rule = queue(global_batch, num_images)
-    out["queue_length"] = (length, queue_rule)
-    out["epoch_queue_starts"] = queue_start(length, cfg.epochs)
+    out["queue_length"] = queue(global_batch, num_images)
+    out["epoch_queue_starts"] = queue_start(used("queue_length"), cfg.epochs)
     out["freeze_prototypes_niters"] = freeze(global_batch, num_images)
     out["nmb_prototypes"] = prototypes(num_classes, cfg.feat_dim)
     return out
@@ -136,7 +141,7 @@ def derive(cfg: argparse.Namespace, given: set[str], global_batch: int, num_imag
            ) -> list[Derived]:
     """Every flag of DERIVED: the rule's value, or the user's (kept, with a warning when it disagrees)."""
     out = []
-    for flag, (wanted, rule) in rules(cfg, global_batch, num_images, num_classes).items():
+    for flag, (wanted, rule) in rules(cfg, global_batch, num_images, num_classes, given).items():
         if flag not in given:
             out.append(Derived(flag, wanted, wanted, rule, given=False))
             continue
