@@ -36,8 +36,9 @@ ALLOCATOR_FACTOR = 1.10
 CUDA_OVERHEAD_GIB = 1.5
 MODEL_ERROR = 0.15  # the GPU figure's stated error: AMP_ACTIVATION_FACTOR measured 0.49-0.57 (docs/planning.md)
 # On the CPU a step's peak RSS growth is HOST_RSS_FACTOR x the simulated tensor bytes, within HOST_RSS_ERROR
-# (oneDNN's blocked-layout copies of activations and weights, malloc's arenas; measured 1.40-1.79x on ResNet-18 and
-# the tiny ResNet at 16-96 px, tests/plan/test_memory_calibration.py). CUDA's counterpart is ALLOCATOR_FACTOR.
+# (oneDNN's blocked-layout copies of activations and weights, malloc's arenas; measured 1.41-1.68x on ResNet-18 at
+# 64/32 and 96 px, tests/plan/test_memory_calibration.py; the tiny ResNet's fixed costs dominate: 1.9-4.0x from run to
+# run, so it is not a calibration point). CUDA's counterpart is ALLOCATOR_FACTOR.
 HOST_RSS_FACTOR = 1.6
 HOST_RSS_ERROR = 0.2
 WARN_FRACTION = 0.85

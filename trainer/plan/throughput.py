@@ -117,7 +117,7 @@ def scaling(gpu: Gpu, num_nodes: int, gpus_per_node: int) -> tuple[float, str]:
     source = ("NVIDIA's published 8-GPU strong scaling" if gpu.node_scaling
               else "assumed (NVIDIA's A100 0.84, V100 0.87)")
     note = (f"{within:.2f} within a node ({node:.2f} at 8 GPUs: {source}, linear in the GPU count) x {across:.2f} "
-            f"across {num_nodes} nodes (assumed {INTER_NODE_PER_DOUBLING} per doubling of nodes)")
+            f"across {num_nodes} node(s) (assumed {INTER_NODE_PER_DOUBLING} per doubling of nodes)")
     return within * across, note
 
 
