@@ -61,3 +61,12 @@ def test_a_run_records_its_plan(shapes_dir, tmp_path, capsys: pytest.CaptureFixt
     (record,) = read_records(str(dump), "plan")
     assert record["step"] == 0 and record["derived"] == params["plan"]["derived"]
     assert "auto_scale: --base_lr" in capsys.readouterr().err
+
+
+def test_the_launchers_check_accepts_what_auto_scale_derives() -> None:
+    from trainer.cli import check_command
+
+    argv = [*SMALL, "--preset", "swav_200ep_bs256", "--batch_size", "64"]
+    with pytest.raises(UserError, match="--queue_length 3840 is not a multiple"):
+        check_command("pretrain", argv, world_size=8)
+    check_command("pretrain", [*argv, "--auto_scale"], world_size=8)  # the queue becomes 3584: accepted
