@@ -4,7 +4,9 @@
     python benchmarks/gpu_bench.py --ddp      # every GPU of this node, DDP + SyncBN, synthetic crops
     python benchmarks/gpu_bench.py --smoke [--ddp]   # tiny CPU run of the same code paths (2 gloo ranks)
 
-Prints images/s and model FLOP utilisation (MFU) for each case, all through pretrain's own step functions
+Stores the single-GPU images/s (and peak memory) in benchmarks/results/gpu_bench.json under the GPU's kind
+(--results), where `unmix-swav plan` reads them as `measured`. Prints images/s and model FLOP utilisation (MFU)
+for each case, all through pretrain's own step functions
 (augment_on_device, forward_loss) with LARC around SGD:
   synthetic  uint8 crops already on the GPU; photometric ops, mixtures, forward, backward, LARS on the GPU
   loader     generated 500x375 JPEGs decoded and cropped by DataLoader workers (pinned, prefetching)
@@ -18,6 +20,7 @@ by the ranks, capped at 16 per rank. Cases that would start after the time budge
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -44,6 +47,8 @@ from trainer.data.sources import open_source  # noqa: E402
 from trainer.models.heads import SwAVHead, SwAVModel  # noqa: E402
 from trainer.models.resnet import build_trunk  # noqa: E402
 from trainer.optim import LARC  # noqa: E402
+from trainer.plan.gpus import kind_of  # noqa: E402
+from trainer.plan.throughput import MEASURED_FILE, crop_units  # noqa: E402
 from trainer.pretrain import augment_on_device, forward_loss  # noqa: E402
 from trainer.run.resources import MAX_WORKERS_PER_RANK, available_cpus, size_rank  # noqa: E402
 from trainer.seeding import generator  # noqa: E402
@@ -230,6 +235,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (adds minutes; with "
                                                                "--ddp, BatchNorm per GPU instead of SyncBN)")
     parser.add_argument("--peak_tflops", type=float, default=None, help="dense bf16 peak, for MFU")
+    parser.add_argument("--results", default=str(MEASURED_FILE),
+                        help="JSON file the single-GPU images/s are stored in, keyed by GPU kind (unmix-swav plan)")
     parser.add_argument("--time_budget_s", type=float, default=450.0,
                         help="cases that would start after this many seconds are skipped")
     args = parser.parse_args()
@@ -314,6 +321,8 @@ def single_gpu(args: argparse.Namespace) -> None:
                 print(f"  {label}: real loader / synthetic = {ratio:.2f} (target >= 0.9)")
     if device.type == "cuda":
         print(f"  peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+        store_result(args.results, torch.cuda.get_device_name(device), args.batch_size, results,
+                     torch.cuda.max_memory_allocated(device) / 2**30, torch.cuda.max_memory_reserved(device) / 2**30)
     photometric = photometric_seconds(args.batch_size, crop_sizes, device, rounds=2 if args.smoke else 20)
     print(f"  photometric ops alone: {photometric * 1e3:.1f} ms per step "
           f"({args.batch_size / photometric:.0f} images/s)")
@@ -323,6 +332,31 @@ def single_gpu(args: argparse.Namespace) -> None:
     before, after = seconds.values()
     print(f"  LARS step speed-up {before / after:.1f}x")
     print(f"  total {time.monotonic() - started:.0f} s")
+
+
+def store_result(path: str, device_name: str, batch_size: int, rates: dict[str, float], peak_allocated_gib: float,
+                 peak_reserved_gib: float) -> None:
+    """Merge this GPU kind's images/s into `path` (a JSON object keyed by GPU kind): `unmix-swav plan` reads it
+    and calls its throughput `measured` (trainer/plan/throughput.py). A GPU not in the planner's table is stored
+    under its CUDA name, which the planner never looks up."""
+    kind = kind_of(device_name) or device_name
+    try:
+        with open(path, encoding="utf-8") as handle:
+            stored = json.load(handle)
+    except (OSError, ValueError):
+        stored = {}
+    stored[kind] = {"device_name": device_name, "batch_size": batch_size, "images_per_s": rates,
+                    "crop_units": crop_units(argparse.Namespace(nmb_crops=RECIPE_SCALES["nmb_crops"],
+                                                                size_crops=[224, 96], run_swav=False)),
+                    "peak_allocated_gib": round(peak_allocated_gib, 2),
+                    "peak_reserved_gib": round(peak_reserved_gib, 2),
+                    "torch": torch.__version__, "date": time.strftime("%Y-%m-%d", time.gmtime())}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(stored, handle, indent=2, sort_keys=True)
+    os.replace(temporary, path)
+    print(f"  stored in {path} under {kind!r} (unmix-swav plan reads it)")
 
 
 def ddp_rank(rank: int, world: int, args: argparse.Namespace, init_file: str) -> None:

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stage": ("trainer.data.staging", "validate and shard an image dataset into object storage"),
     "report": ("trainer.report.build", "rebuild a run's report (report.html, report.md) from its step folders"),
     "export": ("trainer.export.command", "the trunk and linear classifier as safetensors, config.json, model card"),
+    "plan": ("trainer.plan.cli", "the run planned before any GPU starts: recipe, memory, time, cost"),
 }
 
 

@@ -85,7 +85,7 @@ FLAGS: dict[str, tuple[Any, str | None, Any, str]] = {
     "knn_eval_path": (str, None, "", "folder with train/ and val/ for a kNN monitor (empty: off)"),
     "knn_freq": (int, None, 1, "run the kNN monitor every this many epochs"),
 }
-NEW_ONLY = ("config", "preset")
+NEW_ONLY = ("config", "preset", "auto_scale")  # not flags of the run: never merged into it
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,6 +153,12 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     merged.update(explicit)
     merged["preset"] = preset_name
     return argparse.Namespace(**merged)
+
+
+def given_flags(args: argparse.Namespace) -> set[str]:
+    """The flags the user gave, on the command line or in the --config file (not those of a preset or defaults)."""
+    explicit = {k for k, v in vars(args).items() if v is not None and k in FLAGS}
+    return explicit | (set(load_yaml(args.config)) - {"preset"} if args.config else set())
 
 
 @dataclass(frozen=True)

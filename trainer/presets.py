@@ -2,7 +2,10 @@
 
 Each preset sets the per-process flags of the original script; `world_size` is the number of GPUs the
 recipe was published with (64 for the batch-4096 runs, 4 for the batch-256 runs). With another world size
-the global batch changes: scale base_lr / final_lr linearly and consider a queue (method notes).
+the global batch changes, and the learning rate does NOT scale linearly: SwAV's own recipes are 0.6 at 256 and
+4.8 at 4096, a factor 8 for 16x the batch (linear scaling of 0.6 would give 9.6 at 4096, of 4.8 only 0.3 at 256).
+`unmix-swav plan` and `pretrain --auto_scale` derive the learning rates (lr ~ batch^0.75 through both recipes),
+warm-up, queue, prototype freezing and count for any global batch (trainer/plan/recipe.py, docs/planning.md).
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from trainer.errors import Preempted, UserError
 from trainer.models.heads import SwAVHead, SwAVModel
 from trainer.models.resnet import build_trunk, trunk_state_dict
 from trainer.optim import build_optimizer, learning_rate
+from trainer.plan.planner import AUTO_SCALE_HELP, Plan, planned_config
 from trainer.run.health import LossWatch, TrainingDiverged
 from trainer.run.metrics import MetricsLog, write_document
 from trainer.run.preemption import PreemptionFlag
@@ -64,20 +65,20 @@ RESUME_CHANGEABLE = ("workers", "log_freq", "checkpoint_freq", "checkpoint_every
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     config.add_arguments(parser)
+    parser.add_argument("--auto_scale", action="store_true", help=AUTO_SCALE_HELP)
 
 
 def check(args: argparse.Namespace, world_size: int) -> None:
     """The checks `run` makes before any work, for `world_size` processes (launchers call it before any pod)."""
-    config.validate(config.resolve(args), world_size)
+    planned_config(args, world_size, listing=False)
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = config.resolve(args)
-    config.validate(cfg, env_vars.current().world_size)
+    cfg, plan = planned_config(args, env_vars.current().world_size)
     env = init_distributed(cfg.device)
     try:
         with RunSession("pretrain", cfg.dump_path, env) as session:
-            train(cfg, env, session)
+            train(cfg, env, session, plan)
     finally:
         cleanup()
 
@@ -487,7 +488,7 @@ class Trainer:
         self.save()
 
 
-def train(cfg: argparse.Namespace, env: DistEnv, session: RunSession) -> None:
+def train(cfg: argparse.Namespace, env: DistEnv, session: RunSession, plan: Plan | None = None) -> None:
     torch.backends.cudnn.benchmark = env.device.type == "cuda"  # fixed crop shapes: tune conv kernels once
     identity = run_identity(cfg)
     saved = session.resume(CHECKPOINT, identity, env.device,
@@ -499,7 +500,7 @@ def train(cfg: argparse.Namespace, env: DistEnv, session: RunSession) -> None:
         log.warning(warning)
     size_loader(cfg, env)
     loader, sampler = build_loader(cfg, env, source)
-    session.write_params({**vars(cfg), "world_size": env.world_size})  # the run is accepted: data and flags
+    session.write_params({**vars(cfg), "world_size": env.world_size, **({"plan": plan.to_json()} if plan else {})})
     schedule = Schedule(sampler.batches_per_epoch, sampler.batches_per_epoch * cfg.epochs)
     last_step = min(schedule.total_steps, cfg.max_steps) if cfg.max_steps else schedule.total_steps
     log.info("%d images, %d classes; %d steps per epoch, global batch %d, %d crops%s", len(source),
@@ -522,6 +523,8 @@ def train(cfg: argparse.Namespace, env: DistEnv, session: RunSession) -> None:
     ctx = StepContext(cfg, env, forward_model, photometric, autocast_dtype(cfg, env.device))
     # On an exception the metrics are left as the last checkpoint published them: a resume continues there.
     metrics = session.metrics(resume_step=state.step)
+    if plan is not None and state.step == 0:
+        metrics.record("plan", 0, plan.to_json())
     trainer = Trainer(cfg, env, session, state, ctx, metrics, last_step)
     trainer.run(loader, sampler)
     if env.is_main:

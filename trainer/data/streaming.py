@@ -90,6 +90,12 @@ def read_counts() -> ReadCounts:
         return ReadCounts(int(_COUNTS[0]), int(_COUNTS[1]))
 
 
+
+def fetch_requests(size: int) -> int:
+    """GET requests one whole-shard fetch of `size` bytes makes (shard_fetch.download: ranged parts of
+    PART_BYTES; the open before them is a HEAD)."""
+    return max(1, math.ceil(size / PART_BYTES))
+
 # --- which read path ------------------------------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 METRICS_LOG = "metrics.jsonl"
 METRICS_DOCUMENT = "metrics.json"
-KINDS = ("train_step", "epoch", "knn", "eval_epoch", "final")
+KINDS = ("train_step", "epoch", "knn", "eval_epoch", "final", "plan")
 NOT_SCALARS = frozenset({"kind", "step", "epoch", "iteration"})
 
 
