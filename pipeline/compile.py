@@ -1,7 +1,7 @@
 """`python -m pipeline compile`: write the pipeline's IR YAML (the copy kept in the repo is checked).
 
-`--param NAME=VALUE` bakes a parameter's default into the YAML, e.g. `--param job_backend=trainjob` for a
-Kubeflow Trainer v2 cluster, so that runs started from the Kubeflow Pipelines UI get it.
+`--param NAME=VALUE` bakes a parameter's default into the YAML, e.g. `--param job_backend=pytorchjob` for a
+Training Operator v1 cluster, so that runs started from the Kubeflow Pipelines UI get it.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--image", default=os.environ.get("UNMIX_SWAV_IMAGE", TRAINER_IMAGE),
                         help="trainer image for every step (default: %(default)s)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="a parameter's default (repeatable, JSON when it parses), e.g. job_backend=trainjob")
+                        help="a parameter's default (repeatable, JSON when it parses), e.g. job_backend=pytorchjob")
 
 
 def run(args) -> None:

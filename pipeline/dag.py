@@ -5,9 +5,9 @@ parameters (`num_nodes` / `gpus_per_node` for pretraining, `<step>_num_nodes` / 
 the others); the pipeline's own pods are small CPU pods that check, launch and follow those jobs. The
 evaluations depend only on pretraining, so they run in parallel on a cluster. The same function runs on
 kfp's local SubprocessRunner (`python -m pipeline run-local`) with launcher=local. `job_backend` picks the
-job kind: `pytorchjob` (Training Operator v1, the default) or `trainjob` (Kubeflow Trainer v2, TrainJobs on the
-ClusterTrainingRuntime `training_runtime`); nothing else changes. With `baselines`, every
-evaluation step also scores a seeded random-init trunk the same way (its twin), so that every headline
+job kind: `trainjob` (Kubeflow Trainer v2, the default: TrainJobs on the ClusterTrainingRuntime
+`training_runtime`) or `pytorchjob` (clusters that still run the Training Operator v1); nothing else changes.
+With `baselines`, every evaluation step also scores a seeded random-init trunk the same way (its twin), so that every headline
 number in the report stands beside its baseline and the gain.
 """
 
@@ -30,7 +30,7 @@ JOB = JobSpec(command="pretrain", name="defaults", image=TRAINER_IMAGE)  # the o
 
 @dsl.pipeline(name=PIPELINE_NAME,
               description="SwAV + Un-Mix pretraining, then kNN, linear, semi-supervised and DETR evaluations, each "
-                          "a gang-scheduled PyTorchJob or TrainJob, and a report")
+                          "a gang-scheduled TrainJob (or PyTorchJob), and a report")
 def unmix_swav_pipeline(
     storage_root: str = "s3://unmix-swav/runs",
     data_source: str = "builtin:shapes",

@@ -1,8 +1,8 @@
 """`python -m pipeline job-manifest STEP [options] -- TRAINER_ARGS...`: the job the launcher would create, as YAML.
 
 For users who `kubectl apply` jobs without Kubeflow Pipelines. STEP is a distributed trainer command
-(pretrain, eval-knn, eval-linear, eval-semisup, detr); `--backend` picks a PyTorchJob (Training Operator v1,
-the default) or a TrainJob (Kubeflow Trainer v2, on `--training-runtime`). TRAINER_ARGS are its flags,
+(pretrain, eval-knn, eval-linear, eval-semisup, detr); `--backend` picks a TrainJob (Kubeflow Trainer v2, on
+`--training-runtime`, the default) or a PyTorchJob (Training Operator v1 clusters). TRAINER_ARGS are its flags,
 checked first with the trainer's own checks for world size = nodes x processes per node (`--no-check` for
 templates whose URLs do not exist yet). The defaults are the pipeline's (launch.spec.JobSpec). The manifests
 under k8s/ are this command's output; their first line says how each was made (a test keeps them in sync).
@@ -46,9 +46,9 @@ def _toleration(text: str) -> dict[str, str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("step", choices=COMMANDS, help="the trainer command the job runs; its flags follow `--`")
     parser.add_argument("--backend", choices=BACKENDS, default=DEFAULTS["job_backend"],
-                        help="pytorchjob: Training Operator v1; trainjob: Kubeflow Trainer v2")
+                        help="trainjob: Kubeflow Trainer v2 (default); pytorchjob: Training Operator v1 clusters")
     parser.add_argument("--training-runtime", default=DEFAULTS["training_runtime"],
-                        help="the ClusterTrainingRuntime a TrainJob references (k8s/trainer-v2/runtime.yaml's)")
+                        help="the ClusterTrainingRuntime a TrainJob references (k8s/trainer-v2/cluster/runtime.yaml's)")
     parser.add_argument("--name", default=None, help="job name (default: derived from --dump_path)")
     parser.add_argument("--namespace", default=DEFAULTS["namespace"])
     parser.add_argument("--image", default=None, help="trainer image (default: the pipeline's)")

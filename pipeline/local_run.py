@@ -3,7 +3,7 @@
 Every step runs as a subprocess of this interpreter (use_venv=False: the project's .venv), storage is
 a local folder (or S3 when AWS_ENDPOINT_URL names an endpoint), data are the builtin generated sets,
 and every distributed step runs its job's replicas here with torchrun, the env and restart policy the
-cluster would give them (a PyTorchJob's by default, a TrainJob's with `--param job_backend=trainjob`).
+cluster would give them (a TrainJob's by default, a PyTorchJob's with `--param job_backend=pytorchjob`).
 `--param NAME=VALUE` (the `submit` syntax) sets any pipeline parameter.
 """
 

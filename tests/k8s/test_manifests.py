@@ -25,8 +25,9 @@ from tests.launch.trainjob_pod import node_pod
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 TRAINER_V2 = K8S / "trainer-v2"
-TARGETS = [K8S / "base", K8S / "overlays" / "gpu", K8S / "overlays" / "cpu-smoke"]
-JOB_FILES = sorted([*(K8S / "base").glob("*.yaml"), *(K8S / "overlays" / "cpu-smoke").glob("*.yaml"),
+V1 = K8S / "training-operator-v1"  # the PyTorchJob set, for clusters that still run the Training Operator v1
+TARGETS = [V1 / "base", V1 / "overlays" / "gpu", V1 / "overlays" / "cpu-smoke"]
+JOB_FILES = sorted([*(V1 / "base").glob("*.yaml"), *(V1 / "overlays" / "cpu-smoke").glob("*.yaml"),
                     *TRAINER_V2.glob("*.yaml")])
 NOT_JOBS = ("kustomization.yaml", "kustomizeconfig.yaml", "runtime.yaml")
 JOB_FILES = [path for path in JOB_FILES if path.name not in NOT_JOBS]
@@ -60,7 +61,7 @@ def test_every_job_file_is_what_job_manifest_prints(path, capsys):
 
 
 def test_the_four_distributed_steps_are_there_in_every_set():
-    for folder in (K8S / "base", K8S / "overlays" / "cpu-smoke", TRAINER_V2):
+    for folder in (V1 / "base", V1 / "overlays" / "cpu-smoke", TRAINER_V2):
         steps = {template["metadata"]["labels"]["app.kubernetes.io/component"] for resource in render(folder)
                  for template in _pod_templates(resource)[:1]}
         assert steps == {"pretrain", "eval-linear", "eval-semisup", "detr"}, folder
@@ -132,12 +133,12 @@ def test_pods_are_non_root_read_only_with_requests_limits_memory_shm_and_the_sha
 
 
 def test_overlays_apply_their_changes():
-    gpu = {r["metadata"]["name"]: r for r in render(K8S / "overlays" / "gpu") if r["kind"] == "PyTorchJob"}
+    gpu = {r["metadata"]["name"]: r for r in render(V1 / "overlays" / "gpu") if r["kind"] == "PyTorchJob"}
     assert gpu["unmix-swav-pretrain"]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3
     assert gpu["unmix-swav-detr"]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
-    role_binding = next(r for r in render(K8S / "overlays" / "gpu") if r["kind"] == "RoleBinding")
+    role_binding = next(r for r in render(V1 / "overlays" / "gpu") if r["kind"] == "RoleBinding")
     assert role_binding["subjects"][0]["namespace"] == "unmix-swav"
-    cpu = render(K8S / "overlays" / "cpu-smoke")
+    cpu = render(V1 / "overlays" / "cpu-smoke")
     for resource in cpu:
         assert resource["metadata"]["namespace"] == "unmix-swav-smoke"
         for template in _pod_templates(resource):
@@ -158,7 +159,7 @@ def test_overlays_apply_their_changes():
 
 
 def test_role_grants_only_what_the_launcher_needs():
-    (role,) = [r for r in render(K8S / "base") if r["kind"] == "Role"]
+    (role,) = [r for r in render(V1 / "base") if r["kind"] == "Role"]
     granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
                for resource in rule["resources"] for verb in rule["verbs"]}
     assert {(g, r) for g, r, _ in granted} == {("kubeflow.org", "pytorchjobs"),
@@ -204,7 +205,7 @@ def test_checkov_passes_on_the_rendered_overlays(tmp_path):
     assert "Failed checks: 0" in result.stdout, result.stdout[-2000:]
 
 
-@pytest.mark.parametrize("folder", [K8S / "base", TRAINER_V2], ids=lambda path: path.name)
+@pytest.mark.parametrize("folder", [V1 / "base", TRAINER_V2], ids=lambda path: path.name)
 def test_an_images_override_retargets_every_job_and_the_runtime(folder, tmp_path):
     """What users write in their own overlay: one `images:` entry moves every pod of every step to their registry."""
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({

@@ -64,7 +64,7 @@ def test_every_distributed_step_gets_its_own_size_and_the_shared_job_options():
             assert wiring[shared] == shared
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["launcher"]["defaultValue"] == "kubernetes"
-    assert defaults["job_backend"]["defaultValue"] == "pytorchjob"
+    assert defaults["job_backend"]["defaultValue"] == "trainjob"  # Kubeflow Trainer v2 by default
     assert defaults["detr_num_nodes"]["defaultValue"] == 2 and defaults["linear_gpus_per_node"]["defaultValue"] == 8
     assert defaults["staged_data"]["defaultValue"] == "" and "eval_gpus" not in defaults
 
