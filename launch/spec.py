@@ -5,7 +5,8 @@ memory and /dev/shm, the local shard cache, placement, queue, priority, restart 
 renders it. It holds no Kubernetes or Kubeflow type: `trainjob` (the default: launch.trainjob, a TrainJob for
 Kubeflow Trainer v2 on the ClusterTrainingRuntime `training_runtime`) or `pytorchjob` (launch.pytorchjob, a
 PyTorchJob for clusters that still run the Training Operator v1); the local harness runs either one's
-replicas here. Its field defaults are the ONLY defaults: the pipeline's parameters and `python -m pipeline job-manifest` read them.
+replicas here. Its field defaults are the ONLY defaults: the pipeline's parameters and
+`python -m pipeline job-manifest` read them.
 
 Every node runs `node_command(...)`: torchrun through launch.torchrun, which exits with the trainer's own
 exit code, so that the Training Operator's ExitCode restart policy can tell a permanent failure (1-127: a

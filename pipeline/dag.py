@@ -7,8 +7,8 @@ evaluations depend only on pretraining, so they run in parallel on a cluster. Th
 kfp's local SubprocessRunner (`python -m pipeline run-local`) with launcher=local. `job_backend` picks the
 job kind: `trainjob` (Kubeflow Trainer v2, the default: TrainJobs on the ClusterTrainingRuntime
 `training_runtime`) or `pytorchjob` (clusters that still run the Training Operator v1); nothing else changes.
-With `baselines`, every evaluation step also scores a seeded random-init trunk the same way (its twin), so that every headline
-number in the report stands beside its baseline and the gain.
+With `baselines`, every evaluation step also scores a seeded random-init trunk the same way (its twin), so
+that every headline number in the report stands beside its baseline and the gain.
 """
 
 from kfp import dsl
