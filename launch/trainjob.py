@@ -2,7 +2,7 @@
 (`kubeflow-trainer-api`).
 
 The TrainJob references a torch ClusterTrainingRuntime (`JobSpec.training_runtime`; ours is
-k8s/trainer-v2/access/runtime.yaml) and sets what is ours in `spec.trainer`: image, command and args, env (the S3
+k8s/trainer-v2/cluster/runtime.yaml) and sets what is ours in `spec.trainer`: image, command and args, env (the S3
 keys from the Secret), numNodes, numProcPerNode and resourcesPerNode. The rest of the pod goes through the one
 runtime patch the v2 API allows a client (`spec.runtimePatches`, keyed by its manager): node selector,
 tolerations, volumes (/dev/shm, /tmp, the shard cache), pod and container security contexts and labels of the

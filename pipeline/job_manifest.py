@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--training-runtime", default=DEFAULTS["training_runtime"],
                         help="the ClusterTrainingRuntime a TrainJob references (k8s/trainer-v2/cluster/runtime.yaml's)")
     parser.add_argument("--name", default=None, help="job name (default: derived from --dump_path)")
-    parser.add_argument("--namespace", default=DEFAULTS["namespace"])
+    parser.add_argument("--namespace", default="",
+                        help="metadata.namespace (default: none, so that `kubectl apply -n NS` places the job)")
     parser.add_argument("--image", default=None, help="trainer image (default: the pipeline's)")
     parser.add_argument("--num-nodes", type=int, default=DEFAULTS["num_nodes"])
     parser.add_argument("--gpus-per-node", type=int, default=DEFAULTS["gpus_per_node"], help="0: CPU nodes")

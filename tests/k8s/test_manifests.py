@@ -84,7 +84,7 @@ def test_every_rendered_resource_validates(target):
 
 
 def test_trainer_v2_resources_validate_against_the_trainer_api_models_and_kubernetes_schemas():
-    resources = render(TRAINER_V2)
+    resources = [*render(TRAINER_V2), *render(TRAINER_V2 / "cluster")]
     kinds = sorted({resource["kind"] for resource in resources})
     assert kinds == ["ClusterTrainingRuntime", "NetworkPolicy", "Role", "RoleBinding", "ServiceAccount", "TrainJob"]
     for resource in resources:
@@ -136,11 +136,8 @@ def test_overlays_apply_their_changes():
     gpu = {r["metadata"]["name"]: r for r in render(V1 / "overlays" / "gpu") if r["kind"] == "PyTorchJob"}
     assert gpu["unmix-swav-pretrain"]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3
     assert gpu["unmix-swav-detr"]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
-    role_binding = next(r for r in render(V1 / "overlays" / "gpu") if r["kind"] == "RoleBinding")
-    assert role_binding["subjects"][0]["namespace"] == "unmix-swav"
     cpu = render(V1 / "overlays" / "cpu-smoke")
-    for resource in cpu:
-        assert resource["metadata"]["namespace"] == "unmix-swav-smoke"
+    for resource in cpu:  # no namespace: kubectl apply -n places them (tests/k8s/test_namespaces_and_rbac.py)
         for template in _pod_templates(resource):
             container = template["spec"]["containers"][0]
             assert "nvidia.com/gpu" not in container["resources"]["limits"]
@@ -185,32 +182,37 @@ def test_checkov_passes_on_the_rendered_overlays(tmp_path):
     checkov = REPO / ".venv-tools" / "bin" / "checkov"
     if not checkov.exists():
         pytest.skip("checkov is not installed: run k8s/tools-venv.sh (make test does) first")
+    # Nothing in k8s/ names a namespace: each set is checked in one, as `kubectl apply -n unmix-swav` puts it.
+    def _in_namespace(resources: list[dict]) -> list[dict]:
+        for resource in resources:
+            resource["metadata"]["namespace"] = "unmix-swav"
+        return resources
+
     for target in TARGETS[1:]:
-        (tmp_path / f"{target.name}.yaml").write_text(yaml.safe_dump_all(render(target)))
-    # checkov does not know TrainJobs: it checks the node Jobs Trainer v2 makes from them on our runtime instead,
-    # in a namespace as an overlay of k8s/trainer-v2 puts them (like the base, it names none).
+        (tmp_path / f"{target.name}.yaml").write_text(yaml.safe_dump_all(_in_namespace(render(target))))
+    # checkov does not know TrainJobs: it checks the node Jobs Trainer v2 makes from them on our runtime instead.
     v2 = [resource for resource in render(TRAINER_V2) if resource["kind"] not in ("TrainJob", "ClusterTrainingRuntime")]
     for resource in render(TRAINER_V2):
         if resource["kind"] == "TrainJob":
             pod = node_pod(resource)
             v2.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"{pod['metadata']['name']}"},
                        "spec": {"backoffLimit": 0, "template": {"metadata": pod["metadata"], "spec": pod["spec"]}}})
-    for resource in v2:
-        resource["metadata"]["namespace"] = "unmix-swav"
-    (tmp_path / "trainer-v2.yaml").write_text(yaml.safe_dump_all(v2))
-    (tmp_path / "secret.yaml").write_text((K8S / "s3-secret.template.yaml").read_text())
+    (tmp_path / "trainer-v2.yaml").write_text(yaml.safe_dump_all(_in_namespace(v2)))
+    secret = list(yaml.safe_load_all((K8S / "s3-secret.template.yaml").read_text()))
+    (tmp_path / "secret.yaml").write_text(yaml.safe_dump_all(_in_namespace(secret)))
     result = subprocess.run([str(checkov), "--config-file", str(K8S / ".checkov.yaml"), "-d", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "Failed checks: 0" in result.stdout, result.stdout[-2000:]
 
 
-@pytest.mark.parametrize("folder", [V1 / "base", TRAINER_V2], ids=lambda path: path.name)
-def test_an_images_override_retargets_every_job_and_the_runtime(folder, tmp_path):
+@pytest.mark.parametrize("folders", [[V1 / "base"], [TRAINER_V2, TRAINER_V2 / "cluster"]],
+                         ids=lambda paths: paths[0].name)
+def test_an_images_override_retargets_every_job_and_the_runtime(folders, tmp_path):
     """What users write in their own overlay: one `images:` entry moves every pod of every step to their registry."""
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(folder, tmp_path)],
+        "resources": [os.path.relpath(path, tmp_path) for path in folders],
         "images": [{"name": "ghcr.io/unmix-swav/trainer", "newName": "registry.example/team/unmix", "newTag": "1.2"}]}))
     images = []
     for resource in render(tmp_path):
