@@ -83,6 +83,9 @@ def job_spec(command: str, dump: str, argv: list[str], launcher: str, num_nodes:
         chosen["namespace"] = "local" if launcher == "local" else default_namespace()
     chosen["node_selector"] = dict(chosen.get("node_selector") or {})
     chosen["tolerations"] = list(chosen.get("tolerations") or [])
+    for name, kind in (("image_pull_secrets", list), ("pod_labels", dict), ("pod_annotations", dict)):
+        if name in chosen:
+            chosen[name] = kind(chosen[name] or kind())
     return JobSpec(command=command, name=job_name(command, dump), trainer_args=tuple(map(str, argv)),
                    num_nodes=int(num_nodes), gpus_per_node=int(gpus_per_node), **chosen)
 

@@ -78,6 +78,12 @@ class JobSpec:
     labels: dict[str, str] = field(default_factory=dict)
     job_backend: str = "trainjob"  # one of BACKENDS: Kubeflow Trainer v2 by default; pytorchjob for v1 clusters
     training_runtime: str = DEFAULT_TRAINING_RUNTIME  # the ClusterTrainingRuntime a TrainJob references
+    # The job pods' ServiceAccount; with no s3_secret_name, S3 credentials come from its identity (IRSA, GKE
+    # workload identity: the account's annotation names the cloud role), and no Secret is mounted.
+    service_account: str = ""
+    image_pull_secrets: list[str] = field(default_factory=list)  # Secrets of type dockerconfigjson
+    pod_labels: dict[str, str] = field(default_factory=dict)  # on every job pod, over ours
+    pod_annotations: dict[str, str] = field(default_factory=dict)  # over ISTIO_SIDECAR_DEFAULT (launch.pod)
 
     @property
     def nproc_per_node(self) -> int:
@@ -128,7 +134,16 @@ class JobSpec:
             k8s_names.check_dns_subdomain("priority_class", self.priority_class, k8s_names.LABEL_MAX)
         if self.s3_secret_name:
             k8s_names.check_dns_subdomain("s3_secret_name", self.s3_secret_name)
+        if self.service_account:
+            k8s_names.check_dns_subdomain("service_account", self.service_account)
+        if not isinstance(self.image_pull_secrets, list | tuple):
+            raise UserError(f"image_pull_secrets {self.image_pull_secrets!r} is not valid: use a list of Secret "
+                            "names, e.g. [\"regcred\"]")
+        for number, secret in enumerate(self.image_pull_secrets):
+            k8s_names.check_dns_subdomain(f"image_pull_secrets[{number}]", secret)
         k8s_names.check_labels("labels", self.labels)
+        k8s_names.check_labels("pod_labels", self.pod_labels)
+        k8s_names.check_annotations("pod_annotations", self.pod_annotations)
         k8s_names.check_labels("node_selector", self.node_selector)
         for number, toleration in enumerate(self.tolerations):
             k8s_names.check_toleration(f"tolerations[{number}]", toleration)

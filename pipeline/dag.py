@@ -70,6 +70,10 @@ def unmix_swav_pipeline(
     queue: str = JOB.queue,
     priority_class: str = JOB.priority_class,
     max_restarts: int = JOB.max_restarts,
+    service_account: str = JOB.service_account,
+    image_pull_secrets: list = [],  # noqa: B006
+    pod_labels: dict = {},  # noqa: B006
+    pod_annotations: dict = {},  # noqa: B006
     pretrain_timeout_hours: float = 72.0,
     eval_timeout_hours: float = 96.0,
 ) -> str:

@@ -58,7 +58,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu-per-node", default=DEFAULTS["cpu_per_node"])
     parser.add_argument("--memory-per-node", default=DEFAULTS["memory_per_node"])
     parser.add_argument("--shm-size", default=DEFAULTS["shm_size"])
-    parser.add_argument("--s3-secret", default="unmix-swav-s3", help="Secret with the AWS_* keys ('' for none)")
+    parser.add_argument("--s3-secret", default="unmix-swav-s3",
+                        help="Secret with the AWS_* keys ('' for none: the pod's identity, see --service-account)")
+    parser.add_argument("--service-account", default=DEFAULTS["service_account"],
+                        help="the job pods' ServiceAccount (IRSA / workload identity: its annotation names the role)")
+    parser.add_argument("--image-pull-secret", action="append", default=[], metavar="NAME",
+                        help="repeatable: a dockerconfigjson Secret for a private registry")
+    parser.add_argument("--pod-label", type=_pair, action="append", default=[], metavar="KEY=VALUE",
+                        help="repeatable: a label on every job pod")
+    parser.add_argument("--pod-annotation", type=_pair, action="append", default=[], metavar="KEY=VALUE",
+                        help="repeatable: an annotation on every job pod (default sidecar.istio.io/inject=false)")
     parser.add_argument("--node-selector", type=_pair, action="append", default=None, metavar="KEY=VALUE",
                         help="repeatable; default: the GPU pool's for GPU jobs, none for CPU jobs")
     parser.add_argument("--toleration", type=_toleration, action="append", default=None,
@@ -91,7 +100,9 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
                    node_selector=dict(args.node_selector) if args.node_selector is not None else selector,
                    tolerations=args.toleration if args.toleration is not None else tolerations,
                    queue=args.queue, priority_class=args.priority_class, max_restarts=args.max_restarts,
-                   job_backend=args.backend, training_runtime=args.training_runtime)
+                   job_backend=args.backend, training_runtime=args.training_runtime,
+                   service_account=args.service_account, image_pull_secrets=list(args.image_pull_secret),
+                   pod_labels=dict(args.pod_label), pod_annotations=dict(args.pod_annotation))
 
 
 def render_yaml(spec: JobSpec) -> str:

@@ -46,5 +46,9 @@ def node_pod(trainjob: dict[str, Any], runtime_resource: dict[str, Any] | None =
         assert container_patch["name"] == container["name"]
         container.update({key: value for key, value in container_patch.items() if key != "name"})
     labels = {**template.get("metadata", {}).get("labels", {}), **pod_patch.get("metadata", {}).get("labels", {})}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{trainjob['metadata']['name']}-node-0-0",
-                                                            "labels": labels}, "spec": pod}
+    metadata = {"name": f"{trainjob['metadata']['name']}-node-0-0", "labels": labels}
+    annotations = {**template.get("metadata", {}).get("annotations", {}),
+                   **pod_patch.get("metadata", {}).get("annotations", {})}
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod}
