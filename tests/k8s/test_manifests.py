@@ -115,6 +115,7 @@ def test_pods_are_non_root_read_only_with_requests_limits_memory_shm_and_the_sha
     for resource in render(target):
         for template in _pod_templates(resource):
             pod = template["spec"]
+            assert template["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
             assert pod["securityContext"]["runAsNonRoot"] is True
             assert pod["automountServiceAccountToken"] is False
             assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": pod["volumes"][0]["emptyDir"]
