@@ -16,7 +16,7 @@ from kfp import dsl
 from components.check_args import check_args
 from components.evaluate import evaluate
 from components.image import TRAINER_IMAGE
-from components.jobs import PIPELINE_PARAMETERS
+from components.jobs import PIPELINE_PARAMETERS, STORAGE_ROOT_PLACEHOLDER
 from components.pretrain import pretrain
 from components.report import run_report
 from components.stage_data import stage_data
@@ -32,7 +32,7 @@ JOB = JobSpec(command="pretrain", name="defaults", image=TRAINER_IMAGE)  # the o
               description="SwAV + Un-Mix pretraining, then kNN, linear, semi-supervised and DETR evaluations, each "
                           "a gang-scheduled TrainJob (or PyTorchJob), and a report")
 def unmix_swav_pipeline(
-    storage_root: str = "s3://unmix-swav/runs",
+    storage_root: str = STORAGE_ROOT_PLACEHOLDER,  # set it: the check step refuses the placeholder
     data_source: str = "builtin:shapes",
     staged_data: str = "",
     detection_source: str = "builtin:shapes-coco",

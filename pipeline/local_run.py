@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pipeline.compile import check_parameter_names, parse_params
+from pipeline.compile import check_parameters, parse_params
 from trainer import storage
 from trainer.errors import UserError
 
@@ -90,8 +90,7 @@ def pipeline_arguments(size: str, storage_root: str, num_nodes: int | None = Non
         "pretrain_timeout_hours": 1.0,
         "eval_timeout_hours": 1.0,
     }
-    check_parameter_names(params or {})
-    return {**arguments, **(params or {})}
+    return {**arguments, **check_parameters(params or {})}
 
 
 def default_storage_root(output: Path, bucket: str) -> str:

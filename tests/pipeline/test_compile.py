@@ -29,8 +29,9 @@ def _wiring(task: dict) -> dict[str, str | None]:
 
 def test_committed_yaml_is_current(tmp_path):
     fresh = compile_pipeline(tmp_path / "pipeline.yaml")
-    assert fresh.read_text() == COMPILED_PATH.read_text(), \
-        "pipeline/unmix_swav_pipeline.yaml is stale: run `python -m pipeline compile` and commit it"
+    assert fresh.read_text() == COMPILED_PATH.read_text(), (
+        "pipeline/unmix_swav_pipeline.yaml is stale: run `python -m pipeline compile --output "
+        "pipeline/unmix_swav_pipeline.yaml` and commit it")
 
 
 def test_flags_are_checked_before_pretraining_and_evaluations_depend_only_on_pretraining():
