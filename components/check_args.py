@@ -49,6 +49,10 @@ def check_args(
     queue: str,
     priority_class: str,
     max_restarts: int,
+    service_account: str,
+    image_pull_secrets: list,
+    pod_labels: dict,
+    pod_annotations: dict,
 ):
     """Exits 2 with one line per step whose job or flags the launchers refuse; creates nothing."""
     from components import jobs

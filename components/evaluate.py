@@ -40,6 +40,10 @@ def evaluate(
     queue: str,
     priority_class: str,
     max_restarts: int,
+    service_account: str,
+    image_pull_secrets: list,
+    pod_labels: dict,
+    pod_annotations: dict,
     timeout_hours: float,
     metrics: Output[Metrics],
 ) -> NamedTuple("Evaluation", [("metrics_url", str), ("baseline_url", str)]):

@@ -28,6 +28,9 @@ from trainer.errors import UserError
 from trainer.run.boundary import one_line, run_guarded
 from trainer.run.metrics import read_document
 
+# The compiled default of `storage_root`: clearly not a bucket, refused by the check step before any work.
+STORAGE_ROOT_PLACEHOLDER = "s3://CHANGE-ME/runs"
+
 # JobSpec fields each step sets itself, and those a run leaves at JobSpec's defaults: the rest are job options.
 PER_STEP = ("command", "name", "trainer_args", "num_nodes", "gpus_per_node")
 NOT_OPTIONS = ("shard_cache_size", "ttl_seconds_after_finished", "labels")
@@ -83,6 +86,9 @@ def job_spec(command: str, dump: str, argv: list[str], launcher: str, num_nodes:
         chosen["namespace"] = "local" if launcher == "local" else default_namespace()
     chosen["node_selector"] = dict(chosen.get("node_selector") or {})
     chosen["tolerations"] = list(chosen.get("tolerations") or [])
+    for name, kind in (("image_pull_secrets", list), ("pod_labels", dict), ("pod_annotations", dict)):
+        if name in chosen:
+            chosen[name] = kind(chosen[name] or kind())
     return JobSpec(command=command, name=job_name(command, dump), trainer_args=tuple(map(str, argv)),
                    num_nodes=int(num_nodes), gpus_per_node=int(gpus_per_node), **chosen)
 
@@ -140,6 +146,10 @@ def check_run(inputs: Mapping[str, Any]) -> None:
     """The check step: every step's JobSpec as its launching step will build it (the run's root, flags, sizes and
     job options), checked. `inputs` are the check component's (its `locals()`); the evaluations are checked
     without --pretrained, which exists only after pretraining (their launching step checks it)."""
+    if "CHANGE-ME" in inputs["storage_root"]:
+        print(f"error: storage_root is {inputs['storage_root']}, a placeholder; set it to where the run may write, "
+              "e.g. --param storage_root=s3://BUCKET/runs; nothing was started", file=sys.stderr, flush=True)
+        raise SystemExit(2)
     run_root = step_url(inputs["storage_root"], inputs["run_id"])
     options, launcher = job_options(inputs), inputs["launcher"]
     data = {"images": inputs["images_url"], "detection": inputs["detection_url"]}

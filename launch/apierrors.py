@@ -64,7 +64,7 @@ def refusal(error: BaseException, doing: str, resource: str, namespace: str, fix
                          "service account token in the pod, or a kubeconfig whose user is still valid")
     if status == 403 and "admission webhook" in message:
         return UserError(f"{doing} was denied by an admission webhook: {message}; fix what it names (e.g. apply "
-                         "k8s/trainer-v2/access for the ClusterTrainingRuntime, or set training_runtime)")
+                         "k8s/trainer-v2/cluster for the ClusterTrainingRuntime, or set training_runtime)")
     if status == 403:
         return UserError(f"{doing} is forbidden: {message}; {fix_rbac}")
     if status == 404 and _missing_namespace(error):

@@ -23,6 +23,7 @@ _DNS_1123_SUBDOMAIN = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 LABEL_MAX, SUBDOMAIN_MAX = 63, 253
+ANNOTATIONS_MAX = 256 * 1024  # apimachinery's TotalAnnotationSizeLimitB
 
 # distribution/reference: [domain[:port]/]path[:tag][@algorithm:hex]; path components are lowercase.
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
@@ -93,6 +94,18 @@ def check_labels(option: str, labels: dict[str, str]) -> None:
     for key, value in labels.items():
         check_label_key(f"{option} key", key)
         check_label_value(f"{option}[{key}]", value)
+
+
+def check_annotations(option: str, annotations: dict[str, str]) -> None:
+    """Annotations: qualified-name keys (as labels'), string values, at most 256 KiB in all (the API's limit)."""
+    if not isinstance(annotations, dict):
+        _refuse(option, annotations, "use a map of KEY: VALUE, e.g. {\"sidecar.istio.io/inject\": \"false\"}")
+    for key, value in annotations.items():
+        check_label_key(f"{option} key", key)
+        if not isinstance(value, str):
+            _refuse(f"{option}[{key}]", value, "an annotation's value is a string; quote it, e.g. \"false\"")
+    if sum(len(key) + len(value) for key, value in annotations.items()) > ANNOTATIONS_MAX:
+        _refuse(option, f"{len(annotations)} annotations", f"at most {ANNOTATIONS_MAX} bytes in all")
 
 
 def check_image(option: str, image: str) -> None:

@@ -99,8 +99,8 @@ class PyTorchJobApi:
 
     kind, container, succeeded = "PyTorchJob", pytorchjob.CONTAINER_NAME, constants.JOB_CONDITION_SUCCEEDED
     resource = "pytorchjobs.kubeflow.org/v1"
-    rbac_fix = ("apply k8s/access (the unmix-swav-launcher Role) in the namespace and run the steps as its "
-                "service account")
+    rbac_fix = ("apply k8s/training-operator-v1/access (the unmix-swav-launcher Role) in the namespace and run the "
+                "steps as its service account")
 
     def __init__(self, client: TrainingClient) -> None:
         self.client, self.core_api, self.custom_api = client, client.core_api, client.custom_api
@@ -137,7 +137,7 @@ class TrainJobApi:
     kind, container, succeeded = trainjob.KIND, trainjob.CONTAINER_NAME, "Complete"
     group, version, plural = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
     resource = f"{plural}.{group}/{version}"
-    rbac_fix = PyTorchJobApi.rbac_fix.replace("k8s/access", "k8s/trainer-v2/access")
+    rbac_fix = PyTorchJobApi.rbac_fix.replace("k8s/training-operator-v1/access", "k8s/trainer-v2/access")
 
     def __init__(self, api_client: k8s.ApiClient) -> None:
         self.custom_api, self.core_api = k8s.CustomObjectsApi(api_client), k8s.CoreV1Api(api_client)

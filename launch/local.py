@@ -12,7 +12,7 @@ local environment (AWS_* for S3) is inherited.
 - A TrainJob (Trainer v2) on our torch runtime: the torch plugin injects PET_NNODES, PET_NPROC_PER_NODE,
   PET_NODE_RANK (the Job completion index), PET_MASTER_ADDR and PET_MASTER_PORT (the master here is
   127.0.0.1 and a free port instead of `<job>-node-0-0.<job>:29500`). Restarts follow the runtime's pod
-  failure policy and JobSet failure policy (k8s/trainer-v2/access/runtime.yaml): 1-127 fails the job at once;
+  failure policy and JobSet failure policy (k8s/trainer-v2/cluster/runtime.yaml): 1-127 fails the job at once;
   128-255 fails the node's Job, and JobSet restarts the whole group (every node stopped and started again).
 
 Either way at most `max_restarts` times. Killing a replica kills its torchrun and all its workers together, as

@@ -15,6 +15,9 @@ from launch.spec import RUN_AS_USER, S3_SECRET_KEYS, SHARD_CACHE_PATH, SHARD_CAC
 from trainer.errors import UserError
 
 APP_LABELS = {"app.kubernetes.io/name": "unmix-swav"}
+# Istio's sidecar (injected in Kubeflow profile namespaces) keeps a finished pod running and intercepts the ranks'
+# traffic: job pods go without it unless `pod_annotations` says otherwise.
+ISTIO_SIDECAR_DEFAULT = {"sidecar.istio.io/inject": "false"}
 TMP_SIZE = "8Gi"
 
 
@@ -24,7 +27,8 @@ def as_dict(model: Any) -> Any:
 
 
 def env(spec: JobSpec) -> list[k8s.V1EnvVar]:
-    """The spec's literal env, then the S3 keys from the Secret (the endpoint optional)."""
+    """The spec's literal env, then the S3 keys from the Secret (the endpoint optional); without a Secret none:
+    the pod's identity (`service_account`) or the node's provides the credentials."""
     variables = [k8s.V1EnvVar(name=name, value=value) for name, value in spec.env().items()]
     if spec.s3_secret_name:
         variables += [
@@ -87,4 +91,12 @@ def tolerations(spec: JobSpec) -> list[k8s.V1Toleration]:
 
 
 def pod_labels(spec: JobSpec) -> dict[str, str]:
-    return {**APP_LABELS, "app.kubernetes.io/component": spec.command, **spec.labels}
+    return {**APP_LABELS, "app.kubernetes.io/component": spec.command, **spec.labels, **spec.pod_labels}
+
+
+def pod_annotations(spec: JobSpec) -> dict[str, str]:
+    return {**ISTIO_SIDECAR_DEFAULT, **spec.pod_annotations}
+
+
+def image_pull_secrets(spec: JobSpec) -> list[k8s.V1LocalObjectReference] | None:
+    return [k8s.V1LocalObjectReference(name=name) for name in spec.image_pull_secrets] or None

@@ -36,7 +36,7 @@ KUEUE_GROUP = "kueue.x-k8s.io"
 CRDS = {"pytorchjob": [("PyTorchJob", "kubeflow.org", "pytorchjobs")],
         "trainjob": [("TrainJob", "trainer.kubeflow.org", "trainjobs"), ("JobSet", "jobset.x-k8s.io", "jobsets"),
                      ("ClusterTrainingRuntime", "trainer.kubeflow.org", "clustertrainingruntimes")]}
-JOB_API = {"pytorchjob": ("kubeflow.org", "pytorchjobs", "k8s/access"),
+JOB_API = {"pytorchjob": ("kubeflow.org", "pytorchjobs", "k8s/training-operator-v1/access"),
            "trainjob": ("trainer.kubeflow.org", "trainjobs", "k8s/trainer-v2/access")}
 MAX_CALLS = 24  # enforced; typically: version, discovery (3-5), runtime, access reviews (<= 11), secret, queue, nodes
 PERMANENT_EXIT_CODES = frozenset(code for code in range(1, 256) if not is_retryable(code))
@@ -233,12 +233,12 @@ def _check_runtime(api: _Api, options: PreflightOptions) -> list[Finding]:
         return [_forbidden_or_error("runtime", f"ClusterTrainingRuntime {name}", error)]
     if runtime is None:
         return [Finding("runtime", "missing", f"ClusterTrainingRuntime {name} does not exist; a cluster admin "
-                                              "applies k8s/trainer-v2/access (it holds runtime.yaml), or pass "
+                                              "applies k8s/trainer-v2/cluster (it holds runtime.yaml), or pass "
                                               "--training-runtime NAME of one that exists")]
     problems = runtime_rule_problems(runtime)
     if problems:
         return [Finding("runtime", "missing", f"ClusterTrainingRuntime {name} lacks our exit-code rules: "
-                                              f"{'; '.join(problems)}; apply k8s/trainer-v2/access/runtime.yaml "
+                                              f"{'; '.join(problems)}; apply k8s/trainer-v2/cluster/runtime.yaml "
                                               "(exit 1-127 permanent, 128-255 restart the group)")]
     return [Finding("runtime", "ok", f"ClusterTrainingRuntime {name} fails jobs on exit codes "
                                      f"{_ranges(PERMANENT_EXIT_CODES)} and restarts the group on the others")]
@@ -299,7 +299,7 @@ def _check_rbac(api: _Api, options: PreflightOptions) -> list[Finding]:
                                               f"their logs in {ns}"))
     for item in unseen:
         findings.append(Finding("rbac", "unverified", f"not allowed to check {item}; the Role in {folder} and "
-                                                      "the ClusterRole in k8s/access/cluster-read grant it"))
+                                                      "the ClusterRole in k8s/cluster-read grant it"))
     return findings
 
 

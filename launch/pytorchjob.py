@@ -49,9 +49,11 @@ def _pod_template(spec: JobSpec) -> k8s.V1PodTemplateSpec:
         containers=[container], volumes=pod.volumes(spec),
         node_selector=dict(spec.node_selector) or None, tolerations=pod.tolerations(spec) or None,
         priority_class_name=spec.priority_class or None,
+        service_account_name=spec.service_account or None, image_pull_secrets=pod.image_pull_secrets(spec),
         automount_service_account_token=False,  # training never talks to the Kubernetes API
         security_context=pod.pod_security_context())
-    return k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=pod.pod_labels(spec)), spec=pod_spec)
+    return k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=pod.pod_labels(spec),
+                                                           annotations=pod.pod_annotations(spec)), spec=pod_spec)
 
 
 def build_pytorchjob(spec: JobSpec) -> models.KubeflowOrgV1PyTorchJob:

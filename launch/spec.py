@@ -2,10 +2,11 @@
 
 `JobSpec` says what to run (a trainer command and its flags) and on what (nodes x GPUs, per-node CPU,
 memory and /dev/shm, the local shard cache, placement, queue, priority, restart budget), and which backend
-renders it. It holds no Kubernetes or Kubeflow type: `pytorchjob` (launch.pytorchjob, a PyTorchJob for the
-Training Operator v1) or `trainjob` (launch.trainjob, a TrainJob for Kubeflow Trainer v2 on the
-ClusterTrainingRuntime `training_runtime`); the local harness runs either one's replicas here. Its field
-defaults are the ONLY defaults: the pipeline's parameters and `python -m pipeline job-manifest` read them.
+renders it. It holds no Kubernetes or Kubeflow type: `trainjob` (the default: launch.trainjob, a TrainJob for
+Kubeflow Trainer v2 on the ClusterTrainingRuntime `training_runtime`) or `pytorchjob` (launch.pytorchjob, a
+PyTorchJob for clusters that still run the Training Operator v1); the local harness runs either one's
+replicas here. Its field defaults are the ONLY defaults: the pipeline's parameters and
+`python -m pipeline job-manifest` read them.
 
 Every node runs `node_command(...)`: torchrun through launch.torchrun, which exits with the trainer's own
 exit code, so that the Training Operator's ExitCode restart policy can tell a permanent failure (1-127: a
@@ -28,7 +29,7 @@ from trainer.steps import STEPS
 # The trainer commands that run as one distributed job (torchrun on every node): the step catalogue's.
 COMMANDS = tuple(dict.fromkeys(row.command for row in STEPS))
 BACKENDS = ("pytorchjob", "trainjob")  # Training Operator v1 PyTorchJob, Kubeflow Trainer v2 TrainJob
-DEFAULT_TRAINING_RUNTIME = "unmix-swav-torch"  # k8s/trainer-v2/access/runtime.yaml: torch, exit-code restarts
+DEFAULT_TRAINING_RUNTIME = "unmix-swav-torch"  # k8s/trainer-v2/cluster/runtime.yaml: torch, exit-code restarts
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
 RUN_AS_USER = 10001  # high UID: no clash with host users (checkov CKV_K8S_40); the image's user
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -75,8 +76,14 @@ class JobSpec:
     max_restarts: int = 3  # restarts of the whole group after retryable failures, then the job fails
     ttl_seconds_after_finished: int = 7 * 24 * 3600
     labels: dict[str, str] = field(default_factory=dict)
-    job_backend: str = "pytorchjob"  # one of BACKENDS
+    job_backend: str = "trainjob"  # one of BACKENDS: Kubeflow Trainer v2 by default; pytorchjob for v1 clusters
     training_runtime: str = DEFAULT_TRAINING_RUNTIME  # the ClusterTrainingRuntime a TrainJob references
+    # The job pods' ServiceAccount; with no s3_secret_name, S3 credentials come from its identity (IRSA, GKE
+    # workload identity: the account's annotation names the cloud role), and no Secret is mounted.
+    service_account: str = ""
+    image_pull_secrets: list[str] = field(default_factory=list)  # Secrets of type dockerconfigjson
+    pod_labels: dict[str, str] = field(default_factory=dict)  # on every job pod, over ours
+    pod_annotations: dict[str, str] = field(default_factory=dict)  # over ISTIO_SIDECAR_DEFAULT (launch.pod)
 
     @property
     def nproc_per_node(self) -> int:
@@ -127,7 +134,16 @@ class JobSpec:
             k8s_names.check_dns_subdomain("priority_class", self.priority_class, k8s_names.LABEL_MAX)
         if self.s3_secret_name:
             k8s_names.check_dns_subdomain("s3_secret_name", self.s3_secret_name)
+        if self.service_account:
+            k8s_names.check_dns_subdomain("service_account", self.service_account)
+        if not isinstance(self.image_pull_secrets, list | tuple):
+            raise UserError(f"image_pull_secrets {self.image_pull_secrets!r} is not valid: use a list of Secret "
+                            "names, e.g. [\"regcred\"]")
+        for number, secret in enumerate(self.image_pull_secrets):
+            k8s_names.check_dns_subdomain(f"image_pull_secrets[{number}]", secret)
         k8s_names.check_labels("labels", self.labels)
+        k8s_names.check_labels("pod_labels", self.pod_labels)
+        k8s_names.check_annotations("pod_annotations", self.pod_annotations)
         k8s_names.check_labels("node_selector", self.node_selector)
         for number, toleration in enumerate(self.tolerations):
             k8s_names.check_toleration(f"tolerations[{number}]", toleration)

@@ -2,12 +2,12 @@
 (`kubeflow-trainer-api`).
 
 The TrainJob references a torch ClusterTrainingRuntime (`JobSpec.training_runtime`; ours is
-k8s/trainer-v2/access/runtime.yaml) and sets what is ours in `spec.trainer`: image, command and args, env (the S3
+k8s/trainer-v2/cluster/runtime.yaml) and sets what is ours in `spec.trainer`: image, command and args, env (the S3
 keys from the Secret), numNodes, numProcPerNode and resourcesPerNode. The rest of the pod goes through the one
 runtime patch the v2 API allows a client (`spec.runtimePatches`, keyed by its manager): node selector,
-tolerations, volumes (/dev/shm, /tmp, the shard cache), pod and container security contexts and labels of the
-`node` pods. The runtime holds what a TrainJob may not set: restartPolicy Never, no service-account token,
-and the restart rules.
+tolerations, volumes (/dev/shm, /tmp, the shard cache), pod and container security contexts, the ServiceAccount
+and image pull secrets, labels and annotations (Istio's sidecar off by default) of the `node` pods. The runtime
+holds what a TrainJob may not set: restartPolicy Never, no service-account token, and the restart rules.
 
 Every node runs `JobSpec.node_command([])`: the torch plugin injects PET_NNODES, PET_NPROC_PER_NODE,
 PET_NODE_RANK (the Job completion index), PET_MASTER_ADDR (`<job>-node-0-0.<job>`) and PET_MASTER_PORT
@@ -55,9 +55,14 @@ def _node_patch(spec: JobSpec) -> models.TrainerV1alpha1RuntimePatch:
         volumes=[_convert(models.IoK8sApiCoreV1Volume, volume) for volume in pod.volumes(spec)],
         node_selector=dict(spec.node_selector) or None,
         tolerations=[_convert(models.IoK8sApiCoreV1Toleration, t) for t in pod.tolerations(spec)] or None,
+        service_account_name=spec.service_account or None,
+        image_pull_secrets=[_convert(models.IoK8sApiCoreV1LocalObjectReference, ref)
+                            for ref in pod.image_pull_secrets(spec) or []] or None,
         security_context=_convert(models.IoK8sApiCoreV1PodSecurityContext, pod.pod_security_context()))
     template = models.TrainerV1alpha1PodTemplatePatch(
-        metadata=models.IoK8sApimachineryPkgApisMetaV1ObjectMeta(labels=pod.pod_labels(spec)), spec=pod_spec)
+        metadata=models.IoK8sApimachineryPkgApisMetaV1ObjectMeta(labels=pod.pod_labels(spec),
+                                                                 annotations=pod.pod_annotations(spec)),
+        spec=pod_spec)
     node_job = models.TrainerV1alpha1ReplicatedJobPatch(
         name=CONTAINER_NAME,
         template=models.TrainerV1alpha1JobTemplatePatch(spec=models.TrainerV1alpha1JobSpecPatch(template=template)))

@@ -1,7 +1,9 @@
-"""`python -m pipeline compile`: write the pipeline's IR YAML (the copy kept in the repo is checked).
+"""`python -m pipeline compile`: write the pipeline's IR YAML, by default to build/unmix_swav_pipeline.yaml.
 
-`--param NAME=VALUE` bakes a parameter's default into the YAML, e.g. `--param job_backend=trainjob` for a
-Kubeflow Trainer v2 cluster, so that runs started from the Kubeflow Pipelines UI get it.
+The copy kept in the repo (pipeline/unmix_swav_pipeline.yaml, the default image and parameters) is written only
+when asked (`--output pipeline/unmix_swav_pipeline.yaml`); a test checks it is current. `--param NAME=VALUE`
+bakes a parameter's default into the YAML, e.g. `--param job_backend=pytorchjob` for a Training Operator v1
+cluster, so that runs started from the Kubeflow Pipelines UI get it; names, types and choices are checked first.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from components.image import TRAINER_IMAGE
 from launch.k8s_names import check_image
 from trainer.errors import UserError
 
-COMPILED_PATH = Path(__file__).with_name("unmix_swav_pipeline.yaml")
+COMPILED_PATH = Path(__file__).with_name("unmix_swav_pipeline.yaml")  # the repo's copy
+DEFAULT_OUTPUT = Path("build") / COMPILED_PATH.name  # what a user compiles (build/ is git-ignored)
+KINDS = {int: "a whole number, e.g. 8", float: "a number, e.g. 72.0", bool: "true or false",
+         str: "a string", list: 'a JSON list, e.g. ["--epochs", "1"]', dict: 'a JSON object, e.g. {"key": "value"}'}
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -47,13 +52,46 @@ def check_parameter_names(params: dict[str, Any]) -> None:
         raise UserError(f"--param {', '.join(unknown)}: not a pipeline parameter; use one of {', '.join(known)}")
 
 
+def _choices() -> dict[str, tuple[str, ...]]:
+    from launch.run import LAUNCHERS
+    from launch.spec import BACKENDS
+
+    return {"job_backend": BACKENDS, "launcher": LAUNCHERS}
+
+
+def check_parameters(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with names, types and the enum parameters' choices checked (one line naming the parameter and
+    what would work); a number or true/false given to a string parameter is that string (`cpu_per_node=32`)."""
+    import inspect
+
+    from pipeline.dag import unmix_swav_pipeline
+
+    check_parameter_names(params)
+    signature = inspect.signature(unmix_swav_pipeline.pipeline_func).parameters
+    checked = {}
+    for name, value in params.items():
+        kind = signature[name].annotation
+        if kind is str and isinstance(value, int | float | bool):
+            value = json.dumps(value)
+        fits = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, fits = float(value), True
+        if not fits:
+            raise UserError(f"--param {name}={json.dumps(value)} is not valid: {name} takes {KINDS[kind]}")
+        choices = _choices().get(name)
+        if choices and value not in choices:
+            raise UserError(f"--param {name}={value} is not valid: use one of {', '.join(choices)}")
+        checked[name] = value
+    return checked
+
+
 def compile_pipeline(output: Path = COMPILED_PATH, image: str = TRAINER_IMAGE,
                      defaults: dict[str, Any] | None = None) -> Path:
     """Compile; `image` replaces the default trainer image in every step and in the `image` parameter;
     `defaults` replace parameters' defaults (names checked against the pipeline's)."""
     from pipeline.dag import unmix_swav_pipeline
 
-    check_parameter_names(defaults or {})
+    defaults = check_parameters(defaults or {})
     check_image("--image", image)
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder) / "pipeline.yaml"
@@ -69,12 +107,15 @@ def compile_pipeline(output: Path = COMPILED_PATH, image: str = TRAINER_IMAGE,
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--output", type=Path, default=COMPILED_PATH, help="where to write the IR YAML")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                        help=f"where to write the IR YAML (default: %(default)s; the repo's copy: {COMPILED_PATH.name} "
+                             "under pipeline/, only for a change to the pipeline itself)")
     parser.add_argument("--image", default=os.environ.get("UNMIX_SWAV_IMAGE", TRAINER_IMAGE),
                         help="trainer image for every step (default: %(default)s)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="a parameter's default (repeatable, JSON when it parses), e.g. job_backend=trainjob")
+                        help="a parameter's default (repeatable, JSON when it parses), e.g. job_backend=pytorchjob")
 
 
 def run(args) -> None:
-    print(f"wrote {compile_pipeline(args.output, args.image, parse_params(args.param))}")
+    output = compile_pipeline(args.output, args.image, parse_params(args.param))
+    print(f"wrote {output}; submit it with `python -m pipeline submit --package {output} ...`")

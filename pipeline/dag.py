@@ -5,10 +5,10 @@ parameters (`num_nodes` / `gpus_per_node` for pretraining, `<step>_num_nodes` / 
 the others); the pipeline's own pods are small CPU pods that check, launch and follow those jobs. The
 evaluations depend only on pretraining, so they run in parallel on a cluster. The same function runs on
 kfp's local SubprocessRunner (`python -m pipeline run-local`) with launcher=local. `job_backend` picks the
-job kind: `pytorchjob` (Training Operator v1, the default) or `trainjob` (Kubeflow Trainer v2, TrainJobs on the
-ClusterTrainingRuntime `training_runtime`); nothing else changes. With `baselines`, every
-evaluation step also scores a seeded random-init trunk the same way (its twin), so that every headline
-number in the report stands beside its baseline and the gain.
+job kind: `trainjob` (Kubeflow Trainer v2, the default: TrainJobs on the ClusterTrainingRuntime
+`training_runtime`) or `pytorchjob` (clusters that still run the Training Operator v1); nothing else changes.
+With `baselines`, every evaluation step also scores a seeded random-init trunk the same way (its twin), so
+that every headline number in the report stands beside its baseline and the gain.
 """
 
 from kfp import dsl
@@ -16,7 +16,7 @@ from kfp import dsl
 from components.check_args import check_args
 from components.evaluate import evaluate
 from components.image import TRAINER_IMAGE
-from components.jobs import PIPELINE_PARAMETERS
+from components.jobs import PIPELINE_PARAMETERS, STORAGE_ROOT_PLACEHOLDER
 from components.pretrain import pretrain
 from components.report import run_report
 from components.stage_data import stage_data
@@ -30,9 +30,9 @@ JOB = JobSpec(command="pretrain", name="defaults", image=TRAINER_IMAGE)  # the o
 
 @dsl.pipeline(name=PIPELINE_NAME,
               description="SwAV + Un-Mix pretraining, then kNN, linear, semi-supervised and DETR evaluations, each "
-                          "a gang-scheduled PyTorchJob or TrainJob, and a report")
+                          "a gang-scheduled TrainJob (or PyTorchJob), and a report")
 def unmix_swav_pipeline(
-    storage_root: str = "s3://unmix-swav/runs",
+    storage_root: str = STORAGE_ROOT_PLACEHOLDER,  # set it: the check step refuses the placeholder
     data_source: str = "builtin:shapes",
     staged_data: str = "",
     detection_source: str = "builtin:shapes-coco",
@@ -70,6 +70,10 @@ def unmix_swav_pipeline(
     queue: str = JOB.queue,
     priority_class: str = JOB.priority_class,
     max_restarts: int = JOB.max_restarts,
+    service_account: str = JOB.service_account,
+    image_pull_secrets: list = [],  # noqa: B006
+    pod_labels: dict = {},  # noqa: B006
+    pod_annotations: dict = {},  # noqa: B006
     pretrain_timeout_hours: float = 72.0,
     eval_timeout_hours: float = 96.0,
 ) -> str:

@@ -1,8 +1,8 @@
 """`python -m pipeline job-manifest STEP [options] -- TRAINER_ARGS...`: the job the launcher would create, as YAML.
 
 For users who `kubectl apply` jobs without Kubeflow Pipelines. STEP is a distributed trainer command
-(pretrain, eval-knn, eval-linear, eval-semisup, detr); `--backend` picks a PyTorchJob (Training Operator v1,
-the default) or a TrainJob (Kubeflow Trainer v2, on `--training-runtime`). TRAINER_ARGS are its flags,
+(pretrain, eval-knn, eval-linear, eval-semisup, detr); `--backend` picks a TrainJob (Kubeflow Trainer v2, on
+`--training-runtime`, the default) or a PyTorchJob (Training Operator v1 clusters). TRAINER_ARGS are its flags,
 checked first with the trainer's own checks for world size = nodes x processes per node (`--no-check` for
 templates whose URLs do not exist yet). The defaults are the pipeline's (launch.spec.JobSpec). The manifests
 under k8s/ are this command's output; their first line says how each was made (a test keeps them in sync).
@@ -46,18 +46,28 @@ def _toleration(text: str) -> dict[str, str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("step", choices=COMMANDS, help="the trainer command the job runs; its flags follow `--`")
     parser.add_argument("--backend", choices=BACKENDS, default=DEFAULTS["job_backend"],
-                        help="pytorchjob: Training Operator v1; trainjob: Kubeflow Trainer v2")
+                        help="trainjob: Kubeflow Trainer v2 (default); pytorchjob: Training Operator v1 clusters")
     parser.add_argument("--training-runtime", default=DEFAULTS["training_runtime"],
-                        help="the ClusterTrainingRuntime a TrainJob references (k8s/trainer-v2/runtime.yaml's)")
+                        help="the ClusterTrainingRuntime a TrainJob references (k8s/trainer-v2/cluster/runtime.yaml's)")
     parser.add_argument("--name", default=None, help="job name (default: derived from --dump_path)")
-    parser.add_argument("--namespace", default=DEFAULTS["namespace"])
+    parser.add_argument("--namespace", default="",
+                        help="metadata.namespace (default: none, so that `kubectl apply -n NS` places the job)")
     parser.add_argument("--image", default=None, help="trainer image (default: the pipeline's)")
     parser.add_argument("--num-nodes", type=int, default=DEFAULTS["num_nodes"])
     parser.add_argument("--gpus-per-node", type=int, default=DEFAULTS["gpus_per_node"], help="0: CPU nodes")
     parser.add_argument("--cpu-per-node", default=DEFAULTS["cpu_per_node"])
     parser.add_argument("--memory-per-node", default=DEFAULTS["memory_per_node"])
     parser.add_argument("--shm-size", default=DEFAULTS["shm_size"])
-    parser.add_argument("--s3-secret", default="unmix-swav-s3", help="Secret with the AWS_* keys ('' for none)")
+    parser.add_argument("--s3-secret", default="unmix-swav-s3",
+                        help="Secret with the AWS_* keys ('' for none: the pod's identity, see --service-account)")
+    parser.add_argument("--service-account", default=DEFAULTS["service_account"],
+                        help="the job pods' ServiceAccount (IRSA / workload identity: its annotation names the role)")
+    parser.add_argument("--image-pull-secret", action="append", default=[], metavar="NAME",
+                        help="repeatable: a dockerconfigjson Secret for a private registry")
+    parser.add_argument("--pod-label", type=_pair, action="append", default=[], metavar="KEY=VALUE",
+                        help="repeatable: a label on every job pod")
+    parser.add_argument("--pod-annotation", type=_pair, action="append", default=[], metavar="KEY=VALUE",
+                        help="repeatable: an annotation on every job pod (default sidecar.istio.io/inject=false)")
     parser.add_argument("--node-selector", type=_pair, action="append", default=None, metavar="KEY=VALUE",
                         help="repeatable; default: the GPU pool's for GPU jobs, none for CPU jobs")
     parser.add_argument("--toleration", type=_toleration, action="append", default=None,
@@ -90,7 +100,9 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
                    node_selector=dict(args.node_selector) if args.node_selector is not None else selector,
                    tolerations=args.toleration if args.toleration is not None else tolerations,
                    queue=args.queue, priority_class=args.priority_class, max_restarts=args.max_restarts,
-                   job_backend=args.backend, training_runtime=args.training_runtime)
+                   job_backend=args.backend, training_runtime=args.training_runtime,
+                   service_account=args.service_account, image_pull_secrets=list(args.image_pull_secret),
+                   pod_labels=dict(args.pod_label), pod_annotations=dict(args.pod_annotation))
 
 
 def render_yaml(spec: JobSpec) -> str:

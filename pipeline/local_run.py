@@ -3,7 +3,7 @@
 Every step runs as a subprocess of this interpreter (use_venv=False: the project's .venv), storage is
 a local folder (or S3 when AWS_ENDPOINT_URL names an endpoint), data are the builtin generated sets,
 and every distributed step runs its job's replicas here with torchrun, the env and restart policy the
-cluster would give them (a PyTorchJob's by default, a TrainJob's with `--param job_backend=trainjob`).
+cluster would give them (a TrainJob's by default, a PyTorchJob's with `--param job_backend=pytorchjob`).
 `--param NAME=VALUE` (the `submit` syntax) sets any pipeline parameter.
 """
 
@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pipeline.compile import check_parameter_names, parse_params
+from pipeline.compile import check_parameters, parse_params
 from trainer import storage
 from trainer.errors import UserError
 
@@ -90,8 +90,7 @@ def pipeline_arguments(size: str, storage_root: str, num_nodes: int | None = Non
         "pretrain_timeout_hours": 1.0,
         "eval_timeout_hours": 1.0,
     }
-    check_parameter_names(params or {})
-    return {**arguments, **(params or {})}
+    return {**arguments, **check_parameters(params or {})}
 
 
 def default_storage_root(output: Path, bucket: str) -> str:

@@ -87,3 +87,20 @@ def test_seed_command_line_is_accepted():
     cfg = config.resolve(parser.parse_args(seed_argv))
     config.validate(cfg, world_size=4)
     assert cfg.nmb_crops == [2, 6] and cfg.use_fp16 is True and cfg.run_swav is False
+
+
+def test_the_seeds_queue_at_two_nodes_names_the_scale_it_was_written_for():
+    """The seed's --queue_length 3840 with batch 32 fits 8 processes (1 node x 8 GPUs), not the pipeline's
+    default 2 x 8: the refusal says so."""
+    import argparse
+
+    import pytest
+
+    from trainer.config import check_queue
+    from trainer.errors import UserError
+
+    seed = argparse.Namespace(queue_length=3840, batch_size=32)
+    check_queue(seed, 8)
+    with pytest.raises(UserError, match=r"use 3584 or 4096, or 0 for no queue, or run it on 8 processes "
+                                        r"\(global batch 256\)"):
+        check_queue(seed, 16)

@@ -297,9 +297,14 @@ def check_queue(cfg: argparse.Namespace, world_size: int) -> None:
     global_batch = cfg.batch_size * world_size
     if cfg.queue_length % global_batch:
         lower = cfg.queue_length // global_batch * global_batch
+        # The scale a recipe was written for (e.g. the seed's 3840 with batch 32 on 8 GPUs): the largest world
+        # size that divides this one (fewer nodes) whose global batch divides the queue.
+        fits = [size for size in range(world_size - 1, 0, -1)
+                if world_size % size == 0 and cfg.queue_length % (cfg.batch_size * size) == 0]
+        scale = f", or run it on {fits[0]} processes (global batch {cfg.batch_size * fits[0]})" if fits else ""
         raise UserError(f"--queue_length {cfg.queue_length} is not a multiple of the global batch "
                         f"{global_batch} (batch_size {cfg.batch_size} x {world_size} processes); use "
-                        f"{lower or global_batch} or {lower + global_batch}, or 0 for no queue")
+                        f"{lower or global_batch} or {lower + global_batch}, or 0 for no queue{scale}")
 
 
 def check_steps_per_epoch(num_images: int, batch_size: int, world_size: int) -> int:

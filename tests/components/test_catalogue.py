@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from dataclasses import fields
+from dataclasses import MISSING, fields
 
 from components import jobs
 from components.check_args import check_args
@@ -55,7 +55,8 @@ def test_job_options_are_jobspecs_fields_and_every_launching_component_takes_the
 
 def test_every_job_option_and_step_parameter_is_a_pipeline_parameter_with_jobspecs_default():
     parameters = _pipeline_parameters()
-    defaults = {f.name: f.default for f in fields(JobSpec)}
+    defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+                for f in fields(JobSpec)}
     assert set(jobs.PIPELINE_PARAMETERS.values()) <= set(parameters)
     # the pipeline's own defaults: its image, the step pod's namespace, the GPU pool, its Secret
     own = {"image", "namespace", "node_selector", "tolerations", "s3_secret_name"}

@@ -111,3 +111,17 @@ def test_the_check_step_checks_the_jobs_the_launching_steps_create(tmp_path, coc
     assert dict(checked)["linear evaluation"] == linear and linear.queue == "team-a"
     assert [name for name, _ in checked] == ["pretraining", "kNN evaluation", "linear evaluation",
                                              "semi-supervised 1%", "semi-supervised 10%", "DETR transfer"]
+
+
+def test_the_check_step_refuses_the_placeholder_storage_root_in_one_line(tmp_path, coco, capfd):
+    import inspect
+
+    from pipeline.dag import unmix_swav_pipeline
+
+    default = inspect.signature(unmix_swav_pipeline.pipeline_func).parameters["storage_root"].default
+    assert default == jobs.STORAGE_ROOT_PLACEHOLDER  # the compiled default is no real-looking bucket
+    with pytest.raises(SystemExit) as ended:
+        jobs.check_run(check_inputs(default, coco))
+    assert ended.value.code == 2
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    assert line.startswith("error: storage_root is s3://CHANGE-ME/runs") and "--param storage_root=" in line

@@ -25,8 +25,9 @@ from tests.launch.trainjob_pod import node_pod
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 TRAINER_V2 = K8S / "trainer-v2"
-TARGETS = [K8S / "base", K8S / "overlays" / "gpu", K8S / "overlays" / "cpu-smoke"]
-JOB_FILES = sorted([*(K8S / "base").glob("*.yaml"), *(K8S / "overlays" / "cpu-smoke").glob("*.yaml"),
+V1 = K8S / "training-operator-v1"  # the PyTorchJob set, for clusters that still run the Training Operator v1
+TARGETS = [V1 / "base", V1 / "overlays" / "gpu", V1 / "overlays" / "cpu-smoke"]
+JOB_FILES = sorted([*(V1 / "base").glob("*.yaml"), *(V1 / "overlays" / "cpu-smoke").glob("*.yaml"),
                     *TRAINER_V2.glob("*.yaml")])
 NOT_JOBS = ("kustomization.yaml", "kustomizeconfig.yaml", "runtime.yaml")
 JOB_FILES = [path for path in JOB_FILES if path.name not in NOT_JOBS]
@@ -60,7 +61,7 @@ def test_every_job_file_is_what_job_manifest_prints(path, capsys):
 
 
 def test_the_four_distributed_steps_are_there_in_every_set():
-    for folder in (K8S / "base", K8S / "overlays" / "cpu-smoke", TRAINER_V2):
+    for folder in (V1 / "base", V1 / "overlays" / "cpu-smoke", TRAINER_V2):
         steps = {template["metadata"]["labels"]["app.kubernetes.io/component"] for resource in render(folder)
                  for template in _pod_templates(resource)[:1]}
         assert steps == {"pretrain", "eval-linear", "eval-semisup", "detr"}, folder
@@ -83,7 +84,7 @@ def test_every_rendered_resource_validates(target):
 
 
 def test_trainer_v2_resources_validate_against_the_trainer_api_models_and_kubernetes_schemas():
-    resources = render(TRAINER_V2)
+    resources = [*render(TRAINER_V2), *render(TRAINER_V2 / "cluster")]
     kinds = sorted({resource["kind"] for resource in resources})
     assert kinds == ["ClusterTrainingRuntime", "NetworkPolicy", "Role", "RoleBinding", "ServiceAccount", "TrainJob"]
     for resource in resources:
@@ -114,6 +115,7 @@ def test_pods_are_non_root_read_only_with_requests_limits_memory_shm_and_the_sha
     for resource in render(target):
         for template in _pod_templates(resource):
             pod = template["spec"]
+            assert template["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
             assert pod["securityContext"]["runAsNonRoot"] is True
             assert pod["automountServiceAccountToken"] is False
             assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": pod["volumes"][0]["emptyDir"]
@@ -132,14 +134,11 @@ def test_pods_are_non_root_read_only_with_requests_limits_memory_shm_and_the_sha
 
 
 def test_overlays_apply_their_changes():
-    gpu = {r["metadata"]["name"]: r for r in render(K8S / "overlays" / "gpu") if r["kind"] == "PyTorchJob"}
+    gpu = {r["metadata"]["name"]: r for r in render(V1 / "overlays" / "gpu") if r["kind"] == "PyTorchJob"}
     assert gpu["unmix-swav-pretrain"]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3
     assert gpu["unmix-swav-detr"]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
-    role_binding = next(r for r in render(K8S / "overlays" / "gpu") if r["kind"] == "RoleBinding")
-    assert role_binding["subjects"][0]["namespace"] == "unmix-swav"
-    cpu = render(K8S / "overlays" / "cpu-smoke")
-    for resource in cpu:
-        assert resource["metadata"]["namespace"] == "unmix-swav-smoke"
+    cpu = render(V1 / "overlays" / "cpu-smoke")
+    for resource in cpu:  # no namespace: kubectl apply -n places them (tests/k8s/test_namespaces_and_rbac.py)
         for template in _pod_templates(resource):
             container = template["spec"]["containers"][0]
             assert "nvidia.com/gpu" not in container["resources"]["limits"]
@@ -166,7 +165,7 @@ def _granted(role: dict) -> set[tuple[str, str, str]]:
 
 
 def test_role_grants_only_what_the_launcher_needs():
-    (role,) = [r for r in render(K8S / "base") if r["kind"] == "Role"]
+    (role,) = [r for r in render(V1 / "base") if r["kind"] == "Role"]
     granted = _granted(role)
     assert {(g, r) for g, r, _ in granted} == {("kubeflow.org", "pytorchjobs"),
                                                 ("kubeflow.org", "pytorchjobs/status"),
@@ -187,9 +186,9 @@ def test_the_access_folders_grant_every_right_the_launcher_and_the_preflight_che
     from launch.preflight import PreflightOptions, rights
 
     needed, optional = rights(PreflightOptions(backend=backend, queue="team-a"))
-    (role,) = [r for r in render(TRAINER_V2 / "access" if backend == "trainjob" else K8S / "access")
+    (role,) = [r for r in render(TRAINER_V2 / "access" if backend == "trainjob" else V1 / "access")
                if r["kind"] == "Role"]
-    (cluster_role,) = render(K8S / "access" / "cluster-read")
+    (cluster_role,) = render(K8S / "cluster-read")
     kubernetes_validate.validate(cluster_role, K8S_VERSION, strict=True)
     in_namespace, cluster = _granted(role), _granted(cluster_role)
     for verb, group, resource in needed:
@@ -210,10 +209,15 @@ def test_checkov_passes_on_the_rendered_overlays(tmp_path):
     checkov = REPO / ".venv-tools" / "bin" / "checkov"
     if not checkov.exists():
         pytest.skip("checkov is not installed: run k8s/tools-venv.sh (make test does) first")
+    # Nothing in k8s/ names a namespace: each set is checked in one, as `kubectl apply -n unmix-swav` puts it.
+    def _in_namespace(resources: list[dict]) -> list[dict]:
+        for resource in resources:
+            resource["metadata"]["namespace"] = "unmix-swav"
+        return resources
+
     for target in TARGETS[1:]:
-        (tmp_path / f"{target.name}.yaml").write_text(yaml.safe_dump_all(render(target)))
-    # checkov does not know TrainJobs: it checks the node Jobs Trainer v2 makes from them on our runtime instead,
-    # in a namespace as an overlay of k8s/trainer-v2 puts them (like the base, it names none).
+        (tmp_path / f"{target.name}.yaml").write_text(yaml.safe_dump_all(_in_namespace(render(target))))
+    # checkov does not know TrainJobs: it checks the node Jobs Trainer v2 makes from them on our runtime instead.
     v2 = [resource for resource in render(TRAINER_V2) if resource["kind"] not in ("TrainJob", "ClusterTrainingRuntime")]
     for resource in render(TRAINER_V2):
         if resource["kind"] == "TrainJob":
@@ -224,19 +228,20 @@ def test_checkov_passes_on_the_rendered_overlays(tmp_path):
         resource["metadata"]["namespace"] = "unmix-swav"
     (tmp_path / "trainer-v2.yaml").write_text(yaml.safe_dump_all(v2))
     (tmp_path / "secret.yaml").write_text((K8S / "s3-secret.template.yaml").read_text())
-    (tmp_path / "cluster-read.yaml").write_text(yaml.safe_dump_all(render(K8S / "access" / "cluster-read")))
+    (tmp_path / "cluster-read.yaml").write_text(yaml.safe_dump_all(render(K8S / "cluster-read")))
     result = subprocess.run([str(checkov), "--config-file", str(K8S / ".checkov.yaml"), "-d", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "Failed checks: 0" in result.stdout, result.stdout[-2000:]
 
 
-@pytest.mark.parametrize("folder", [K8S / "base", TRAINER_V2], ids=lambda path: path.name)
-def test_an_images_override_retargets_every_job_and_the_runtime(folder, tmp_path):
+@pytest.mark.parametrize("folders", [[V1 / "base"], [TRAINER_V2, TRAINER_V2 / "cluster"]],
+                         ids=lambda paths: paths[0].name)
+def test_an_images_override_retargets_every_job_and_the_runtime(folders, tmp_path):
     """What users write in their own overlay: one `images:` entry moves every pod of every step to their registry."""
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(folder, tmp_path)],
+        "resources": [os.path.relpath(path, tmp_path) for path in folders],
         "images": [{"name": "ghcr.io/unmix-swav/trainer", "newName": "registry.example/team/unmix", "newTag": "1.2"}]}))
     images = []
     for resource in render(tmp_path):

@@ -32,7 +32,7 @@ from kubernetes import client as k8s
 JOBS = {"pytorchjob": "/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs",
         "trainjob": "/apis/trainer.kubeflow.org/v1alpha1/namespaces/{ns}/trainjobs"}
 CONTAINERS = {"pytorchjob": "pytorch", "trainjob": "node"}
-RUNTIME_YAML = Path(__file__).resolve().parents[2] / "k8s" / "trainer-v2" / "access" / "runtime.yaml"
+RUNTIME_YAML = Path(__file__).resolve().parents[2] / "k8s" / "trainer-v2" / "cluster" / "runtime.yaml"
 
 
 def condition(kind: str, reason: str = "", message: str = "") -> dict[str, Any]:

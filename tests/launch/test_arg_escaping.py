@@ -57,7 +57,8 @@ def test_both_backends_render_a_secret_reference_escaped_and_the_harness_gets_th
 def test_job_manifest_writes_escaped_args_and_the_typed_command_in_its_header(tmp_path, capsys):
     output = tmp_path / "job.yaml"
     typed = ["--data_path", "s3://b/$(AWS_SECRET_ACCESS_KEY)", "--dump_path", "s3://b/run"]
-    assert pipeline_main(["job-manifest", "pretrain", "--no-check", "--output", str(output), "--", *typed]) == 0
+    assert pipeline_main(["job-manifest", "pretrain", "--backend", "pytorchjob", "--no-check", "--output", str(output),
+                          "--", *typed]) == 0
     text = output.read_text()
     header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
     assert "$(AWS_SECRET_ACCESS_KEY)" in header  # the command as typed; the kubelet never reads comments

@@ -60,7 +60,7 @@ def test_a_bad_flag_fails_before_any_kubernetes_request_and_a_good_one_reaches_i
 
     real_api = launch.kube.job_api
     bad = JobSpec(command="pretrain", name="unmix-pretrain-bad", image="t", namespace="ml", num_nodes=4,
-                  gpus_per_node=0, trainer_args=(*BASE["pretrain"], "--epochz", "3"))
+                  gpus_per_node=0, job_backend="pytorchjob", trainer_args=(*BASE["pretrain"], "--epochz", "3"))
     with FakeKubeApi() as api:
         monkeypatch.setattr(launch.kube, "job_api", lambda backend, namespace: real_api(
             backend, api_client=k8s.ApiClient(api.configuration()), namespace=namespace))
@@ -71,7 +71,7 @@ def test_a_bad_flag_fails_before_any_kubernetes_request_and_a_good_one_reaches_i
         seconds = time.monotonic() - started
         assert api.requests == []  # no job, no pod, not even a read
         good = JobSpec(command="pretrain", name="unmix-pretrain-good", image="t", namespace="ml", num_nodes=4,
-                       gpus_per_node=0, trainer_args=tuple(BASE["pretrain"]))
+                       gpus_per_node=0, job_backend="pytorchjob", trainer_args=tuple(BASE["pretrain"]))
         run_job(good, "kubernetes", timeout_s=60, out=io.StringIO())
         assert [job["metadata"]["name"] for job in api.created] == ["unmix-pretrain-good"]
     assert seconds < 30

@@ -121,7 +121,7 @@ def test_the_v1_path_says_the_same_for_a_pytorchjob():
         api.pod_status = _pending(waiting={"reason": "ImagePullBackOff", "message": "Back-off pulling image"})
         client = TrainingClient(client_configuration=api.configuration(), namespace="ml")
         job = build_job(JobSpec(command="pretrain", name=NAME, namespace="ml", image="i", num_nodes=1,
-                                gpus_per_node=8))
+                                gpus_per_node=8, job_backend="pytorchjob"))
         with pytest.raises(JobFailed, match=f"PyTorchJob ml/{NAME} cannot start: the image cannot be pulled"):
             JobLauncher(PyTorchJobApi(client), poll_interval_s=0.05, out=io.StringIO()).run(job, timeout_s=30,
                                                                                               max_restarts=3)

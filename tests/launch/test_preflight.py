@@ -54,7 +54,7 @@ def test_a_complete_cluster_passes_every_check_in_a_bounded_number_of_calls():
     ("runtime", lambda api: api.objects.pop(
         "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes/unmix-swav-torch"),
      "[runtime] ClusterTrainingRuntime unmix-swav-torch does not exist; a cluster admin applies "
-     "k8s/trainer-v2/access"),
+     "k8s/trainer-v2/cluster"),
     ("crd", lambda api: api.groups.pop("trainer.kubeflow.org/v1alpha1"),
      "[crd] TrainJob (trainjobs.trainer.kubeflow.org) is not served; install Kubeflow Trainer v2"),
     ("jobset", lambda api: api.groups.pop("jobset.x-k8s.io/v1alpha2"),
@@ -104,7 +104,8 @@ def test_a_v1_cluster_needs_the_pytorchjob_crd_and_its_own_rights():
     failed = _failed(findings)
     assert len(failed) == 2
     assert "PyTorchJob (pytorchjobs.kubeflow.org) is not served; install the Training Operator v1" in failed[0]
-    assert "may not delete pytorchjobs.kubeflow.org" in failed[1] and "apply k8s/access" in failed[1]
+    assert "may not delete pytorchjobs.kubeflow.org" in failed[1]
+    assert "apply k8s/training-operator-v1/access" in failed[1]
 
 
 def test_what_the_launcher_may_not_read_is_a_warning_apart_from_a_missing_piece():

@@ -1,7 +1,7 @@
 """The node pod Kubeflow Trainer v2 would create for a TrainJob on our runtime, for schema checks and checkov.
 
 A cluster's trainer controller merges three things into each `node` pod: the runtime's pod template
-(k8s/trainer-v2/access/runtime.yaml), the TrainJob's `spec.trainer` (image, command, args, env, resources) plus the
+(k8s/trainer-v2/cluster/runtime.yaml), the TrainJob's `spec.trainer` (image, command, args, env, resources) plus the
 torch plugin's PET_* env and port, and the TrainJob's runtime patch (placement, volumes, security contexts,
 labels). This does the same merge, field by field, for the fields our manifests use.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-RUNTIME = Path(__file__).resolve().parents[2] / "k8s" / "trainer-v2" / "access" / "runtime.yaml"
+RUNTIME = Path(__file__).resolve().parents[2] / "k8s" / "trainer-v2" / "cluster" / "runtime.yaml"
 TORCH_PLUGIN_ENV = [
     {"name": "PET_NNODES", "value": "2"}, {"name": "PET_NPROC_PER_NODE", "value": "8"},
     {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
@@ -46,5 +46,9 @@ def node_pod(trainjob: dict[str, Any], runtime_resource: dict[str, Any] | None =
         assert container_patch["name"] == container["name"]
         container.update({key: value for key, value in container_patch.items() if key != "name"})
     labels = {**template.get("metadata", {}).get("labels", {}), **pod_patch.get("metadata", {}).get("labels", {})}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{trainjob['metadata']['name']}-node-0-0",
-                                                            "labels": labels}, "spec": pod}
+    metadata = {"name": f"{trainjob['metadata']['name']}-node-0-0", "labels": labels}
+    annotations = {**template.get("metadata", {}).get("annotations", {}),
+                   **pod_patch.get("metadata", {}).get("annotations", {})}
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod}

@@ -55,8 +55,8 @@ def test_run_local_params_set_any_pipeline_parameter_and_refuse_unknown_ones():
 
 
 def test_job_manifest_prints_the_job_with_the_queue_and_priority(capsys):
-    assert main(["job-manifest", "pretrain", "--num-nodes", "4", "--gpus-per-node", "8", "--queue", "team-a",
-                 "--priority-class", "research", "--namespace", "ml", "--", *PRETRAIN]) == 0
+    assert main(["job-manifest", "pretrain", "--backend", "pytorchjob", "--num-nodes", "4", "--gpus-per-node", "8",
+                 "--queue", "team-a", "--priority-class", "research", "--namespace", "ml", "--", *PRETRAIN]) == 0
     captured = capsys.readouterr()
     job = yaml.safe_load(captured.out)
     assert job["kind"] == "PyTorchJob" and job["metadata"]["namespace"] == "ml"
@@ -95,17 +95,17 @@ def test_a_files_header_gives_back_the_command_that_made_it():
 def test_compile_bakes_a_parameter_default_and_refuses_an_unknown_name(tmp_path):
     from pipeline.compile import compile_pipeline
 
-    path = compile_pipeline(tmp_path / "v2.yaml", defaults={"job_backend": "trainjob", "queue": "team-a"})
+    path = compile_pipeline(tmp_path / "v1.yaml", defaults={"job_backend": "pytorchjob", "queue": "team-a"})
     spec = next(yaml.safe_load_all(path.read_text()))
     defaults = spec["root"]["inputDefinitions"]["parameters"]
-    assert defaults["job_backend"]["defaultValue"] == "trainjob" and defaults["queue"]["defaultValue"] == "team-a"
+    assert defaults["job_backend"]["defaultValue"] == "pytorchjob" and defaults["queue"]["defaultValue"] == "team-a"
     assert defaults["training_runtime"]["defaultValue"] == "unmix-swav-torch"
     with pytest.raises(UserError, match="job_backnd: not a pipeline parameter"):
         compile_pipeline(tmp_path / "bad.yaml", defaults={"job_backnd": "trainjob"})
 
 
-def test_job_manifest_prints_a_trainjob_for_trainer_v2(capsys):
-    assert main(["job-manifest", "pretrain", "--backend", "trainjob", "--training-runtime", "torch-distributed",
+def test_job_manifest_prints_a_trainjob_for_trainer_v2_by_default(capsys):
+    assert main(["job-manifest", "pretrain", "--training-runtime", "torch-distributed",
                  "--num-nodes", "2", "--queue", "team-a", "--namespace", "ml", "--", *PRETRAIN]) == 0
     captured = capsys.readouterr()
     job = yaml.safe_load(captured.out)

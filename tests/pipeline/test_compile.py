@@ -29,8 +29,9 @@ def _wiring(task: dict) -> dict[str, str | None]:
 
 def test_committed_yaml_is_current(tmp_path):
     fresh = compile_pipeline(tmp_path / "pipeline.yaml")
-    assert fresh.read_text() == COMPILED_PATH.read_text(), \
-        "pipeline/unmix_swav_pipeline.yaml is stale: run `python -m pipeline compile` and commit it"
+    assert fresh.read_text() == COMPILED_PATH.read_text(), (
+        "pipeline/unmix_swav_pipeline.yaml is stale: run `python -m pipeline compile --output "
+        "pipeline/unmix_swav_pipeline.yaml` and commit it")
 
 
 def test_flags_are_checked_before_pretraining_and_evaluations_depend_only_on_pretraining():
@@ -64,7 +65,7 @@ def test_every_distributed_step_gets_its_own_size_and_the_shared_job_options():
             assert wiring[shared] == shared
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["launcher"]["defaultValue"] == "kubernetes"
-    assert defaults["job_backend"]["defaultValue"] == "pytorchjob"
+    assert defaults["job_backend"]["defaultValue"] == "trainjob"  # Kubeflow Trainer v2 by default
     assert defaults["detr_num_nodes"]["defaultValue"] == 2 and defaults["linear_gpus_per_node"]["defaultValue"] == 8
     assert defaults["staged_data"]["defaultValue"] == "" and "eval_gpus" not in defaults
 

@@ -26,12 +26,15 @@ def _seconds(pattern: str, log: str) -> float:
     return float(found.group(1))
 
 
+V1 = {"job_backend": "pytorchjob"}  # the Training Operator v1 path, kept; the default is TrainJobs (below)
+
+
 @pytest.mark.slow
 def test_tiny_pipeline_end_to_end_then_a_second_run_reuses_the_data_and_fails_fast(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    where = run_local("tiny", tmp_path / "out", params=TWO_NODE_EVALUATIONS)
+    where = run_local("tiny", tmp_path / "out", params={**TWO_NODE_EVALUATIONS, **V1})
     first = capfd.readouterr()
     first_log = first.out + first.err
 
@@ -59,7 +62,7 @@ def test_tiny_pipeline_end_to_end_then_a_second_run_reuses_the_data_and_fails_fa
     bad = {key: SIZES["tiny"][key] + flags for key, flags in BAD_FLAGS.items()}
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="check-args"):
-        run_local("tiny", tmp_path / "out", params={**TWO_NODE_EVALUATIONS, **bad})
+        run_local("tiny", tmp_path / "out", params={**TWO_NODE_EVALUATIONS, **V1, **bad})
     failed_after_s = time.monotonic() - started
     second = capfd.readouterr()
     second_log = second.out + second.err
