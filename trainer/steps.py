@@ -13,6 +13,10 @@ from dataclasses import dataclass
 # The flag that names a step's data, by the data's kind: staged images, or a COCO-format detection set.
 DATA_FLAGS = {"images": "--data_path", "detection": "--coco_path"}
 BASELINE_SUFFIX = "-random"  # an evaluation's random-init twin writes beside it, in <key>-random
+# Not distributed steps, so not rows: where the run's export (`unmix-swav export`) goes under the run's root, and
+# the evaluation whose head it ships as the classifier (its dump is the export's --linear).
+EXPORT_FOLDER = "export"
+CLASSIFIER_STEP = "eval-linear"
 
 
 @dataclass(frozen=True)
