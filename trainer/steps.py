@@ -17,6 +17,7 @@ BASELINE_SUFFIX = "-random"  # an evaluation's random-init twin writes beside it
 # the evaluation whose head it ships as the classifier (its dump is the export's --linear).
 EXPORT_FOLDER = "export"
 CLASSIFIER_STEP = "eval-linear"
+MONITOR_SPLITS = ("train", "val")  # pretraining's kNN monitor reads both of --knn_eval_path, as eval-knn does
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Step:
     title: str  # the report's heading: Semi-supervised, 1% labels
     data: str = "images"  # a key of DATA_FLAGS
     labels_percent: int | None = None  # eval-semisup's --labels_perc
+    splits: tuple[str, ...] = ("train", "val")  # what it reads of its data (the check step checks they exist)
     per_epoch: bool = False  # trains for epochs: the report plots its accuracy and loss per epoch
     headlines: tuple[Headline, ...] = ()
 
@@ -53,7 +55,7 @@ class Step:
 
 TOP1 = Headline("top-1", "top1")
 STEPS = (
-    Step("pretrain", "pretrain", "pretraining", "Pretraining"),
+    Step("pretrain", "pretrain", "pretraining", "Pretraining", splits=("train",)),
     Step("eval-knn", "eval-knn", "kNN evaluation", "kNN", headlines=(TOP1,)),
     Step("eval-linear", "eval-linear", "linear evaluation", "Linear probe", per_epoch=True,
          headlines=(TOP1, Headline("top-5", "top5", top_k=5))),
