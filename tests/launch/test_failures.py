@@ -3,6 +3,7 @@ once with the same line and exit code; another JobSpec (fixed flags) or another 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -71,3 +72,32 @@ def test_a_retried_step_whose_job_failed_permanently_fails_again_in_seconds(tmp_
     assert "earlier attempt of this step failed permanently" in retry_log.err
     with pytest.raises(JobFailed):  # the same through run_job, without the step's boundary
         run_job(spec, "local", timeout_s=60, out=io.StringIO())
+
+
+def test_on_a_cluster_the_retry_fails_before_any_kubernetes_request_even_when_the_job_is_gone(tmp_path,
+                                                                                            monkeypatch):
+    """Against the stubbed Kubernetes API (tests/launch/fake_kube_api.py): the job's master exits 2; the retried
+    step finds the marker and makes no request, so it fails fast even after the failed job was deleted (its TTL)."""
+    from kubernetes import client as k8s
+
+    import launch.kube
+    from tests.launch.fake_kube_api import FakeKubeApi, condition
+
+    monkeypatch.delenv("HOSTNAME", raising=False)
+    real_api = launch.kube.job_api
+    spec = dataclasses.replace(_spec(tmp_path), namespace="ml")
+    with FakeKubeApi() as api:
+        monkeypatch.setattr(launch.kube, "job_api", lambda backend, namespace: real_api(
+            backend, api_client=k8s.ApiClient(api.configuration()), namespace=namespace))
+        api.master_phase = "Failed"
+        api.master_terminated = {"exitCode": 2, "reason": "Error"}
+        api.statuses = [{"conditions": [condition("Running"), condition("Failed", "PyTorchJobFailed", "failed")]}]
+        with pytest.raises(JobFailed) as first:
+            run_job(spec, "kubernetes", timeout_s=60, out=io.StringIO())
+        api.requests.clear()
+        started = time.monotonic()
+        with pytest.raises(JobFailed) as retried:
+            run_job(spec, "kubernetes", timeout_s=60, out=io.StringIO())
+        assert api.requests == [] and time.monotonic() - started < 30
+    assert first.value.exit_code == retried.value.exit_code == 2
+    assert str(retried.value).startswith(str(first.value))
