@@ -60,7 +60,7 @@ def record_failure(spec: JobSpec, failure: JobFailed) -> None:
     """Leave the marker when `failure` is permanent; a marker that cannot be written is logged, not raised (the
     job's own failure is what the step reports)."""
     url = marker_url(spec)
-    if url is None or is_retryable(failure.exit_code) or not 0 < failure.exit_code < 128:
+    if url is None or failure.exit_code <= 0 or is_retryable(failure.exit_code):
         return
     record = {"job": spec.name, "spec_sha256": spec_digest(spec), "exit_code": failure.exit_code,
               "reason": str(failure), "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}

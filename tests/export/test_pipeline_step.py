@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components.export import export_run
+from components.exporting import export_run
 from trainer.report.build import write_report
 
 
