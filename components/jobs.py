@@ -20,6 +20,8 @@ from typing import Any
 
 from components.runtime import log_metrics, step_url
 from components.steps import PIPELINE_STEPS, evaluation_row
+from launch.errors import JobFailed
+from launch.failures import check_earlier_failure, record_failure
 from launch.run import default_namespace, run_job
 from launch.spec import JobSpec, flag_value, job_name
 from trainer import steps as catalogue
@@ -107,8 +109,18 @@ def evaluation_spec(key: str, run_root: str, data_url: str, backbone_url: str, a
 
 def launch_step(spec: JobSpec, launcher: str, timeout_hours: float) -> None:
     """Check and run the job behind the trainer's error boundary: a failure ends the step with one line and the
-    exit code (the trainer's own, when the job reports it)."""
-    code = run_guarded(lambda: run_job(spec, launcher, timeout_s=float(timeout_hours) * 3600))
+    exit code (the trainer's own, when the job reports it). A permanent failure is recorded for the step's
+    retries, and a retry of a job that failed permanently fails at once with the same line (launch.failures)."""
+
+    def _launch() -> None:
+        check_earlier_failure(spec)
+        try:
+            run_job(spec, launcher, timeout_s=float(timeout_hours) * 3600)
+        except JobFailed as failure:
+            record_failure(spec, failure)
+            raise
+
+    code = run_guarded(_launch)
     if code:
         raise SystemExit(code)
 

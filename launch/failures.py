@@ -2,10 +2,11 @@
 
 kfp retries a launching step (a launcher pod lost with its node must adopt its job again), and its local runner
 honours the retry policy too. A job that failed permanently (exit 1-127: bad flags or data, a deadline; see
-launch.errors) can only fail again, so the launcher leaves a marker in the job's --dump_path,
-`<dump_path>/.launch-failed.json`, and the next attempt of the SAME job (same name, which follows from the
-command and the dump path, i.e. the run, and the same JobSpec, flags included) fails at once with the same line
-and exit code. A run with other flags or another run id never matches: its marker is removed and it starts.
+launch.errors) can only fail again, so the launching step (components/jobs.py launch_step) leaves a marker in
+the job's --dump_path, `<dump_path>/.launch-failed.json`, and the next attempt of the SAME job (same name,
+which follows from the command and the dump path, i.e. the run, and the same JobSpec, flags included) fails at
+once with the same line and exit code. A run with other flags or another run id never matches: its marker is
+removed and it starts.
 """
 
 from __future__ import annotations

@@ -3,8 +3,7 @@
 Both launchers run the SAME job object, a PyTorchJob or a TrainJob as `spec.job_backend` says (launch.backends):
 `kubernetes` submits it to the Training Operator or Kubeflow Trainer and follows it (launch.kube), `local` runs
 its replicas on this machine with the env and restart policy the cluster would give them (launch.local).
-Nothing is created before `check` passed. A job that failed permanently is not run again by a retry of its
-step (launch.failures).
+Nothing is created before `check` passed.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ from typing import TextIO
 
 from launch import k8s_names
 from launch.backends import build_job
-from launch.errors import JobFailed
-from launch.failures import check_earlier_failure, record_failure
 from launch.spec import JobSpec
 from trainer.errors import UserError
 
@@ -41,21 +38,11 @@ def check(spec: JobSpec, out: TextIO | None = None) -> float:
 
 
 def run_job(spec: JobSpec, launcher: str, timeout_s: float, out: TextIO | None = None) -> None:
-    """Check, then run `spec` to its end; raises UserError (bad flags), JobFailed (the job's own failure, or the
-    permanent failure an earlier attempt of this job recorded)."""
+    """Check, then run `spec` to its end; raises UserError (bad flags), JobFailed (the job's own failure)."""
     if launcher not in LAUNCHERS:
         raise UserError(f"launcher {launcher!r} is not known; use one of {', '.join(LAUNCHERS)}")
     k8s_names.check_seconds("timeout (seconds)", timeout_s)
-    check_earlier_failure(spec)
     check(spec, out)
-    try:
-        _run_checked(spec, launcher, timeout_s, out)
-    except JobFailed as failure:
-        record_failure(spec, failure)
-        raise
-
-
-def _run_checked(spec: JobSpec, launcher: str, timeout_s: float, out: TextIO | None) -> None:
     job = build_job(spec)
     if launcher == "local":
         from launch.local import run_replicas

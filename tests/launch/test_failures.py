@@ -4,7 +4,6 @@ once with the same line and exit code; another JobSpec (fixed flags) or another 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import time
 
@@ -13,7 +12,6 @@ import pytest
 from components import jobs
 from launch.errors import JobFailed
 from launch.failures import MARKER, check_earlier_failure, record_failure
-from launch.run import run_job
 
 
 def _spec(tmp_path, run: str = "run-1", extra: tuple[str, ...] = ()):
@@ -70,12 +68,10 @@ def test_a_retried_step_whose_job_failed_permanently_fails_again_in_seconds(tmp_
     assert retried.value.code == 2 and retry_s < first_s
     assert "[master-0]" not in retry_log.out + retry_log.err  # no replica was started
     assert "earlier attempt of this step failed permanently" in retry_log.err
-    with pytest.raises(JobFailed):  # the same through run_job, without the step's boundary
-        run_job(spec, "local", timeout_s=60, out=io.StringIO())
 
 
-def test_on_a_cluster_the_retry_fails_before_any_kubernetes_request_even_when_the_job_is_gone(tmp_path,
-                                                                                            monkeypatch):
+def test_on_a_cluster_the_retry_fails_before_any_kubernetes_request_even_when_the_job_is_gone(tmp_path, monkeypatch,
+                                                                                            capfd):
     """Against the stubbed Kubernetes API (tests/launch/fake_kube_api.py): the job's master exits 2; the retried
     step finds the marker and makes no request, so it fails fast even after the failed job was deleted (its TTL)."""
     from kubernetes import client as k8s
@@ -92,12 +88,14 @@ def test_on_a_cluster_the_retry_fails_before_any_kubernetes_request_even_when_th
         api.master_phase = "Failed"
         api.master_terminated = {"exitCode": 2, "reason": "Error"}
         api.statuses = [{"conditions": [condition("Running"), condition("Failed", "PyTorchJobFailed", "failed")]}]
-        with pytest.raises(JobFailed) as first:
-            run_job(spec, "kubernetes", timeout_s=60, out=io.StringIO())
+        with pytest.raises(SystemExit) as first:
+            jobs.launch_step(spec, "kubernetes", timeout_hours=0.1)
+        first_line = capfd.readouterr().err.strip().splitlines()[-1]
         api.requests.clear()
         started = time.monotonic()
-        with pytest.raises(JobFailed) as retried:
-            run_job(spec, "kubernetes", timeout_s=60, out=io.StringIO())
+        with pytest.raises(SystemExit) as retried:
+            jobs.launch_step(spec, "kubernetes", timeout_hours=0.1)
         assert api.requests == [] and time.monotonic() - started < 30
-    assert first.value.exit_code == retried.value.exit_code == 2
-    assert str(retried.value).startswith(str(first.value))
+    assert first.value.code == retried.value.code == 2
+    retried_line = capfd.readouterr().err.strip().splitlines()[-1]
+    assert first_line.startswith("error: ") and retried_line.startswith(first_line)
