@@ -91,7 +91,7 @@ def unmix_swav_pipeline(
     checked = check_args(images_url=data["images"], detection_url=data["detection"], storage_root=storage_root,
                          run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, arch=arch, preset=preset, config_url=config_url,
                          knn_monitor=knn_monitor, **flags_and_sizes, **job)
-    checked.set_display_name("check every step's flags").set_caching_options(enable_caching=False)
+    checked.set_display_name("check every step's flags and data").set_caching_options(enable_caching=False)
 
     first = PRETRAIN_STEP
     pretrained = pretrain(images_url=data[first.step.data], storage_root=storage_root,
