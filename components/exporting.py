@@ -27,9 +27,9 @@ def export_run(run_root: str, backbone_url: str, arch: str, linear_url: str = ""
         except UserError as error:
             if not request.linear:
                 raise
-            print(f"warning: export: the linear evaluation's head is not exported ({one_line(error)}); exporting "
-                  "the trunk alone", file=sys.stderr, flush=True)
-            export(dataclasses.replace(request, linear=""))
+            export(dataclasses.replace(request, linear=""))  # raises the trunk's own problem when that was it
+            print(f"warning: export: the linear evaluation's head is not exported ({one_line(error)}); the trunk "
+                  "is exported alone", file=sys.stderr, flush=True)
 
     code = run_guarded(_export)
     if code:
