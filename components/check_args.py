@@ -1,5 +1,6 @@
 """Step 2: every distributed step's job checked before any job starts: the JobSpec the launching step will build
-(job options included: a bad memory_per_node fails here) and its flags, with the trainer's own checks.
+(job options included: a bad memory_per_node fails here) and its flags, with the trainer's own checks; and what
+each step reads from the data (the splits, a labelled image per class: trainer/data/preflight.py).
 
 A typo in `detr_args` fails the run here, in seconds, instead of after days of pretraining. Things that
 exist only later are stood in for: the evaluations are checked without --pretrained (their launching step
@@ -54,7 +55,8 @@ def check_args(
     pod_labels: dict,
     pod_annotations: dict,
 ):
-    """Exits 2 with one line per step whose job or flags the launchers refuse; creates nothing."""
+    """Exits 2 with one line per step whose job or flags the launchers refuse or whose data it cannot run on;
+    creates nothing."""
     from components import jobs
 
     jobs.check_run(locals())

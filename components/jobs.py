@@ -20,10 +20,13 @@ from typing import Any
 
 from components.runtime import log_metrics, step_url
 from components.steps import PIPELINE_STEPS, evaluation_row
+from launch.errors import JobFailed
+from launch.failures import check_earlier_failure, record_failure
 from launch.run import default_namespace, run_job
-from launch.spec import JobSpec, job_name
+from launch.spec import JobSpec, flag_value, job_name
 from trainer import steps as catalogue
 from trainer import storage
+from trainer.data.preflight import check_images
 from trainer.errors import UserError
 from trainer.run.boundary import one_line, run_guarded
 from trainer.run.metrics import read_document
@@ -112,40 +115,78 @@ def evaluation_spec(key: str, run_root: str, data_url: str, backbone_url: str, a
 
 def launch_step(spec: JobSpec, launcher: str, timeout_hours: float) -> None:
     """Check and run the job behind the trainer's error boundary: a failure ends the step with one line and the
-    exit code (the trainer's own, when the job reports it)."""
-    code = run_guarded(lambda: run_job(spec, launcher, timeout_s=float(timeout_hours) * 3600))
+    exit code (the trainer's own, when the job reports it). A permanent failure is recorded for the step's
+    retries, and a retry of a job that failed permanently fails at once with the same line (launch.failures)."""
+
+    def _launch() -> None:
+        check_earlier_failure(spec)
+        try:
+            run_job(spec, launcher, timeout_s=float(timeout_hours) * 3600)
+        except JobFailed as failure:
+            record_failure(spec, failure)
+            raise
+
+    code = run_guarded(_launch)
     if code:
         raise SystemExit(code)
 
 
-def check_steps(checks: list[tuple[str, JobSpec]]) -> None:
+def check_data(key: str, spec: JobSpec) -> list[str]:
+    """What the step of catalogue key `key` reads from its images, as its flags say (the user's included): the
+    splits, a labelled image per class at its label share, the kNN monitor's splits (trainer.data.preflight).
+    Raises UserError for the first problem; returns notes on what was not checked."""
+    row, args = catalogue.step(key), list(spec.trainer_args)
+    notes = []
+    data = flag_value(args, catalogue.DATA_FLAGS["images"])
+    if row.data == "images" and data:
+        percent = None if flag_value(args, "--subset_file") else flag_value(args, "--labels_perc")
+        notes += check_images(data, row.splits, int(percent) if percent else None)
+    monitor = flag_value(args, "--knn_eval_path") if row.command == "pretrain" else None
+    if monitor:
+        try:
+            notes += check_images(monitor, catalogue.MONITOR_SPLITS)
+        except UserError as error:
+            raise UserError(f"the kNN monitor (--knn_eval_path, knn_monitor): {one_line(error)}") from None
+    return notes
+
+
+def check_steps(checks: list[tuple[str, JobSpec]], data: bool = False) -> None:
     """Every step's job with the launchers' own check (the JobSpec, then the trainer's flags) before anything
-    starts: one line per bad step, then the step ends with exit 2. `checks` holds (the step's name, its JobSpec)."""
+    starts, and with `data` what it reads from its data (`check_data`; the steps are then the catalogue's, by
+    name): one line per bad step, then the step ends with exit 2. `checks` holds (the step's name, its JobSpec)."""
     from launch.run import check
 
-    failed = []
+    keys = {row.name: row.key for row in catalogue.STEPS}
+    failed: dict[str, list[str]] = {"flags": [], "data": []}
 
     def _check_all() -> None:
         for label, spec in checks:
+            kind = "flags"
             try:
                 check(spec)
+                kind = "data"
+                for note in check_data(keys[label], spec) if data else []:
+                    print(f"[check] {label}: {note}", flush=True)
             except UserError as error:
                 print(f"error: {label} ({spec.command}): {one_line(error)}", file=sys.stderr, flush=True)
-                failed.append(label)
+                failed[kind].append(label)
 
     code = run_guarded(_check_all)
     if code:
         raise SystemExit(code)
-    if failed:
-        print(f"error: bad flags in {len(failed)} step(s) ({', '.join(failed)}); nothing was started",
-              file=sys.stderr, flush=True)
+    for kind, what in (("flags", "bad flags"), ("data", "data the step cannot run on")):
+        if failed[kind]:
+            print(f"error: {what} in {len(failed[kind])} step(s) ({', '.join(failed[kind])}); nothing was started",
+                  file=sys.stderr, flush=True)
+    if failed["flags"] or failed["data"]:
         raise SystemExit(2)
 
 
 def check_run(inputs: Mapping[str, Any]) -> None:
     """The check step: every step's JobSpec as its launching step will build it (the run's root, flags, sizes and
-    job options), checked. `inputs` are the check component's (its `locals()`); the evaluations are checked
-    without --pretrained, which exists only after pretraining (their launching step checks it)."""
+    job options), checked, and what each step reads from the data (`check_data`). `inputs` are the check
+    component's (its `locals()`); the evaluations are checked without --pretrained, which exists only after
+    pretraining (their launching step checks it)."""
     if "CHANGE-ME" in inputs["storage_root"]:
         print(f"error: storage_root is {inputs['storage_root']}, a placeholder; set it to where the run may write, "
               "e.g. --param storage_root=s3://BUCKET/runs; nothing was started", file=sys.stderr, flush=True)
@@ -163,7 +204,7 @@ def check_run(inputs: Mapping[str, Any]) -> None:
             spec = pretrain_spec(run_root, data[row.step.data], inputs["arch"], inputs["preset"],
                                  inputs["config_url"], inputs[row.args], inputs["knn_monitor"], *size)
         checks.append((row.step.name, spec))
-    check_steps(checks)
+    check_steps(checks, data=True)
 
 
 def run_evaluation(command: str, labels_percent: int, run_root: str, data_url: str, backbone_url: str, arch: str,

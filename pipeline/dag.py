@@ -1,4 +1,5 @@
-"""The pipeline: stage -> check flags -> pretrain -> kNN, linear, semi-supervised 1% and 10%, DETR -> report.
+"""The pipeline: stage -> check flags and data -> pretrain -> kNN, linear, semi-supervised 1% and 10%, DETR ->
+export -> report.
 
 Every distributed step (pretraining and the four evaluations) runs as its own job, sized by its own
 parameters (`num_nodes` / `gpus_per_node` for pretraining, `<step>_num_nodes` / `<step>_gpus_per_node` for
@@ -8,13 +9,16 @@ kfp's local SubprocessRunner (`python -m pipeline run-local`) with launcher=loca
 job kind: `trainjob` (Kubeflow Trainer v2, the default: TrainJobs on the ClusterTrainingRuntime
 `training_runtime`) or `pytorchjob` (clusters that still run the Training Operator v1); nothing else changes.
 With `baselines`, every evaluation step also scores a seeded random-init trunk the same way (its twin), so
-that every headline number in the report stands beside its baseline and the gain.
+that every headline number in the report stands beside its baseline and the gain. The export step (a CPU pod)
+writes the run's safetensors trunk and classifier, config.json and model card under `<run>/export`; the report
+links them.
 """
 
 from kfp import dsl
 
 from components.check_args import check_args
 from components.evaluate import evaluate
+from components.export import export_model
 from components.image import TRAINER_IMAGE
 from components.jobs import PIPELINE_PARAMETERS, STORAGE_ROOT_PLACEHOLDER
 from components.pretrain import pretrain
@@ -23,6 +27,7 @@ from components.stage_data import stage_data
 from components.steps import CHECK_MEMORY, EVALUATION_STEPS, PIPELINE_STEPS, PRETRAIN_STEP, report_parameter
 from launch.spec import DEFAULT_GPU_NODE_SELECTOR, DEFAULT_GPU_TOLERATIONS, JobSpec
 from pipeline.platform import launching, on_cpu_node, with_s3_secret
+from trainer import steps as catalogue
 
 PIPELINE_NAME = "unmix-swav"
 JOB = JobSpec(command="pretrain", name="defaults", image=TRAINER_IMAGE)  # the one set of job defaults
@@ -91,7 +96,7 @@ def unmix_swav_pipeline(
     checked = check_args(images_url=data["images"], detection_url=data["detection"], storage_root=storage_root,
                          run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, arch=arch, preset=preset, config_url=config_url,
                          knn_monitor=knn_monitor, **flags_and_sizes, **job)
-    checked.set_display_name("check every step's flags").set_caching_options(enable_caching=False)
+    checked.set_display_name("check every step's flags and data").set_caching_options(enable_caching=False)
 
     first = PRETRAIN_STEP
     pretrained = pretrain(images_url=data[first.step.data], storage_root=storage_root,
@@ -111,16 +116,20 @@ def unmix_swav_pipeline(
         task.set_display_name(f"{row.step.name} (distributed job)")
         launching(task, memory=row.launcher_memory)
         evaluations[row.key] = task
+    # After every evaluation: the model card lists their results (it reads their metrics.json itself).
+    exported = export_model(run_root=pretrained.outputs["run_root"], backbone_url=pretrained.outputs["backbone_url"],
+                            arch=arch, linear_url=evaluations[catalogue.CLASSIFIER_STEP].outputs["metrics_url"])
+    exported.after(*evaluations.values()).set_display_name("export").set_caching_options(enable_caching=False)
     summary = run_report(run_root=pretrained.outputs["run_root"],
                          **{report_parameter(first.key): pretrained.outputs["dump_url"]},
                          **{report_parameter(key): task.outputs["metrics_url"] for key, task in evaluations.items()},
                          **{report_parameter(key, baseline=True): task.outputs["baseline_url"]
-                            for key, task in evaluations.items()})
+                            for key, task in evaluations.items()}).after(exported)
     summary.set_display_name("report").set_caching_options(enable_caching=True)
 
-    for task in (staged, checked, pretrained, *evaluations.values(), summary):
+    for task in (staged, checked, pretrained, *evaluations.values(), exported, summary):
         with_s3_secret(task, s3_secret_name)
-    for task in (staged, summary):
+    for task in (staged, exported, summary):
         on_cpu_node(task)
     on_cpu_node(checked, memory=CHECK_MEMORY)  # it runs every step's checks: the largest launcher's memory
     launching(pretrained, memory=first.launcher_memory)

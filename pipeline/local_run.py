@@ -4,11 +4,13 @@ Every step runs as a subprocess of this interpreter (use_venv=False: the project
 a local folder (or S3 when AWS_ENDPOINT_URL names an endpoint), data are the builtin generated sets,
 and every distributed step runs its job's replicas here with torchrun, the env and restart policy the
 cluster would give them (a TrainJob's by default, a PyTorchJob's with `--param job_backend=pytorchjob`).
-`--param NAME=VALUE` (the `submit` syntax) sets any pipeline parameter.
+`--param NAME=VALUE` (the `submit` syntax) sets any pipeline parameter. Steps are not retried here
+(`without_retries`).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 import warnings
@@ -103,6 +105,16 @@ def default_storage_root(output: Path, bucket: str) -> str:
     return str((output / "storage").resolve())
 
 
+def without_retries(pipeline: Any) -> Any:
+    """A copy of the pipeline whose steps are not retried. kfp's local runner honours the retry policy, sleeping
+    its backoff (60, 120, 240 s) before each attempt; locally no launching pod is ever lost with its node (what
+    the retries are for: the runner and the steps share this machine), so a retry could only repeat a failure."""
+    local_copy = copy.deepcopy(pipeline)
+    for task in local_copy.pipeline_spec.root.dag.tasks.values():
+        task.ClearField("retry_policy")
+    return local_copy
+
+
 def run_local(size: str, output: Path, storage_root: str | None = None, num_nodes: int | None = None,
               bucket: str = "unmix-swav-demo", params: dict[str, Any] | None = None) -> dict[str, str]:
     """Run the whole pipeline here; returns where the report is (storage URL and local HTML file)."""
@@ -119,7 +131,9 @@ def run_local(size: str, output: Path, storage_root: str | None = None, num_node
     # The subprocess runner warns about any image without "python" in its name: ours has kfp inside.
     warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
     started = time.monotonic()
-    result = unmix_swav_pipeline(**pipeline_arguments(size, root, num_nodes, params))
+    arguments = pipeline_arguments(size, root, num_nodes, params)
+    pipeline = without_retries(unmix_swav_pipeline) if arguments["launcher"] == "local" else unmix_swav_pipeline
+    result = pipeline(**arguments)
     # A reused output folder holds earlier runs too: this run's report is the newest one.
     report_html = max(output.glob("kfp/*/run-report/report_html"), key=lambda path: path.stat().st_mtime, default=None)
     return {"report_url": str(result.output), "report_html": str(report_html),

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 # The flag that names a step's data, by the data's kind: staged images, or a COCO-format detection set.
 DATA_FLAGS = {"images": "--data_path", "detection": "--coco_path"}
 BASELINE_SUFFIX = "-random"  # an evaluation's random-init twin writes beside it, in <key>-random
+# Not distributed steps, so not rows: where the run's export (`unmix-swav export`) goes under the run's root, and
+# the evaluation whose head it ships as the classifier (its dump is the export's --linear).
+EXPORT_FOLDER = "export"
+CLASSIFIER_STEP = "eval-linear"
+MONITOR_SPLITS = ("train", "val")  # pretraining's kNN monitor reads both of --knn_eval_path, as eval-knn does
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class Step:
     title: str  # the report's heading: Semi-supervised, 1% labels
     data: str = "images"  # a key of DATA_FLAGS
     labels_percent: int | None = None  # eval-semisup's --labels_perc
+    splits: tuple[str, ...] = ("train", "val")  # what it reads of its data (the check step checks they exist)
     per_epoch: bool = False  # trains for epochs: the report plots its accuracy and loss per epoch
     headlines: tuple[Headline, ...] = ()
 
@@ -49,7 +55,7 @@ class Step:
 
 TOP1 = Headline("top-1", "top1")
 STEPS = (
-    Step("pretrain", "pretrain", "pretraining", "Pretraining"),
+    Step("pretrain", "pretrain", "pretraining", "Pretraining", splits=("train",)),
     Step("eval-knn", "eval-knn", "kNN evaluation", "kNN", headlines=(TOP1,)),
     Step("eval-linear", "eval-linear", "linear evaluation", "Linear probe", per_epoch=True,
          headlines=(TOP1, Headline("top-5", "top5", top_k=5))),

@@ -41,6 +41,15 @@ def test_every_catalogue_step_has_one_pipeline_row_and_back():
     for row in EVALUATION_STEPS:  # each evaluate task finds its row again from its command and label share
         assert evaluation_row(row.step.command, row.step.labels_percent or 0) is row
     assert CHECK_MEMORY == "8Gi"
+    # the export ships the head of this evaluation; its folder is no step's
+    assert catalogue.step(catalogue.CLASSIFIER_STEP).command == "eval-linear"
+    assert catalogue.EXPORT_FOLDER not in catalogue.BY_KEY
+    # what the check step checks of each step's data: splits a staged dataset or a folder can hold
+    from trainer.data.sources import SPLITS
+
+    assert all(row.splits and set(row.splits) <= set(SPLITS) for row in catalogue.STEPS)
+    assert set(catalogue.MONITOR_SPLITS) <= set(SPLITS) and catalogue.step("pretrain").splits == ("train",)
+    assert all(not row.key.startswith(catalogue.EXPORT_FOLDER) for row in catalogue.STEPS)
 
 
 def test_job_options_are_jobspecs_fields_and_every_launching_component_takes_them_under_those_names():

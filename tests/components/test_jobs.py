@@ -84,13 +84,23 @@ def check_inputs(storage_root: str, coco: str, **changes) -> dict:
             "storage_root": storage_root, "run_id": "run-1", "launcher": "local", **changes}
 
 
-def test_the_check_step_checks_the_runs_real_jobs_and_refuses_a_bad_memory_per_node(tmp_path, coco, capfd):
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> str:
+    """A tiny staged dataset with train and val splits (the check step reads its manifest)."""
+    from components.staged import stage_images
+
+    return stage_images(str(tmp_path_factory.mktemp("storage")), "builtin:textures", [
+        "--num_classes", "2", "--images_per_class", "4", "--val_images_per_class", "2", "--image_size", "16",
+        "--workers", "1"])
+
+
+def test_the_check_step_checks_the_runs_real_jobs_and_refuses_a_bad_memory_per_node(tmp_path, coco, images, capfd):
     """The check step builds every step's JobSpec from the run's job options: a memory_per_node that is no
     Kubernetes quantity fails it (once it passed, built with the defaults, and failed only at a launch)."""
-    jobs.check_run(check_inputs(str(tmp_path), coco))  # the pipeline's defaults pass
+    jobs.check_run(check_inputs(str(tmp_path), coco, images_url=images))  # the pipeline's defaults pass
     assert "eval-semisup flags checked" in capfd.readouterr().out
     with pytest.raises(SystemExit) as ended:
-        jobs.check_run(check_inputs(str(tmp_path), coco, memory_per_node="lots"))
+        jobs.check_run(check_inputs(str(tmp_path), coco, images_url=images, memory_per_node="lots"))
     assert ended.value.code == 2
     err = capfd.readouterr().err
     assert "error: pretraining (pretrain): memory_per_node 'lots'" in err  # the message is JobSpec.validate's
@@ -101,7 +111,7 @@ def test_the_check_step_checks_the_runs_real_jobs_and_refuses_a_bad_memory_per_n
 def test_the_check_step_checks_the_jobs_the_launching_steps_create(tmp_path, coco, monkeypatch):
     """Same JobSpecs (names, flags, options) in the check step as in the launching steps."""
     checked = []
-    monkeypatch.setattr(jobs, "check_steps", lambda checks: checked.extend(checks))
+    monkeypatch.setattr(jobs, "check_steps", lambda checks, data: checked.extend(checks))
     inputs = check_inputs(str(tmp_path), coco, queue="team-a", linear_num_nodes=2)
     jobs.check_run(inputs)
     options = jobs.job_options(inputs)

@@ -11,7 +11,7 @@ from launch.spec import KUEUE_QUEUE_LABEL
 from pipeline.__main__ import main
 from pipeline.compile import parse_params
 from pipeline.job_manifest import command_header, header_command
-from pipeline.local_run import default_storage_root, pipeline_arguments
+from pipeline.local_run import default_storage_root, pipeline_arguments, without_retries
 from trainer import storage
 from trainer.errors import UserError
 
@@ -43,6 +43,20 @@ def test_local_arguments_run_the_cluster_pipeline_on_cpu_with_the_local_launcher
     assert arguments["launcher"] == "local" and arguments["gpus_per_node"] == 0
     assert arguments["num_nodes"] == 2 and arguments["preset"] == "demo_cpu"
     assert all(arguments[f"{step}_gpus_per_node"] == 0 for step in ("linear", "semisup", "detr"))
+
+
+def test_a_local_run_retries_no_step_and_the_cluster_pipeline_still_does():
+    """kfp's local runner sleeps the retry policy's backoff (60, 120, 240 s) before each attempt; locally a retry
+    could only repeat the failure, so run-local runs a copy without retry policies."""
+    from pipeline.dag import unmix_swav_pipeline
+
+    def tasks(pipeline):
+        return pipeline.pipeline_spec.root.dag.tasks
+
+    local = without_retries(unmix_swav_pipeline)
+    assert sorted(tasks(local)) == sorted(tasks(unmix_swav_pipeline))
+    assert not any(task.HasField("retry_policy") for task in tasks(local).values())
+    assert tasks(unmix_swav_pipeline)["pretrain"].retry_policy.max_retry_count == 3  # the original is untouched
 
 
 def test_run_local_params_set_any_pipeline_parameter_and_refuse_unknown_ones():

@@ -15,7 +15,7 @@ EVALUATIONS = {"evaluate": "linear", "evaluate-2": "linear", "evaluate-3": "semi
 COMMANDS = {"evaluate": "eval-knn", "evaluate-2": "eval-linear", "evaluate-3": "eval-semisup",
             "evaluate-4": "eval-semisup", "evaluate-5": "detr"}
 LAUNCHING = ["pretrain", *EVALUATIONS]
-ALL_STEPS = ["stage-data", "check-args", *LAUNCHING, "run-report"]
+ALL_STEPS = ["stage-data", "check-args", *LAUNCHING, "export-model", "run-report"]
 
 
 def _documents(path: Path) -> tuple[dict, dict]:
@@ -42,7 +42,12 @@ def test_flags_are_checked_before_pretraining_and_evaluations_depend_only_on_pre
     assert sorted(tasks["pretrain"]["dependentTasks"]) == ["check-args", "stage-data"]
     for name in EVALUATIONS:
         assert tasks[name]["dependentTasks"] == ["pretrain", "stage-data"]
-    assert sorted(tasks["run-report"]["dependentTasks"]) == sorted(["pretrain", *EVALUATIONS])
+    # the export after every evaluation (the model card lists them), the report after the export (it links it)
+    assert sorted(tasks["export-model"]["dependentTasks"]) == sorted(["pretrain", *EVALUATIONS])
+    assert _wiring(tasks["export-model"])["arch"] == "arch"
+    assert tasks["export-model"]["inputs"]["parameters"]["linear_url"]["taskOutputParameter"] == {
+        "producerTask": "evaluate-2", "outputParameterKey": "metrics_url"}  # eval-linear's
+    assert sorted(tasks["run-report"]["dependentTasks"]) == sorted(["pretrain", *EVALUATIONS, "export-model"])
 
 
 def test_every_distributed_step_gets_its_own_size_and_the_shared_job_options():
@@ -79,7 +84,8 @@ def test_launching_steps_are_retried_with_backoff_and_never_cached_deterministic
         assert tasks[name]["cachingOptions"] == {}  # enableCache false
     for name in ("stage-data", "run-report"):
         assert tasks[name]["cachingOptions"] == {"enableCache": True}
-    assert "retryPolicy" not in tasks["check-args"]  # a bad flag fails once, at once
+    for name in ("check-args", "export-model"):  # a bad flag fails once, at once; the export never fails the run
+        assert "retryPolicy" not in tasks[name]
 
 
 def test_the_pipelines_own_pods_request_no_gpus():

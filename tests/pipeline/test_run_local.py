@@ -54,6 +54,10 @@ def test_tiny_pipeline_end_to_end_then_a_second_run_reuses_the_data_and_fails_fa
             assert 0.0 <= metrics["top1"] <= 100.0 and metrics["top1"] <= metrics["top5"]
         assert metrics["pretrained"]["random_init"] is True
     assert json.loads((run_root / "detr" / "metrics.json").read_text())["world_size"] == 2
+    # The export step ran after the evaluations (the classifier of eval-linear) and the report links it.
+    export = json.loads((run_root / "export" / "config.json").read_text())
+    assert export["num_classes"] == 4 and set(export["files"]) == {"trunk.safetensors", "classifier.safetensors"}
+    assert "id='export'" in page and export["files"]["classifier.safetensors"]["sha256"] in page
     # Each evaluation and its twin ran as one group of two replicas (Master + Worker), checked before it started.
     assert first_log.count("rank 0/2 initialised") == 10 and first_log.count("rank 1/2 initialised") == 0
     assert first_log.count("flags checked for 2 node(s) x 1 process(es)") >= 8  # the check step + each launch

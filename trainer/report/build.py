@@ -13,7 +13,9 @@ also written beside it) and `report.md` under `--dest` (default `<RUN_ROOT>/repo
   status;
 - the pretraining recipe in one block: preset, the flags that differ from it, scale, throughput, wall time;
 - curves: pretraining loss (L_ori, L_mix, L_mix_rev), lr and the kNN monitor; accuracy and loss per epoch
-  of each evaluation, pretrained beside random init; DETR loss and AP per epoch.
+  of each evaluation, pretrained beside random init; DETR loss and AP per epoch;
+- the export (`<RUN_ROOT>/export`, found by its config.json): each file linked with its sha256, or the
+  `unmix-swav export` command that makes it.
 
 The pipeline's report step (components/report.py) calls `write_report` with the URLs its steps returned and adds
 kfp's artifacts.
@@ -30,12 +32,14 @@ from trainer import storage
 from trainer.errors import UserError
 from trainer.report.collect import (
     EVALUATIONS,
+    STATUSES_OK,
     STEPS,
     collect_warnings,
     load_step,
     recipe,
     summary_rows,
 )
+from trainer.report.exported import find_export
 from trainer.report.figures import detr_figure, evaluations_figure, pretraining_figure
 from trainer.report.render import Report, render_html, render_markdown
 from trainer.run import tracking
@@ -58,9 +62,12 @@ def collect(run_root: str, steps: dict[str, str], baselines: dict[str, str] | No
         pretraining_figure(runs["pretrain"], knn_random, chance.get("eval-knn")) if "pretrain" in runs else None,
         evaluations_figure(runs, twins, chance),
         detr_figure(runs.get("detr"), twins.get("detr"))) if figure is not None]
+    pretrain, linear = runs.get("pretrain"), runs.get(catalogue.CLASSIFIER_STEP)
+    export = find_export(run_root, pretrain.args if pretrain and pretrain.document else None,
+                         linear is not None and linear.status in STATUSES_OK)
     return Report(run_root, runs, twins, rows, collect_warnings(runs, twins, rows),
                   recipe(runs["pretrain"]) if "pretrain" in runs else [], figures,
-                  time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+                  time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), export)
 
 
 def find_steps(run_root: str) -> tuple[dict[str, str], dict[str, str]]:

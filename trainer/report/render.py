@@ -19,6 +19,7 @@ from trainer.report.collect import (
     format_number,
     wall_time_s,
 )
+from trainer.report.exported import Export, export_html, export_markdown
 from trainer.report.figures import Figure
 
 
@@ -32,6 +33,7 @@ class Report:
     recipe: list[tuple[str, str | list[str]]]
     figures: list[Figure]
     created: str
+    export: Export | None = None  # <run_root>/export, or what makes it
 
 
 def _gain(row: Row) -> str:
@@ -172,6 +174,8 @@ def render_html(report: Report) -> str:
         data = base64.b64encode(figure.png).decode("ascii")
         parts.append(f"<figure><img alt='{e(figure.title)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption><strong>{e(figure.title)}.</strong> {e(figure.caption)}</figcaption></figure>")
+    if report.export is not None:
+        parts.append(export_html(report.export))
     parts.append("<h2>Steps and files</h2><table id='files'><tr><th>Step</th><th>Status</th><th>Wall time</th>"
                  "<th>Location</th></tr>" + "".join(f"<tr><td>{e(a)}</td><td>{_chip(b)}</td><td>{e(c)}</td>"
                                                     f"<td><code>{e(d)}</code></td></tr>"
@@ -201,5 +205,7 @@ def render_markdown(report: Report, html_url: str) -> str:
     if report.recipe:
         lines += ["## Pretraining recipe", "",
                   *[f"- **{_md(label)}**: {_md(_recipe_text(text))}" for label, text in report.recipe], ""]
+    if report.export is not None:
+        lines += export_markdown(report.export)
     lines += [f"Curves and files: {html_url}", ""]
     return "\n".join(lines)
