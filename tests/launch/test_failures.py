@@ -58,7 +58,7 @@ def test_a_retried_step_whose_job_failed_permanently_fails_again_in_seconds(tmp_
         jobs.launch_step(spec, "local", timeout_hours=0.1)
     first_s = time.monotonic() - started
     first_log = capfd.readouterr()
-    assert first.value.code == 2 and "[master-0]" in first_log.out + first_log.err
+    assert first.value.code == 2 and "[node-0-0]" in first_log.out + first_log.err
     started = time.monotonic()
     with pytest.raises(SystemExit) as retried:
         jobs.launch_step(spec, "local", timeout_hours=0.1)
@@ -66,7 +66,7 @@ def test_a_retried_step_whose_job_failed_permanently_fails_again_in_seconds(tmp_
     retry_log = capfd.readouterr()
     print(f"first attempt failed in {first_s:.1f}s, its retry in {retry_s:.2f}s")
     assert retried.value.code == 2 and retry_s < first_s
-    assert "[master-0]" not in retry_log.out + retry_log.err  # no replica was started
+    assert "[node-0-0]" not in retry_log.out + retry_log.err  # no replica was started
     assert "earlier attempt of this step failed permanently" in retry_log.err
 
 
