@@ -49,9 +49,9 @@ from trainer.models.resnet import build_trunk  # noqa: E402
 from trainer.optim import LARC  # noqa: E402
 from trainer.plan.gpus import kind_of  # noqa: E402
 from trainer.plan.throughput import MEASURED_FILE, crop_units  # noqa: E402
-from trainer.pretrain import augment_on_device, forward_loss  # noqa: E402
 from trainer.run.resources import MAX_WORKERS_PER_RANK, available_cpus, size_rank  # noqa: E402
 from trainer.seeding import generator  # noqa: E402
+from trainer.swav_step import augment_on_device, forward_loss  # noqa: E402
 
 # Dense (not sparse) bf16 tensor-core peaks in TFLOP/s from NVIDIA's datasheets, most specific name first;
 # a name matches as a whole word of torch.cuda.get_device_name() (so "L4" is not "L40", "H100" not "H100 NVL").

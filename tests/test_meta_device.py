@@ -16,7 +16,7 @@ import argparse
 import pytest
 import torch
 
-from trainer import config, pretrain
+from trainer import config, swav_step
 from trainer.cli import build_parser
 from trainer.data.photometric import Photometric
 from trainer.distributed import DistEnv
@@ -47,13 +47,13 @@ def _pretrain_cfg(*extra: str) -> argparse.Namespace:
 
 def test_one_pretraining_step_with_unmix_a_queue_lars_and_frozen_prototypes_on_meta() -> None:
     cfg = _pretrain_cfg()
-    state = pretrain.build_state(cfg, ENV, pretrain.Schedule(iters_per_epoch=10, total_steps=100))
+    state = swav_step.build_state(cfg, ENV, swav_step.Schedule(iters_per_epoch=10, total_steps=100))
     assert state.queue is not None and state.queue.embeddings.device == META
     state.queue.filled = state.queue.embeddings.shape[1]  # a full queue: its scores join Sinkhorn
-    ctx = pretrain.StepContext(cfg, ENV, state.model, Photometric(blur_prob=cfg.blur_prob), None)
+    ctx = swav_step.StepContext(cfg, ENV, state.model, Photometric(blur_prob=cfg.blur_prob), None)
     crops = [torch.zeros(4, 3, 32, 32, dtype=torch.uint8)] * 2 + [torch.zeros(4, 3, 16, 16, dtype=torch.uint8)] * 2
     for _ in range(2):  # step 0: prototypes frozen; step 1: trained
-        loss, parts, _ = pretrain.train_step(state, ctx, crops, epoch=0)
+        loss, parts, _ = swav_step.train_step(state, ctx, crops, epoch=0)
     assert loss.device == META and {"loss_ori", "loss_mix", "loss_mix_rev", "lam"} <= set(parts)
     assert state.step == 2 and all(p.device == META for p in state.model.parameters())
 

@@ -73,9 +73,9 @@ def test_second_invocation_resumes_at_the_next_step(two_process_run):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(shapes_dir, tmp_path, capsys, monkeypatch):
-    import trainer.pretrain as pretrain
+    import trainer.swav_step as swav_step
 
-    real_forward = pretrain.forward_loss
+    real_forward = swav_step.forward_loss
     calls = {"n": 0}
 
     def exploding(*args, **kwargs):
@@ -83,7 +83,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(shapes_dir, tmp_pa
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] > 4 else loss), parts, embeddings
 
-    monkeypatch.setattr(pretrain, "forward_loss", exploding)
+    monkeypatch.setattr(swav_step, "forward_loss", exploding)
     argv = ["pretrain", "--data_path", str(shapes_dir / "train"), "--dump_path", str(tmp_path), *TINY,
             "--checkpoint_every_steps", "4"]
     code = main(argv)

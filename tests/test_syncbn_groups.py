@@ -16,7 +16,7 @@ from trainer.distributed import DistEnv, syncbn_group
 from trainer.errors import UserError
 from trainer.models.heads import SwAVHead, SwAVModel
 from trainer.models.resnet import build_trunk
-from trainer.pretrain import check_compile, convert_syncbn
+from trainer.swav_step import check_compile, convert_syncbn
 
 WORLD = 4
 

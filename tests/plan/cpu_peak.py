@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from trainer import config, pretrain
+from trainer import config, swav_step
 from trainer.cli import build_parser
 from trainer.data.photometric import Photometric
 from trainer.distributed import DistEnv
@@ -42,13 +42,13 @@ def cpu_step_peak(arch: str, batch: int, sizes: list[int], amp: bool) -> int:
     torch.set_num_threads(1)
     cfg = pretrain_cfg(arch, sizes)
     env = DistEnv(0, 1, 0, torch.device("cpu"))
-    state = pretrain.build_state(cfg, env, pretrain.Schedule(iters_per_epoch=10, total_steps=100))
-    ctx = pretrain.StepContext(cfg, env, state.model, Photometric(blur_prob=cfg.blur_prob),
+    state = swav_step.build_state(cfg, env, swav_step.Schedule(iters_per_epoch=10, total_steps=100))
+    ctx = swav_step.StepContext(cfg, env, state.model, Photometric(blur_prob=cfg.blur_prob),
                                torch.bfloat16 if amp else None)
     crops = [torch.zeros(batch, 3, size, size, dtype=torch.uint8) for size in sizes for _ in range(2)]
     base = rss_kib()
     for _ in range(2):
-        pretrain.train_step(state, ctx, crops, 0)
+        swav_step.train_step(state, ctx, crops, 0)
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
 
 

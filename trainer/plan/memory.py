@@ -100,7 +100,7 @@ def measure_steps(cfg: argparse.Namespace, batches: tuple[int, ...], world_size:
     """(parameter count, bytes live once the state is built, bytes live between steps, the peak bytes of a step
     at each of `batches`) of pretrain's train_step, after one step that creates the momentum and the gradients
     (its own peak is the first of the list)."""
-    from trainer import pretrain
+    from trainer import swav_step
     from trainer.data.photometric import Photometric
     from trainer.distributed import DistEnv
 
@@ -109,7 +109,7 @@ def measure_steps(cfg: argparse.Namespace, batches: tuple[int, ...], world_size:
     env = DistEnv(0, world_size, 0, device)
     peaks = []
     with LiveBytes(device.type) as counter:
-        state = pretrain.build_state(cfg, env, pretrain.Schedule(iters_per_epoch=10, total_steps=100))
+        state = swav_step.build_state(cfg, env, swav_step.Schedule(iters_per_epoch=10, total_steps=100))
         if state.queue is not None:
             state.queue.filled = state.queue.embeddings.shape[1]  # a full queue: its scores join Sinkhorn
         photometric = Photometric(blur_prob=cfg.blur_prob) if cfg.aug_backend == "device" else None
@@ -117,12 +117,12 @@ def measure_steps(cfg: argparse.Namespace, batches: tuple[int, ...], world_size:
         built = before = counter.live
         for batch in (batches[0], *batches):
             cfg.batch_size = batch
-            ctx = pretrain.StepContext(cfg, env, state.model, photometric, amp_dtype)
+            ctx = swav_step.StepContext(cfg, env, state.model, photometric, amp_dtype)
             crops = [torch.zeros(batch, 3, size, size, dtype=torch.uint8, device=device)
                      for count, size in zip(cfg.nmb_crops, cfg.size_crops, strict=True) for _ in range(count)]
             before = counter.live
             counter.peak = before
-            pretrain.train_step(state, ctx, crops, epoch)
+            swav_step.train_step(state, ctx, crops, epoch)
             peaks.append(counter.peak)
             del crops, ctx
     parameters = sum(p.numel() for p in state.model.parameters())
