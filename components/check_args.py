@@ -54,6 +54,8 @@ def check_args(
     image_pull_secrets: list,
     pod_labels: dict,
     pod_annotations: dict,
+    pending_timeout_minutes: float,
+    gpu_type: str,
 ):
     """Exits 2 with one line per step whose job or flags the launchers refuse or whose data it cannot run on;
     creates nothing."""

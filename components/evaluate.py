@@ -44,6 +44,7 @@ def evaluate(
     image_pull_secrets: list,
     pod_labels: dict,
     pod_annotations: dict,
+    pending_timeout_minutes: float,
     timeout_hours: float,
     metrics: Output[Metrics],
 ) -> NamedTuple("Evaluation", [("metrics_url", str), ("baseline_url", str)]):

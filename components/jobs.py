@@ -205,6 +205,45 @@ def check_run(inputs: Mapping[str, Any]) -> None:
                                  inputs["config_url"], inputs[row.args], inputs["knn_monitor"], *size)
         checks.append((row.step.name, spec))
     check_steps(checks, data=True)
+    pretraining = next(spec for _, spec in checks if spec.command == "pretrain")
+    code = run_guarded(lambda: plan_pretraining(pretraining, inputs["gpu_type"]))
+    if not code and launcher == "kubernetes":
+        code = run_guarded(lambda: check_cluster(pretraining))
+    if code:
+        raise SystemExit(code)
+
+
+def plan_pretraining(spec: JobSpec, gpu_type: str) -> None:
+    """The plan of the pretraining job for its nodes x GPUs of kind `gpu_type` (trainer.plan), printed; UserError
+    when a GPU cannot hold its per-GPU batch, before any GPU starts."""
+    from trainer import config
+    from trainer.cli import build_parser
+    from trainer.plan.planner import plan_for
+
+    if spec.gpus_per_node == 0:
+        print("[check] plan: CPU-only nodes, no GPU memory to plan", flush=True)
+        return
+    args = build_parser("pretrain").parse_args(list(spec.trainer_args))
+    plan = plan_for(config.resolve(args), spec.num_nodes, spec.gpus_per_node, gpu_type, config.given_flags(args))
+    print(plan.table(), flush=True)
+    if not plan.memory.fits:
+        raise UserError(f"pretraining does not fit on {gpu_type}: {plan.memory.gib_per_gpu:.1f} GiB per GPU of "
+                        f"{plan.memory.gpu_gib:.0f}; use --batch_size {plan.memory.largest_batch} or less in "
+                        "pretrain_args, or set gpu_type to the GPUs the run gets; nothing was started")
+
+
+def check_cluster(spec: JobSpec) -> None:
+    """What the job needs of the cluster (launch.preflight: CRDs, runtime, RBAC, Secret, queue, GPUs), one line
+    each; UserError naming the missing pieces."""
+    from launch.preflight import PreflightOptions, run_checks
+
+    findings = run_checks(PreflightOptions.from_spec(spec))
+    for finding in findings:
+        print(f"[check] cluster {finding.line()}", flush=True)
+    missing = [finding.check for finding in findings if finding.failed]
+    if missing:
+        raise UserError(f"the cluster lacks what the jobs need ({', '.join(missing)}); see the lines above and "
+                        "docs/cluster-preflight.md; nothing was started")
 
 
 def run_evaluation(command: str, labels_percent: int, run_root: str, data_url: str, backbone_url: str, arch: str,

@@ -41,6 +41,7 @@ def pretrain(
     image_pull_secrets: list,
     pod_labels: dict,
     pod_annotations: dict,
+    pending_timeout_minutes: float,
     timeout_hours: float,
     model: Output[Model],
     metrics: Output[Metrics],

@@ -24,7 +24,7 @@ from launch.apierrors import message_of, status_of
 from launch.errors import JobFailed
 from launch.spec import KUEUE_QUEUE_LABEL
 
-DEFAULT_PENDING_TIMEOUT_S = 30 * 60.0
+DEFAULT_PENDING_TIMEOUT_S = 30 * 60.0  # JobSpec.pending_timeout_minutes' default
 REPEAT_S = 10 * 60.0
 REQUEST_TIMEOUT = (5.0, 15.0)  # (connect, read) seconds of every call made here
 KUEUE_GROUP, KUEUE_VERSIONS = "kueue.x-k8s.io", ("v1beta2", "v1beta1")

@@ -37,18 +37,12 @@ def check(spec: JobSpec, out: TextIO | None = None) -> float:
     return seconds
 
 
-def run_job(spec: JobSpec, launcher: str, timeout_s: float, out: TextIO | None = None,
-            pending_timeout_s: float | None = None) -> None:
+def run_job(spec: JobSpec, launcher: str, timeout_s: float, out: TextIO | None = None) -> None:
     """Check, then run `spec` to its end; raises UserError (bad flags, a cluster that refuses), JobFailed (the
-    job's own failure, or pods that cannot start: launch.pending). `pending_timeout_s` bounds how long the
-    job's pods may stay unschedulable once admitted (default launch.pending.DEFAULT_PENDING_TIMEOUT_S)."""
-    from launch.pending import DEFAULT_PENDING_TIMEOUT_S
-
+    job's own failure, or pods that cannot start: launch.pending, within spec.pending_timeout_minutes)."""
     if launcher not in LAUNCHERS:
         raise UserError(f"launcher {launcher!r} is not known; use one of {', '.join(LAUNCHERS)}")
     k8s_names.check_seconds("timeout (seconds)", timeout_s)
-    pending_timeout_s = DEFAULT_PENDING_TIMEOUT_S if pending_timeout_s is None else pending_timeout_s
-    k8s_names.check_seconds("pending_timeout (seconds)", pending_timeout_s)
     check(spec, out)
     job = build_job(spec)
     if launcher == "local":
@@ -60,7 +54,7 @@ def run_job(spec: JobSpec, launcher: str, timeout_s: float, out: TextIO | None =
     from launch.kube import JobLauncher, job_api
 
     cluster_launcher = JobLauncher(job_api(spec.job_backend, namespace=spec.namespace), out=out,
-                                   pending_timeout_s=pending_timeout_s)
+                                   pending_timeout_s=spec.pending_timeout_minutes * 60)
     if os.environ.get("HOSTNAME"):  # a pod's hostname is its name
         cluster_launcher.own_by_run(job, os.environ["HOSTNAME"])
     cluster_launcher.run(job, timeout_s=timeout_s, max_restarts=spec.max_restarts)

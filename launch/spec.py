@@ -84,6 +84,9 @@ class JobSpec:
     image_pull_secrets: list[str] = field(default_factory=list)  # Secrets of type dockerconfigjson
     pod_labels: dict[str, str] = field(default_factory=dict)  # on every job pod, over ours
     pod_annotations: dict[str, str] = field(default_factory=dict)  # over ISTIO_SIDECAR_DEFAULT (launch.pod)
+    # How long the launcher lets the job's pods stay unschedulable once admitted (a queue's wait is not counted)
+    # before it ends the step with the scheduler's last message (launch.pending).
+    pending_timeout_minutes: float = 30.0
 
     @property
     def nproc_per_node(self) -> int:
@@ -111,6 +114,7 @@ class JobSpec:
             raise UserError(f"gpus_per_node is {self.gpus_per_node}; use 0 for CPU nodes or a positive count")
         if self.max_restarts < 0:
             raise UserError(f"max_restarts is {self.max_restarts}; use 0 (no restart) or more")
+        k8s_names.check_seconds("pending_timeout_minutes (as seconds)", self.pending_timeout_minutes * 60)
         self._validate_cluster_values()
         if quantity(self.shard_cache_size) < MIB:
             raise UserError(f"shard_cache_size {self.shard_cache_size!r} is too small for a shard cache; e.g. 50Gi")

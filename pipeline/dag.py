@@ -79,6 +79,8 @@ def unmix_swav_pipeline(
     image_pull_secrets: list = [],  # noqa: B006
     pod_labels: dict = {},  # noqa: B006
     pod_annotations: dict = {},  # noqa: B006
+    pending_timeout_minutes: float = JOB.pending_timeout_minutes,
+    gpu_type: str = "h100",
     pretrain_timeout_hours: float = 72.0,
     eval_timeout_hours: float = 96.0,
 ) -> str:
@@ -95,7 +97,7 @@ def unmix_swav_pipeline(
                        for name in (row.args, row.num_nodes, row.gpus_per_node)}
     checked = check_args(images_url=data["images"], detection_url=data["detection"], storage_root=storage_root,
                          run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, arch=arch, preset=preset, config_url=config_url,
-                         knn_monitor=knn_monitor, **flags_and_sizes, **job)
+                         knn_monitor=knn_monitor, gpu_type=gpu_type, **flags_and_sizes, **job)
     checked.set_display_name("check every step's flags and data").set_caching_options(enable_caching=False)
 
     first = PRETRAIN_STEP

@@ -135,3 +135,21 @@ def test_the_check_step_refuses_the_placeholder_storage_root_in_one_line(tmp_pat
     assert ended.value.code == 2
     (line,) = capfd.readouterr().err.strip().splitlines()
     assert line.startswith("error: storage_root is s3://CHANGE-ME/runs") and "--param storage_root=" in line
+
+
+def test_the_check_step_plans_pretraining_and_refuses_a_batch_no_gpu_of_the_run_can_hold(tmp_path, coco, images,
+                                                                                          capfd):
+    """The plan (trainer.plan) for the run's nodes x GPUs of `gpu_type`: printed; a per-GPU batch over the GPU's
+    memory fails the check step before any GPU starts, naming the largest batch that fits."""
+    big = check_inputs(str(tmp_path), coco, images_url=images, num_nodes=1, gpus_per_node=8, gpu_type="v100-16gb",
+                       pretrain_args=["--arch", "resnet50", "--batch_size", "256", "--queue_length", "0"])
+    with pytest.raises(SystemExit) as ended:
+        jobs.check_run(big)
+    assert ended.value.code == 2
+    captured = capfd.readouterr()
+    assert "DOES NOT FIT" in captured.out
+    (line,) = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert "does not fit on v100-16gb" in line and "--batch_size" in line and "nothing was started" in line
+    jobs.check_run({**big, "gpu_type": "h200", "pretrain_args": ["--arch", "resnet50", "--batch_size", "32",
+                                                                  "--queue_length", "0"]})
+    assert "fits" in capfd.readouterr().out
