@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from pathlib import Path
 
 from report_folders import CLASSES, detr, evaluation, full_run, pretrain_args, pretraining
 
@@ -194,3 +195,19 @@ def test_a_pretraining_that_stopped_still_shows_its_curves_and_settings(tmp_path
     recipe = dict(report.recipe)
     assert recipe["Preset"] == "demo_cpu" and recipe["Flags that differ from demo_cpu"] == ["--epochs 2 (demo_cpu: 40)"]
     assert recipe["Status"].startswith("missing: no metrics.json") and "Scale" not in recipe
+
+
+def test_the_recipe_shows_what_auto_scale_derived_with_its_rules(tmp_path):
+    """A run with --auto_scale keeps its plan as a `plan` record: the recipe lists each derived flag with its rule."""
+    import argparse
+
+    from trainer.plan.planner import plan_for
+
+    cfg = argparse.Namespace(**pretrain_args(arch="resnet_tiny", optimizer="lars", batch_size=64, queue_length=0))
+    plan = plan_for(cfg, 1, 8, "h100", {"batch_size", "arch"}).to_json()
+    url = pretraining(tmp_path / "pretrain", arch="resnet_tiny")
+    with open(Path(url) / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps({"kind": "plan", "step": 0, **plan}) + "\n")
+    scaled = dict(collect(str(tmp_path), {"pretrain": url}).recipe)["Auto-scaled"]
+    assert any(line.startswith(f"--base_lr {plan['derived']['base_lr']}: ") and "256" in line for line in scaled)
+    assert "for 1 x 8 h100, global batch 512 (--auto_scale; unmix-swav plan)" in scaled

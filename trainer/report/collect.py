@@ -338,6 +338,14 @@ def recipe(run: StepRun) -> list[tuple[str, str | list[str]]]:
         items += [("Scale", f"{world} {'process' if world == 1 else 'processes'} × {args.get('batch_size')} "
                             f"= global batch {document.get('global_batch')}"),
                   ("Length", f"{document.get('steps')} steps, {document.get('epochs')} epochs")]
+    plan = (run.records("plan") or [{}])[-1] or args.get("plan") or {}
+    if plan.get("derived"):
+        layout = plan.get("layout", {})
+        items.append(("Auto-scaled", [f"--{flag} {_flag_value(value)}: {plan['rules'].get(flag, '')}"
+                                      for flag, value in plan["derived"].items() if flag not in plan.get("given", [])]
+                      + [f"for {layout.get('num_nodes')} x {layout.get('gpus_per_node')} {layout.get('gpu')}, "
+                         f"global batch {layout.get('global_batch')} (--auto_scale; unmix-swav plan)"]
+                      + [f"warning: {warning}" for warning in plan.get("warnings", [])]))
     steps = run.records("train_step")
     rates = [record["images_per_s"] for record in steps[1:] or steps if record.get("images_per_s")]
     if rates:
