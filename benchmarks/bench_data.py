@@ -2,7 +2,7 @@
 same shards read directly as a WebDataset set) vs one file per sample, all from an S3 server on loopback.
 
 Starts moto's S3 server on 127.0.0.1 (unless --endpoint is given), writes a builtin:shapes ImageFolder
-to it, stages it to shards, rewrites them in the previous format (tests/data/previous_format.py), then
+to it, stages it to shards, rewrites them in the previous format (tests/trainer/data/previous_format.py), then
 reads and decodes every training sample from each layout in the order the trainer would (ResumableSampler:
 shard-local shuffle) and in shard order, in one process and through a DataLoader; and streams the new
 shards with webdataset's own tar reader, checking that its labels equal ours on every sample.
@@ -35,7 +35,7 @@ from trainer.data.sources import FolderSource, ImageSource, ShardedSource, open_
 from trainer.data.staging import stage_dataset
 from trainer.data.synthetic import make_shapes
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "trainer", "data"))
 from previous_format import write_previous_format  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Reading staged shards from object storage with real latency: S3 (default read path, and the per-sample ranged
 reads it replaced) against the same shards on local disk, in one run.
 
-Starts moto's S3 server on 127.0.0.1 and a proxy in front of it (tests/data/s3_proxy.py) that adds
+Starts moto's S3 server on 127.0.0.1 and a proxy in front of it (tests/trainer/data/s3_proxy.py) that adds
 `--latency_ms` (30) to every request and optionally caps the bandwidth per connection; writes photo-like JPEGs
 (about 100 KB, ImageNet's bytes per pixel), stages them into `--shard_size_mb` shards on S3 and copies the
 same shards to local disk. Then, one after the other, for each read path:
@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "data"))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "trainer", "data"))
 from bench_data import Decoded, loopback_s3  # noqa: E402
 from bench_loader import write_jpegs  # noqa: E402
 from s3_proxy import StorageProxy  # noqa: E402

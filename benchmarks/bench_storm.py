@@ -1,6 +1,6 @@
 """How long a 503 / SlowDown storm takes to end a pretraining run (exit 138), against the documented bound.
 
-Starts moto's S3 server on 127.0.0.1 and a proxy in front of it (tests/data/s3_proxy.py) that forwards the
+Starts moto's S3 server on 127.0.0.1 and a proxy in front of it (tests/trainer/data/s3_proxy.py) that forwards the
 first `--pass_first` GETs (the manifest, the index, the first shards) and then answers every GET with
 503 SlowDown; stages a small generated dataset there and runs `unmix-swav pretrain` from it with the
 storage settings of the environment (defaults unless UNMIX_STORAGE_RETRIES / _RETRY_DELAY are set). Prints
@@ -21,7 +21,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "data"))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "trainer", "data"))
 from bench_data import loopback_s3  # noqa: E402
 from s3_proxy import StorageProxy  # noqa: E402
 

@@ -8,14 +8,14 @@ line peak(b) = fixed + per_image x b through the planned batch and twice it (eve
 first dimension; near the planned batch the activations set the peak). The GPU figure then adds what the meta
 device cannot see:
 - mixed precision: autocast keeps the saved activations in bf16/fp16; AMP_ACTIVATION_FACTOR of the float32
-  activations (measured on the CPU with torch.autocast, tests/plan/test_memory.py) plus the
+  activations (measured on the CPU with torch.autocast, tests/trainer/plan/test_memory.py) plus the
   half-precision copies of the weights autocast caches (2 bytes a parameter);
 - DDP's gradient buckets (one more float32 copy of the gradients) when there is more than one process;
 - the caching allocator's blocks (reserved / allocated, ALLOCATOR_FACTOR) and the CUDA context, cuDNN/cuBLAS
   workspaces and NCCL buffers outside torch's allocator (CUDA_OVERHEAD_GIB): assumptions until a GPU run
   records max_memory_reserved (benchmarks/gpu_bench.py stores it beside images/s).
-The simulation equals the real CPU step's live tensor bytes (tests/plan/test_memory.py); against the peak RSS of
-real CPU steps it is calibrated by HOST_RSS_FACTOR (tests/plan/test_memory_calibration.py).
+The simulation equals the real CPU step's live tensor bytes (tests/trainer/plan/test_memory.py); against the peak
+RSS of real CPU steps it is calibrated by HOST_RSS_FACTOR (tests/trainer/plan/test_memory_calibration.py).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ CUDA_OVERHEAD_GIB = 1.5
 MODEL_ERROR = 0.15  # the GPU figure's stated error: AMP_ACTIVATION_FACTOR measured 0.49-0.57 (docs/planning.md)
 # On the CPU a step's peak RSS growth is HOST_RSS_FACTOR x the simulated tensor bytes, within HOST_RSS_ERROR
 # (oneDNN's blocked-layout copies of activations and weights, malloc's arenas; measured 1.41-1.68x on ResNet-18 at
-# 64/32 and 96 px, tests/plan/test_memory_calibration.py; the tiny ResNet's fixed costs dominate: 1.9-4.0x from run to
-# run, so it is not a calibration point). CUDA's counterpart is ALLOCATOR_FACTOR.
+# 64/32 and 96 px, tests/trainer/plan/test_memory_calibration.py; the tiny ResNet's fixed costs dominate: 1.9-4.0x
+# from run to run, so it is not a calibration point). CUDA's counterpart is ALLOCATOR_FACTOR.
 HOST_RSS_FACTOR = 1.6
 HOST_RSS_ERROR = 0.2
 WARN_FRACTION = 0.85

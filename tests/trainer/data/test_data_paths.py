@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.refusal import refused
+from tests.trainer.cli.refusal import refused
 from trainer import storage
 from trainer.data.sources import MANIFEST, StagedSource, read_index
 from trainer.data.staging import stage_dataset, verify_staged

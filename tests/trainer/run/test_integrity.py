@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli.refusal import refused
 
+from tests.trainer.cli.refusal import refused
 from trainer import storage
 from trainer.cli import main
 from trainer.data.staging import stage_dataset

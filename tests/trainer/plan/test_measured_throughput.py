@@ -11,7 +11,7 @@ import pytest
 
 from trainer.plan import gpus, throughput
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[3] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 import gpu_bench  # noqa: E402
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_bench.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_bench.py"
 sys.path.insert(0, str(BENCH.parent))
 import gpu_bench  # noqa: E402
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.refusal import refused
+from tests.trainer.cli.refusal import refused
 
 COUNT = 6
 

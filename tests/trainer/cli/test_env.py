@@ -18,7 +18,7 @@ from refusal import refused
 
 from trainer import env
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RANKS = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 # A refusal before any work is Python's start-up plus the CLI's imports (under a second here); the bound leaves
 # room for a loaded machine and is far below what the faults it replaces took (a 30-minute rendezvous hang).

@@ -1,8 +1,8 @@
 """A TCP proxy on loopback in front of an S3 server that behaves like real object storage: each request waits
 `latency_s` before it is forwarded, responses flow at most `bandwidth_mb_s` per connection, and the first
 `slow_down` GETs (after the first `pass_first`) are answered `503 SlowDown` without reaching the server; it
-notes when it sent the first of them. It counts the requests it saw by method. Used by tests/data/test_streaming.py,
-tests/test_storage_retries.py and benchmarks/bench_storage.py.
+notes when it sent the first of them. It counts the requests it saw by method. Used by
+tests/trainer/data/test_streaming.py, tests/trainer/test_storage_retries.py and benchmarks/bench_storage.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The pipeline's export step (components/export.py) on a real tiny run folder (tests/export/conftest.py:
+"""The pipeline's export step (components/export.py) on a real tiny run folder (tests/trainer/export/conftest.py:
 pretraining + eval-linear laid out as the pipeline lays out a run), and the report's Export section, which finds
 the export in storage: what `unmix-swav report RUN_ROOT` shows for a kubectl-applied run too."""
 

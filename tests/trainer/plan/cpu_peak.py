@@ -1,7 +1,7 @@
 """Run as a script: the peak RSS growth of real pretraining steps on the CPU, printed as JSON (a fresh process per
 measurement, so that ru_maxrss is this step's high-water mark). Used by test_memory_calibration.py.
 
-    python tests/plan/cpu_peak.py ARCH BATCH SIZE [SIZE2] [--amp] [--tensors]
+    python tests/trainer/plan/cpu_peak.py ARCH BATCH SIZE [SIZE2] [--amp] [--tensors]
 
 --tensors counts live tensor bytes with trainer.plan.memory.LiveBytes on the CPU instead of RSS (the same
 counter the model uses, here on real kernels: what autocast keeps in half precision).

@@ -17,7 +17,7 @@ from PIL import Image
 from trainer.cli import main
 from trainer.models.resnet import build_trunk, trunk_state_dict
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def export(run_dir: Path, dest: Path, linear: bool) -> Path:

@@ -1,5 +1,5 @@
 """The memory model against measured CPU peaks: the peak RSS growth of real pretraining steps (a fresh process per
-measurement, tests/plan/cpu_peak.py) is HOST_RSS_FACTOR x the simulated tensor bytes within HOST_RSS_ERROR."""
+measurement, tests/trainer/plan/cpu_peak.py) is HOST_RSS_FACTOR x the simulated tensor bytes within HOST_RSS_ERROR."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cpu_peak import pretrain_cfg  # noqa: E402
 
 SCRIPT = Path(__file__).with_name("cpu_peak.py")
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def measured_rss_growth(arch: str, batch: int, sizes: list[int]) -> int:

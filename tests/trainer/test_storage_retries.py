@@ -1,6 +1,6 @@
 """One retry budget per storage operation (trainer/storage.py): s3fs and botocore make one attempt per request,
 so a 503 / SlowDown storm ends in StorageUnavailable (exit 138) within `retry_bound_s`, through a real proxy
-(tests/data/s3_proxy.py) in front of moto on loopback; local faults are never retried."""
+(tests/trainer/data/s3_proxy.py) in front of moto on loopback; local faults are never retried."""
 
 from __future__ import annotations
 

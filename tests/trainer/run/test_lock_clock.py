@@ -25,7 +25,7 @@ from trainer.errors import UserError
 from trainer.run import lock as lock_module
 from trainer.run.lock import HOLDER_FIELDS, LOCK_NAME, MACHINE_FIELDS, SKEW_TOLERANCE_S, RunLock
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LONG_LEASE_S = 600.0  # a takeover well within it cannot have waited for it
 HOLDER = """
 import sys, time
