@@ -26,7 +26,7 @@ from typing import Any
 
 from trainer import storage
 from trainer.data.decode import is_image_name
-from trainer.data.sources import SPLITS, is_ignored_name
+from trainer.data.names import SPLITS, is_ignored_name
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)

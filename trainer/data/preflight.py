@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 
 from trainer import storage
-from trainer.data.sources import MANIFEST, read_manifest, resolve_folder
+from trainer.data.names import MANIFEST
+from trainer.data.sources import read_manifest, resolve_folder
 from trainer.errors import UserError
 
 FIX_SPLIT = ("stage a source that holds train/ and val/ (e.g. the ImageNet root, not its train/ folder; "

@@ -31,18 +31,12 @@ from PIL import Image
 from trainer import env, storage
 from trainer.data import shard_fetch, streaming
 from trainer.data.decode import BadImage, is_image_name, open_image_bytes, to_rgb
+from trainer.data.names import MANIFEST, MAX_EXAMPLES_LOGGED, SPLITS, STAGED_FORMATS, is_ignored_name, printable_name
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MANIFEST = "manifest.json"
-# 2: WebDataset-convention shards (<key>.<ext> + <key>.cls + <key>.json); 1: members named by their source
-# path, labels only in index.npz. Both are read the same way (by the index); stage writes 2.
-STAGED_FORMAT = "unmix-swav-staged/2"
-STAGED_FORMATS = ("unmix-swav-staged/1", STAGED_FORMAT)
-SPLITS = ("train", "val")
-MAX_EXAMPLES_LOGGED = 5
 
 
 def loader_timeout(workers: int) -> float:
@@ -55,16 +49,6 @@ def loader_timeout(workers: int) -> float:
     this long for a batch, then raises RuntimeError("DataLoader timed out after N seconds"), which the run's
     error boundary reports. 0: no limit."""
     return env.current().read_timeout_s if workers > 0 else 0.0
-
-
-def printable_name(name: str) -> str:
-    """`name` with each byte that is not valid UTF-8 written as \\xNN: safe to log and to store in JSON."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def is_ignored_name(relative_path: str) -> bool:
-    """Hidden files and folders (.DS_Store, ._x.jpg, .ipynb_checkpoints) and macOS archive debris."""
-    return any(part.startswith(".") or part == "__MACOSX" for part in relative_path.split("/"))
 
 
 class ImageSource:

@@ -57,16 +57,8 @@ from trainer.data.archives import (
     refuse_compressed,
 )
 from trainer.data.decode import BadImage, decode, open_image_bytes
-from trainer.data.sources import (
-    MANIFEST,
-    SPLITS,
-    STAGED_FORMAT,
-    data_root,
-    list_folder,
-    printable_name,
-    read_index,
-    read_manifest,
-)
+from trainer.data.names import MANIFEST, SPLITS, STAGED_FORMAT, printable_name
+from trainer.data.sources import data_root, list_folder, read_index, read_manifest
 from trainer.data.synthetic import BUILTIN_PREFIX, BUILTIN_SOURCES, make_generated
 from trainer.errors import UserError
 from trainer.run.workers import owned_process_pool, sigterm_raises

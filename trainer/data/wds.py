@@ -45,7 +45,8 @@ from trainer.data.archives import (
     refuse_compressed,
 )
 from trainer.data.decode import is_image_name
-from trainer.data.sources import MAX_EXAMPLES_LOGGED, ShardedSource, is_ignored_name, printable_name
+from trainer.data.names import MAX_EXAMPLES_LOGGED, SPLIT_FOLDERS, is_ignored_name, printable_name, split_words
+from trainer.data.sources import ShardedSource
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,6 @@ SUPPORTED_LAYOUTS = ("supported: an ImageFolder tree (<class>/<image>) or a .tar
                      "shards (<key>.jpg with <key>.cls or <key>.json labels: a folder, a brace pattern or a wids "
                      "index .json)")
 CLASSES_FILES = ("classes.txt", "classes.json")
-SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-               "test": "test", "testing": "test"}
-SPLIT_FOLDERS = ("train", "val", "validation")
 _META = re.compile(r"__[^/]*__($|/)")  # webdataset's own `skip_meta` default
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
@@ -210,17 +208,12 @@ def resolve_shards(url: str) -> ShardList:
     return ShardList(url, url.rstrip("/"), urls)
 
 
-def _split_words(relative: str) -> set[str]:
-    words = re.split(r"[/\-_.\s]+", relative.lower().removesuffix(TAR_SUFFIX))
-    return {SPLIT_WORDS[word] for word in words if word in SPLIT_WORDS}
-
-
 def assign_splits(shards: ShardList) -> dict[str, list[int]]:
     """Split -> shard numbers, by the split its path below the set's folder names (`train/...`,
     `...-validation-00.tar`); a set whose shards name no split is one train split. Shards that name two
     splits, or that name none next to ones that do, are refused; `test` shards are left out."""
     relative = [url[len(shards.root):].lstrip("/") for url in shards.urls]
-    found = [_split_words(name) for name in relative]
+    found = [split_words(name, TAR_SUFFIX) for name in relative]
     both = [(name, words) for name, words in zip(relative, found, strict=True) if len(words) > 1]
     if both:
         raise UserError(f"{shards.given}: shard {both[0][0]} names more than one split "
