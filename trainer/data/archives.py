@@ -27,6 +27,7 @@ from typing import Any
 from trainer import storage
 from trainer.data.decode import is_image_name
 from trainer.data.names import SPLITS, is_ignored_name
+from trainer.data.shard_fetch import archive_key
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -139,12 +140,6 @@ def index_tar(url: str) -> list[Member]:
 def _archive_key(url: str) -> str:
     fs, path = storage.filesystem(url)
     return archive_key(url, storage.with_retries(lambda: fs.info(path), f"checking {url}"))
-
-
-def archive_key(url: str, info: dict[str, Any]) -> str:
-    """URL, size and version (ETag, else modification time) of an archive from its fsspec `info`."""
-    version = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
-    return f"{url} size={info.get('size')} version={version}"
 
 
 def cached_index(url: str, index_dir: str) -> tuple[str, list[Member]]:

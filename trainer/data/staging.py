@@ -57,8 +57,9 @@ from trainer.data.archives import (
     refuse_compressed,
 )
 from trainer.data.decode import BadImage, decode, open_image_bytes
-from trainer.data.names import MANIFEST, SPLITS, STAGED_FORMAT, printable_name
-from trainer.data.sources import data_root, list_folder, read_index, read_manifest
+from trainer.data.layout import probe
+from trainer.data.names import MANIFEST, STAGED_FORMAT, printable_name
+from trainer.data.readers import data_root, list_folder, read_index, read_manifest
 from trainer.data.synthetic import BUILTIN_PREFIX, BUILTIN_SOURCES, make_generated
 from trainer.errors import UserError
 from trainer.run.workers import owned_process_pool, sigterm_raises
@@ -252,11 +253,12 @@ def _split_listings(source: str, dest: str, workers: int) -> dict[str, FolderLis
     """Split name -> its samples: train/ and val/ when the source holds them, else the source as train.
 
     What a tar holds is read from its members (trainer/data/wds.py: `tar_kind`), never guessed from names."""
+    layout = probe(source)
     fs, root = storage.filesystem(source)
     index_dir = storage.join(dest, INDEX_FOLDER)
-    if wds.is_brace_pattern(source) or wds.is_wids_index(source):
+    if layout.kind == "shards":
         return wds.stage_listings(wds.read_shard_set(source, index_dir, workers))
-    if fs.isfile(root):
+    if layout.kind in ("tar", "file") and fs.isfile(root):
         refuse_compressed(source)
         if not is_tar_name(source):
             raise UserError(f"--source {source} is a file but not a .tar archive; {wds.SUPPORTED_LAYOUTS}")
@@ -267,12 +269,12 @@ def _split_listings(source: str, dest: str, workers: int) -> dict[str, FolderLis
         if kind == "webdataset-unlabelled":
             wds.tar_layout(source, [source], indexed)  # refuses, naming the fix
         return list_single_tar(source, index_dir)
-    if not fs.isdir(root):
+    if layout.kind not in ("tar-folders", "imagefolder"):
         raise UserError(f"--source {source} does not exist or is not a folder; pass an ImageFolder tree "
                         f"(class folders), a folder holding train/ and val/, a .tar of either, a folder of "
                         f"per-class .tar files, WebDataset shards (a folder, a brace pattern or a wids index), "
                         f"a staged dataset, or one of {', '.join(BUILTIN_SOURCES)}")
-    groups = wds.folder_tar_groups(source)
+    groups = layout.tar_groups
     urls = [url for tars in groups.values() for url in tars]
     indexed = dict(zip(urls, index_all(urls, index_dir, workers), strict=True)) if urls else {}
     layouts = {folder: wds.tar_layout(folder, tars, [indexed[tar] for tar in tars]) for folder, tars in groups.items()}
@@ -282,10 +284,8 @@ def _split_listings(source: str, dest: str, workers: int) -> dict[str, FolderLis
                             f"({', '.join(f'{posixpath.basename(f)}: {k}' for f, k in layouts.items())}); "
                             f"{wds.SUPPORTED_LAYOUTS}")
         return wds.stage_listings(wds.read_shard_set(source, index_dir, workers))
-    names = {os.path.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)}
-    roots = {split: storage.join(source, split) for split in SPLITS if split in names} or {"train": source}
     return {split: _split_listing(split_root, groups.get(split_root, []), indexed)
-            for split, split_root in roots.items()}
+            for split, split_root in layout.splits.items()}
 
 
 def _run_tasks(tasks: list[dict[str, Any]], workers: int, split: str, total_images: int,
@@ -613,7 +613,7 @@ def stage_dataset(source: str, dest: str, shard_size_mb: float = 256, workers: i
         raise UserError(f"--verify {verify!r} is not one of {', '.join(VERIFY_CHOICES)}")
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     if not source.startswith(BUILTIN_PREFIX):
-        if not wds.is_shard_set_url(source) and storage.exists(storage.join(source.rstrip("/"), MANIFEST)):
+        if probe(source).kind == "staged":
             return reuse_staged(source.rstrip("/"), dest, verify == "sha256", workers, progress)
         return stage_folder(source, dest, shard_size_mb, workers, max_bad_fraction, seed, progress)
     counts = {"num_classes": num_classes, "images_per_class": images_per_class,

@@ -45,8 +45,9 @@ from trainer.data.archives import (
     refuse_compressed,
 )
 from trainer.data.decode import is_image_name
+from trainer.data.layout import folder_tar_groups, is_brace_pattern, is_wids_index
 from trainer.data.names import MAX_EXAMPLES_LOGGED, SPLIT_FOLDERS, is_ignored_name, printable_name, split_words
-from trainer.data.sources import ShardedSource
+from trainer.data.readers import ShardedSource
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -115,14 +116,6 @@ def sample_json(name: str, label: int, class_name: str, split: str) -> bytes:
 # --- finding the shards --------------------------------------------------------------------------------------
 
 
-def is_brace_pattern(url: str) -> bool:
-    return re.search(r"\{[^{}]*(\.\.|,)[^{}]*\}", url) is not None
-
-
-def is_wids_index(url: str) -> bool:
-    return url.lower().endswith(".json") and not url.rstrip("/").endswith("/manifest.json")
-
-
 def _common_folder(urls: list[str]) -> str:
     parts = [url.split("/")[:-1] for url in urls]
     common = parts[0]
@@ -131,30 +124,6 @@ def _common_folder(urls: list[str]) -> str:
                       min(len(common), len(other)))
         common = common[:length]
     return "/".join(common)
-
-
-def _split_folders(url: str) -> tuple[list[str], list[str]]:
-    """(top-level .tar URLs, URLs of the split folders) of the folder `url`."""
-    fs, root = storage.filesystem(url)
-    entries = storage.with_retries(lambda: fs.ls(root, detail=True), f"listing {printable_name(url)}")
-    tars, splits = [], []
-    for entry in sorted(entries, key=lambda e: e["name"]):
-        name = posixpath.basename(entry["name"].rstrip("/"))
-        if entry["type"] == "directory" and name in SPLIT_FOLDERS:
-            splits.append(storage.join(url, name))
-        elif entry["type"] == "file" and is_tar_name(name) and not is_ignored_name(name):
-            tars.append(storage.join(url, name))
-    return tars, splits
-
-
-def folder_tar_groups(url: str) -> dict[str, list[str]]:
-    """Folder (`url` or its train/ and val/ folders) -> the .tar files directly in it; {} when it holds none.
-    With split folders, only theirs count (an ImageFolder's train/ holds class folders, not tars)."""
-    tars, splits = _split_folders(url)
-    if not splits:
-        return {url: tars} if tars else {}
-    groups = {split: _split_folders(split)[0] for split in splits}
-    return {folder: found for folder, found in groups.items() if found}
 
 
 def _wids_shards(url: str) -> tuple[list[str], list[int]]:
@@ -544,8 +513,3 @@ def open_webdataset(url: str, split: str | None = None, cache_dir: str | None = 
         raise UserError(f"split {split!r} of {url} has no usable samples ({len(shard_set.bad)} left out, e.g. "
                         f"{shard_set.bad[0][2] if shard_set.bad else 'no image members'})")
     return WebDatasetSource(shard_set, split, cache_dir)
-
-
-def is_shard_set_url(url: str) -> bool:
-    """A URL that can only be a WebDataset shard set: a brace pattern, a wids index, a single .tar."""
-    return is_brace_pattern(url) or is_wids_index(url) or is_tar_name(url)
