@@ -25,9 +25,10 @@ from torch.utils.data import DataLoader
 
 from trainer.cli import main
 from trainer.data.sampler import ResumableSampler
+from trainer.data.shard_writer import sample_keys
 from trainer.data.sources import FolderSource, StagedSource, open_source
 from trainer.data.staging import stage_dataset
-from trainer.data.wds import ShardList, WebDatasetSource, assign_splits, sample_keys, split_member
+from trainer.data.wds import ShardList, WebDatasetSource, assign_splits, split_member
 from trainer.errors import UserError
 
 SMALL_SHARD_MB = 12 * 1024 / 2**20  # a dozen 32 px JPEGs per shard

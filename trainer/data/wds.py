@@ -1,4 +1,4 @@
-"""WebDataset shard sets: the conventions staging writes, and sets of shards read as they are.
+"""WebDataset shard sets read as they are (the conventions staging writes are trainer/data/shard_writer.py's).
 
 A WebDataset shard is a plain tar whose members are grouped into samples by key: the key of a member is its
 path up to the first dot of its basename, the rest is its suffix (`n01440764_10026.jpg`, `...cls`,
@@ -58,7 +58,6 @@ SUPPORTED_LAYOUTS = ("supported: an ImageFolder tree (<class>/<image>) or a .tar
                      "index .json)")
 CLASSES_FILES = ("classes.txt", "classes.json")
 _META = re.compile(r"__[^/]*__($|/)")  # webdataset's own `skip_meta` default
-_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 
 
@@ -79,38 +78,6 @@ def split_member(path: str) -> tuple[str, str] | None:
         return None
     key, suffix = base_plus_ext(path)
     return None if key is None else (key, suffix.lower())
-
-
-def _safe_key(text: str) -> str:
-    key = _KEY_UNSAFE.sub("_", text) or "_"
-    return "k" + key if key.startswith("__") else key  # `__x__` would be taken for a meta member
-
-
-def sample_keys(names: list[str]) -> list[str]:
-    """A WebDataset key per sample: unique, no dot, no slash, ASCII letters, digits, `_` and `-` only.
-
-    The file's stem when that is unique (`n01440764/n01440764_10026.JPEG` -> `n01440764_10026`), else its
-    folders and stem (`cats/001.jpg` -> `cats_001`), else that and the sample's position in `names`.
-    """
-    keys = [_safe_key(posixpath.splitext(posixpath.basename(name))[0]) for name in names]
-    counts = Counter(keys)
-    keys = [_safe_key(posixpath.splitext(name)[0].replace("/", "_")) if counts[key] > 1 else key
-            for key, name in zip(keys, names, strict=True)]
-    while len(set(keys)) < len(keys):
-        counts = Counter(keys)
-        keys = [f"{key}_{number}" if counts[key] > 1 else key for number, key in enumerate(keys)]
-    return keys
-
-
-def image_suffix(name: str) -> str:
-    """The suffix a staged image member gets: the file's extension, lower-cased (`.JPEG` -> `jpeg`), so that
-    webdataset (which lower-cases) and wids (which does not) both see the same one."""
-    return posixpath.splitext(name)[1][1:].lower()
-
-
-def sample_json(name: str, label: int, class_name: str, split: str) -> bytes:
-    return json.dumps({"filename": name, "label": label, "class_name": class_name, "split": split},
-                      ensure_ascii=False).encode("utf-8")
 
 
 # --- finding the shards --------------------------------------------------------------------------------------
