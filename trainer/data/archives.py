@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer import storage
-from trainer.data.decode import is_image_name
-from trainer.data.names import SPLITS, is_ignored_name
+from trainer.data.names import SPLITS, is_ignored_name, is_image_name
 from trainer.data.shard_fetch import archive_key
 from trainer.errors import UserError
 

@@ -1,11 +1,12 @@
 """Names every data module agrees on, defined once: the staged format's files, the splits and the one rule
-that finds a split in a folder or shard name, which files are ignored, how a name is printed.
+that finds a split in a folder or shard name, which files are ignored, which names are images, how a name is printed.
 
 Imports nothing of trainer/data: every other data module may import it (the bottom of the package).
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 
 MANIFEST = "manifest.json"
@@ -19,6 +20,8 @@ SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "va
                "test": "test", "testing": "test"}
 SPLIT_FOLDERS = ("train", "val", "validation")  # folders below a data root that hold a split (ImageFolder or shards)
 MAX_EXAMPLES_LOGGED = 5
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff",
+                              ".webp", ".gif"})
 
 
 def folder_split(name: str) -> str | None:
@@ -30,6 +33,10 @@ def split_words(relative: str, suffix: str = "") -> set[str]:
     """The splits the words of a path name (`train/...`, `...-validation-00.tar`) say, `suffix` dropped first."""
     words = re.split(r"[/\-_.\s]+", relative.lower().removesuffix(suffix))
     return {SPLIT_WORDS[word] for word in words if word in SPLIT_WORDS}
+
+
+def is_image_name(name: str) -> bool:
+    return posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def printable_name(name: str) -> str:

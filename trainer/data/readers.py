@@ -30,8 +30,15 @@ from PIL import Image
 
 from trainer import env, storage
 from trainer.data import shard_fetch, streaming
-from trainer.data.decode import BadImage, is_image_name, open_image_bytes, to_rgb
-from trainer.data.names import MANIFEST, MAX_EXAMPLES_LOGGED, STAGED_FORMATS, is_ignored_name, printable_name
+from trainer.data.decode import BadImage, open_image_bytes, to_rgb
+from trainer.data.names import (
+    MANIFEST,
+    MAX_EXAMPLES_LOGGED,
+    STAGED_FORMATS,
+    is_ignored_name,
+    is_image_name,
+    printable_name,
+)
 from trainer.errors import UserError
 
 log = logging.getLogger("trainer.data.sources")  # the name its log lines have always carried

@@ -44,9 +44,15 @@ from trainer.data.archives import (
     is_tar_name,
     refuse_compressed,
 )
-from trainer.data.decode import is_image_name
 from trainer.data.layout import folder_tar_groups, is_brace_pattern, is_wids_index
-from trainer.data.names import MAX_EXAMPLES_LOGGED, SPLIT_FOLDERS, is_ignored_name, printable_name, split_words
+from trainer.data.names import (
+    MAX_EXAMPLES_LOGGED,
+    SPLIT_FOLDERS,
+    is_ignored_name,
+    is_image_name,
+    printable_name,
+    split_words,
+)
 from trainer.data.readers import ShardedSource
 from trainer.errors import UserError
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from trainer import storage
-from trainer.data.names import MANIFEST
+from trainer.data.sources import MANIFEST
 from trainer.errors import UserError
 from trainer.evaluation.linear import LinearClassifier
 from trainer.export.model import fold_head
