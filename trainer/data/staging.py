@@ -127,6 +127,25 @@ def _split_listing(root: str, tars: list[str],
     return listing
 
 
+def _shard_set_listings(shard_set: wds.ShardSet) -> dict[str, ArchiveListing]:
+    """Per split, the shard set as a staging source: every sample a member of an archive, labelled."""
+    listings = {}
+    for split, samples in shard_set.splits.items():
+        listing = ArchiveListing(archives=list(shard_set.urls), keys=list(shard_set.keys), labels=[],
+                                 classes=shard_set.classes)
+        for sample in samples:
+            listing.names.append(sample.name)
+            listing.sizes.append(sample.image.size)
+            listing.locations.append((sample.shard, sample.image.path, sample.image.offset))
+            listing.labels.append(int(sample.label or 0))
+        mine = set(shard_set.split_shards[split])
+        listing.bad = [[path, reason, shard_set.urls[number]] for number, path, reason in shard_set.bad
+                       if number in mine]
+        listing.ignored = list(shard_set.ignored) if split == next(iter(shard_set.splits)) else []
+        listings[split] = listing
+    return listings
+
+
 def _split_listings(source: str, dest: str, workers: int) -> dict[str, FolderListing | ArchiveListing]:
     """Split name -> its samples: train/ and val/ when the source holds them, else the source as train.
 
@@ -135,7 +154,7 @@ def _split_listings(source: str, dest: str, workers: int) -> dict[str, FolderLis
     fs, root = storage.filesystem(source)
     index_dir = storage.join(dest, INDEX_FOLDER)
     if layout.kind == "shards":
-        return wds.stage_listings(wds.read_shard_set(source, index_dir, workers))
+        return _shard_set_listings(wds.read_shard_set(source, index_dir, workers))
     if layout.kind in ("tar", "file") and fs.isfile(root):
         refuse_compressed(source)
         if not is_tar_name(source):
@@ -143,7 +162,7 @@ def _split_listings(source: str, dest: str, workers: int) -> dict[str, FolderLis
         indexed = index_all([source], index_dir, 1)
         kind = wds.tar_kind(source, indexed[0][1])
         if kind == "webdataset":
-            return wds.stage_listings(wds.read_shard_set(source, index_dir, workers))
+            return _shard_set_listings(wds.read_shard_set(source, index_dir, workers))
         if kind == "webdataset-unlabelled":
             wds.tar_layout(source, [source], indexed)  # refuses, naming the fix
         return list_single_tar(source, index_dir)
@@ -161,7 +180,7 @@ def _split_listings(source: str, dest: str, workers: int) -> dict[str, FolderLis
             raise UserError(f"--source {source} mixes WebDataset shards and per-class tars "
                             f"({', '.join(f'{posixpath.basename(f)}: {k}' for f, k in layouts.items())}); "
                             f"{wds.SUPPORTED_LAYOUTS}")
-        return wds.stage_listings(wds.read_shard_set(source, index_dir, workers))
+        return _shard_set_listings(wds.read_shard_set(source, index_dir, workers))
     return {split: _split_listing(split_root, groups.get(split_root, []), indexed)
             for split, split_root in layout.splits.items()}
 

@@ -38,7 +38,6 @@ from trainer import env, storage
 from trainer.data.archives import (
     LABEL_SUFFIXES,
     TAR_SUFFIX,
-    ArchiveListing,
     Member,
     index_all,
     is_tar_name,
@@ -432,25 +431,6 @@ def _report(shard_set: ShardSet) -> None:
                              for number, path, reason in shard_set.bad[:MAX_EXAMPLES_LOGGED])
         log.warning("%s: %d samples left out (no usable label), e.g. %s", printable_name(shard_set.given),
                     len(shard_set.bad), examples)
-
-
-def stage_listings(shard_set: ShardSet) -> dict[str, ArchiveListing]:
-    """Per split, the shard set as a staging source: every sample a member of an archive, labelled."""
-    listings = {}
-    for split, samples in shard_set.splits.items():
-        listing = ArchiveListing(archives=list(shard_set.urls), keys=list(shard_set.keys), labels=[],
-                                 classes=shard_set.classes)
-        for sample in samples:
-            listing.names.append(sample.name)
-            listing.sizes.append(sample.image.size)
-            listing.locations.append((sample.shard, sample.image.path, sample.image.offset))
-            listing.labels.append(int(sample.label or 0))
-        mine = set(shard_set.split_shards[split])
-        listing.bad = [[path, reason, shard_set.urls[number]] for number, path, reason in shard_set.bad
-                       if number in mine]
-        listing.ignored = list(shard_set.ignored) if split == next(iter(shard_set.splits)) else []
-        listings[split] = listing
-    return listings
 
 
 class WebDatasetSource(ShardedSource):
