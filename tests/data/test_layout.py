@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from trainer.data.layout import KINDS, probe
+from trainer.data.layout import KINDS, probe, tar_contents
 from trainer.data.names import folder_split, split_words
 from trainer.data.preflight import check_images
 from trainer.data.sources import FolderSource, open_source
@@ -20,6 +20,21 @@ from trainer.errors import UserError
 def _image(path: Path, shade: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 8), (shade, 0, 0)).save(path)
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _png() -> bytes:
+    encoded = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(encoded, format="PNG")
+    return encoded.getvalue()
 
 
 def _tree(root: Path, val_folder: str) -> Path:
@@ -93,14 +108,21 @@ def test_a_missing_split_folder_is_refused_naming_what_is_there(tmp_path: Path) 
 def test_shards_in_a_validation_folder_are_the_val_split(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("UNMIX_INDEX_CACHE", str(tmp_path / "index-cache"))
     for split, folder in (("train", "train"), ("val", "validation")):
-        (tmp_path / "set" / folder).mkdir(parents=True)
-        with tarfile.open(tmp_path / "set" / folder / "shard-000.tar", "w") as tar:
-            for number in range(2):
-                encoded = io.BytesIO()
-                Image.new("RGB", (8, 8)).save(encoded, format="PNG")
-                for suffix, data in (("png", encoded.getvalue()), ("cls", str(number).encode())):
-                    info = tarfile.TarInfo(f"{split}{number}.{suffix}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    assert probe(str(tmp_path / "set")).kind == "tar-folders"
+        _tar(tmp_path / "set" / folder / "shard-000.tar",
+             {f"{split}{n}.{suffix}": data for n in range(2) for suffix, data in (("png", _png()), ("cls", b"%d" % n))})
+    layout = probe(str(tmp_path / "set"))
+    assert layout.kind == "tar-folders" and tar_contents(layout, str(tmp_path / "index"), 1, "x")[0] == "webdataset"
     assert len(open_source(str(tmp_path / "set"), "val")) == 2
+
+
+def test_tar_contents_tells_per_class_tars_from_a_tar_of_class_folders(tmp_path: Path) -> None:
+    for name in ("cats", "dogs"):
+        _tar(tmp_path / "imagenet" / "train" / f"{name}.tar", {f"{name}_{n}.png": _png() for n in range(2)})
+    contents, indexed = tar_contents(probe(str(tmp_path / "imagenet")), str(tmp_path / "index"), 1, "x")
+    assert contents == "class-tars" and len(indexed) == 2
+    _tar(tmp_path / "tree.tar", {f"{name}/{n}.png": _png() for name in ("cats", "dogs") for n in range(2)})
+    assert tar_contents(probe(str(tmp_path / "tree.tar")), str(tmp_path / "index"), 1, "x")[0] == "tar-of-images"
+    _tar(tmp_path / "mixed" / "train" / "cats.tar", {"cats_0.png": _png()})
+    _tar(tmp_path / "mixed" / "val" / "shard-000.tar", {"a.png": _png(), "a.cls": b"0"})
+    with pytest.raises(UserError, match="--source s mixes WebDataset shards and per-class tars"):
+        tar_contents(probe(str(tmp_path / "mixed")), str(tmp_path / "index"), 1, "--source s")

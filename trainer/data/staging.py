@@ -49,13 +49,12 @@ from trainer.data import wds
 from trainer.data.archives import (
     INDEX_FOLDER,
     ArchiveListing,
-    index_all,
     is_tar_name,
     list_class_tars,
     list_single_tar,
     refuse_compressed,
 )
-from trainer.data.layout import probe
+from trainer.data.layout import SUPPORTED_LAYOUTS, probe, tar_contents
 from trainer.data.names import MANIFEST, STAGED_FORMAT, printable_name
 from trainer.data.readers import data_root, list_folder, read_index, read_manifest
 from trainer.data.shard_writer import (
@@ -149,39 +148,26 @@ def _shard_set_listings(shard_set: wds.ShardSet) -> dict[str, ArchiveListing]:
 def _split_listings(source: str, dest: str, workers: int) -> dict[str, FolderListing | ArchiveListing]:
     """Split name -> its samples: train/ and val/ when the source holds them, else the source as train.
 
-    What a tar holds is read from its members (trainer/data/wds.py: `tar_kind`), never guessed from names."""
+    What tars hold is read from their members (trainer/data/layout.py: `tar_contents`), never guessed from names."""
     layout = probe(source)
     fs, root = storage.filesystem(source)
     index_dir = storage.join(dest, INDEX_FOLDER)
-    if layout.kind == "shards":
-        return _shard_set_listings(wds.read_shard_set(source, index_dir, workers))
     if layout.kind in ("tar", "file") and fs.isfile(root):
         refuse_compressed(source)
         if not is_tar_name(source):
-            raise UserError(f"--source {source} is a file but not a .tar archive; {wds.SUPPORTED_LAYOUTS}")
-        indexed = index_all([source], index_dir, 1)
-        kind = wds.tar_kind(source, indexed[0][1])
-        if kind == "webdataset":
-            return _shard_set_listings(wds.read_shard_set(source, index_dir, workers))
-        if kind == "webdataset-unlabelled":
-            wds.tar_layout(source, [source], indexed)  # refuses, naming the fix
-        return list_single_tar(source, index_dir)
-    if layout.kind not in ("tar-folders", "imagefolder"):
+            raise UserError(f"--source {source} is a file but not a .tar archive; {SUPPORTED_LAYOUTS}")
+    elif layout.kind not in ("shards", "tar-folders", "imagefolder"):
         raise UserError(f"--source {source} does not exist or is not a folder; pass an ImageFolder tree "
                         f"(class folders), a folder holding train/ and val/, a .tar of either, a folder of "
                         f"per-class .tar files, WebDataset shards (a folder, a brace pattern or a wids index), "
                         f"a staged dataset, or one of {', '.join(BUILTIN_SOURCES)}")
-    groups = layout.tar_groups
-    urls = [url for tars in groups.values() for url in tars]
-    indexed = dict(zip(urls, index_all(urls, index_dir, workers), strict=True)) if urls else {}
-    layouts = {folder: wds.tar_layout(folder, tars, [indexed[tar] for tar in tars]) for folder, tars in groups.items()}
-    if "webdataset" in layouts.values():
-        if set(layouts.values()) != {"webdataset"}:
-            raise UserError(f"--source {source} mixes WebDataset shards and per-class tars "
-                            f"({', '.join(f'{posixpath.basename(f)}: {k}' for f, k in layouts.items())}); "
-                            f"{wds.SUPPORTED_LAYOUTS}")
+    contents, indexed = (tar_contents(layout, index_dir, workers, f"--source {source}")
+                         if layout.kind in ("tar", "tar-folders") else ("", {}))
+    if layout.kind == "shards" or contents == "webdataset":
         return _shard_set_listings(wds.read_shard_set(source, index_dir, workers))
-    return {split: _split_listing(split_root, groups.get(split_root, []), indexed)
+    if layout.kind == "tar":
+        return list_single_tar(source, index_dir)
+    return {split: _split_listing(split_root, layout.tar_groups.get(split_root, []), indexed)
             for split, split_root in layout.splits.items()}
 
 
@@ -446,7 +432,7 @@ def stage_folder(source: str, dest: str, shard_size_mb: float = 256, workers: in
         sorted({path.split("/", 1)[0] for listing in listings.values() for path in listing.names})
     if not classes or not any(listing.names for listing in listings.values()):
         raise UserError(f"no images in class folders under {source}; expected <class>/<image>.jpg files "
-                        f"(in a folder or a .tar) or a folder of per-class .tar files; {wds.SUPPORTED_LAYOUTS}")
+                        f"(in a folder or a .tar) or a folder of per-class .tar files; {SUPPORTED_LAYOUTS}")
     ignored = [storage.join(split, path) for split, listing in listings.items() for path in listing.ignored]
     not_regular = {storage.join(split, path): kind for split, listing in listings.items()
                    if isinstance(listing, FolderListing) for path, kind in listing.not_regular.items()}

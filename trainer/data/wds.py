@@ -25,13 +25,11 @@ import json
 import logging
 import os
 import posixpath
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 from webdataset.shardlists import expand_urls
-from webdataset.tariterators import base_plus_ext, meta_prefix, meta_suffix
 from wids.wids_specs import urldir
 
 from trainer import env, storage
@@ -40,15 +38,20 @@ from trainer.data.archives import (
     TAR_SUFFIX,
     Member,
     index_all,
-    is_tar_name,
     refuse_compressed,
 )
-from trainer.data.layout import folder_tar_groups, is_brace_pattern, is_wids_index
+from trainer.data.layout import (
+    SUPPORTED_LAYOUTS,
+    folder_tar_groups,
+    is_brace_pattern,
+    is_image_suffix,
+    is_wids_index,
+    member_groups,
+    tar_layout,
+)
 from trainer.data.names import (
     MAX_EXAMPLES_LOGGED,
     SPLIT_FOLDERS,
-    is_ignored_name,
-    is_image_name,
     printable_name,
     split_words,
 )
@@ -57,13 +60,7 @@ from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_LAYOUTS = ("supported: an ImageFolder tree (<class>/<image>) or a .tar of one, ImageNet's per-class tars "
-                     "(<class>.tar of images) or its tar of them, a staged dataset (manifest.json), or WebDataset "
-                     "shards (<key>.jpg with <key>.cls or <key>.json labels: a folder, a brace pattern or a wids "
-                     "index .json)")
 CLASSES_FILES = ("classes.txt", "classes.json")
-_META = re.compile(r"__[^/]*__($|/)")  # webdataset's own `skip_meta` default
-_NUMBERED = re.compile(r"^(.*?)(\d+)$")
 
 
 def default_index_dir() -> str:
@@ -71,18 +68,6 @@ def default_index_dir() -> str:
     prefix shared by every pod) or ~/.cache/unmix-swav/tar-index."""
     return env.current().index_cache or os.path.join(os.path.expanduser("~"), ".cache", "unmix-swav",
                                                                "tar-index")
-
-
-# --- the WebDataset conventions ------------------------------------------------------------------------------
-
-
-def split_member(path: str) -> tuple[str, str] | None:
-    """(key, suffix) of a member as webdataset groups it (suffix lower-cased, as its reader does); None for the
-    members webdataset skips (`__...__` meta files) or cannot name (no dot, a hidden basename)."""
-    if ("/" not in path and path.startswith(meta_prefix) and path.endswith(meta_suffix)) or _META.match(path):
-        return None
-    key, suffix = base_plus_ext(path)
-    return None if key is None else (key, suffix.lower())
 
 
 # --- finding the shards --------------------------------------------------------------------------------------
@@ -229,25 +214,6 @@ class Sample:
     problem: str | None = None  # why it cannot be used (no label, a bad one)
 
 
-def _groups(members: list[Member]) -> list[tuple[str, list[tuple[str, Member]]]]:
-    """Members grouped as webdataset groups them: consecutive members with one key."""
-    groups: list[tuple[str, list[tuple[str, Member]]]] = []
-    for member in members:
-        parts = split_member(member.path)
-        if parts is None:
-            continue
-        key, suffix = parts
-        if groups and groups[-1][0] == key:
-            groups[-1][1].append((suffix, member))
-        else:
-            groups.append((key, [(suffix, member)]))
-    return groups
-
-
-def _is_image_suffix(suffix: str) -> bool:
-    return "." not in suffix and is_image_name("x." + suffix)
-
-
 def _labels_of(key: str, parts: dict[str, Member]) -> tuple[int | None, str | None, str | None, str | None]:
     """(label, class name, original file name, problem) from a sample's `.cls`/`.cls2` and `.json` members."""
     label = class_name = filename = None
@@ -280,8 +246,8 @@ def _labels_of(key: str, parts: dict[str, Member]) -> tuple[int | None, str | No
 def shard_samples(shard: int, members: list[Member]) -> tuple[list[Sample], list[str]]:
     """(samples, paths of members that belong to no image sample) of one WebDataset shard."""
     samples, ignored = [], []
-    for key, group in _groups(members):
-        images = [member for suffix, member in group if _is_image_suffix(suffix)]
+    for key, group in member_groups(members):
+        images = [member for suffix, member in group if is_image_suffix(suffix)]
         if not images:
             ignored += [member.path for _, member in group]
             continue
@@ -292,58 +258,6 @@ def shard_samples(shard: int, members: list[Member]) -> tuple[list[Sample], list
         samples.append(Sample(shard, key, images[0], filename or images[0].path, label, class_name, problem))
         ignored += [member.path for member in images[1:]]
     return samples, ignored
-
-
-def tar_kind(url: str, members: list[Member]) -> str:
-    """What one tar holds, from its members: "webdataset" (images with .cls/.json labels by key),
-    "webdataset-unlabelled" (images grouped with other members, no labels), "tar-of-tars" (ImageNet's
-    train tar), "imagefolder" (images in two or more class folders), "class" (images of one class), "empty"."""
-    images = [m.path for m in members if is_image_name(m.path) and not is_ignored_name(m.path)]
-    if not images:
-        return "empty"
-    grouped = [[suffix for suffix, _ in group] for _, group in _groups(members)]
-    with_images = [suffixes for suffixes in grouped if any(_is_image_suffix(s) for s in suffixes)]
-    if any(set(suffixes) & set(LABEL_SUFFIXES) for suffixes in with_images):
-        return "webdataset"
-    if any(len(suffixes) > 1 for suffixes in with_images):
-        return "webdataset-unlabelled"
-    tops = {path.split("/", 1)[0] for path in images if "/" in path}
-    if any(is_tar_name(top) for top in tops):
-        return "tar-of-tars"
-    stem = posixpath.basename(url).removesuffix(TAR_SUFFIX)
-    return "imagefolder" if len(tops - {stem}) >= 2 else "class"
-
-
-def _numbered(urls: list[str]) -> bool:
-    """Names like shard-0000.tar, shard-0001.tar: one prefix and consecutive numbers (ImageNet's class tars,
-    n01440764.tar..., share a prefix but not consecutive numbers)."""
-    matches = [_NUMBERED.match(posixpath.basename(url).removesuffix(TAR_SUFFIX)) for url in urls]
-    if len(urls) < 2 or not all(matches):
-        return False
-    numbers = sorted(int(m.group(2)) for m in matches if m)
-    return len({m.group(1) for m in matches if m}) == 1 and numbers[-1] - numbers[0] == len(numbers) - 1
-
-
-def tar_layout(where: str, urls: list[str], indexed: list[tuple[str, list[Member]]]) -> str:
-    """"webdataset" or "class" (per-class tars) for a set of tars; anything else is refused in one line."""
-    kinds = [tar_kind(url, members) for url, (_, members) in zip(urls, indexed, strict=True)]
-    counts = Counter(kinds)
-    if set(counts) == {"webdataset"}:
-        return "webdataset"
-    if set(counts) == {"class"} and not _numbered(urls):
-        return "class"
-    names = {kind: posixpath.basename(url) for url, kind in zip(urls, kinds, strict=True)}
-    found = ", ".join(f"{count} {kind} ({names[kind]})" for kind, count in counts.most_common())
-    if set(counts) == {"class"}:
-        hint = ("numbered tars of unlabelled images: per-class tars are named by their class, and WebDataset "
-                "shards need <key>.cls or <key>.json labels")
-    elif set(counts) == {"webdataset-unlabelled"}:
-        hint = "WebDataset shards without labels: add a <key>.cls (class index) or <key>.json with \"label\""
-    elif set(counts) <= {"imagefolder", "tar-of-tars"} and len(urls) == 1:
-        hint = f"pass the tar itself as --source: unmix-swav stage --source {urls[0]} --dest ..."
-    else:
-        hint = "the tars do not share one layout"
-    raise UserError(f"{where}: cannot tell what its tars hold: {found}; {hint}; {SUPPORTED_LAYOUTS}")
 
 
 # --- a whole shard set ---------------------------------------------------------------------------------------
@@ -398,9 +312,9 @@ def read_shard_set(url: str, index_dir: str, workers: int = 8) -> ShardSet:
             samples, ignored = shard_samples(number, indexed[number][1])
             shard_name = posixpath.basename(shards.urls[number])
             result.ignored += [f"{shard_name}/{path}" for path in ignored]
-            if shards.nsamples is not None and len(_groups(indexed[number][1])) != shards.nsamples[number]:
+            if shards.nsamples is not None and len(member_groups(indexed[number][1])) != shards.nsamples[number]:
                 log.warning("%s: %d samples, but the wids index says %d", shards.urls[number],
-                            len(_groups(indexed[number][1])), shards.nsamples[number])
+                            len(member_groups(indexed[number][1])), shards.nsamples[number])
             result.ends[number] = max((s.image.offset + s.image.size for s in samples), default=0)
             result.splits[split] += samples
         every += result.splits[split]
