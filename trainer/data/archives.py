@@ -4,7 +4,7 @@ Layouts (uncompressed tars, local or any fsspec URL):
   one tar          members `<class>/<image>`, or `train/<class>/...` + `val/<class>/...`; a member that is
                    itself a tar (`<class>.tar`, as in ImageNet's ILSVRC2012_img_train.tar) is one class
   folder of tars   `<class>.tar` per class (ImageNet's per-class tars, members are bare file names)
-  WebDataset shard `<key>.<ext>` members grouped by key (trainer/data/wds.py tells the layouts apart by content);
+  WebDataset shard `<key>.<ext>` members grouped by key (trainer/data/layout.py tells the layouts apart by content);
                    small label members (`.cls`, `.json`) are read in passing and kept in the index
 Indexing reads the archive front to back, once, parsing only tar headers (seeking over member data, so a
 local archive is barely read and an object is fetched sequentially in the filesystem's read-ahead blocks);

@@ -14,8 +14,8 @@ range like staged data, so that the sampler's exact mid-epoch resume and per-ran
 Samples without a usable label are left out, counted and reported, never fatal.
 
 A folder of tars is recognised by its content, never by a guess: WebDataset shards, ImageNet's per-class
-tars and tars of class folders look different inside (`tar_kind`), and a folder that fits none, or mixes
-them, is refused in one line that names the supported layouts.
+tars and tars of class folders look different inside (trainer/data/layout.py: `tar_kind`), and a folder that
+fits none, or mixes them, is refused in one line that names the supported layouts.
 """
 
 from __future__ import annotations
