@@ -4,7 +4,7 @@ Layouts (uncompressed tars, local or any fsspec URL):
   one tar          members `<class>/<image>`, or `train/<class>/...` + `val/<class>/...`; a member that is
                    itself a tar (`<class>.tar`, as in ImageNet's ILSVRC2012_img_train.tar) is one class
   folder of tars   `<class>.tar` per class (ImageNet's per-class tars, members are bare file names)
-  WebDataset shard `<key>.<ext>` members grouped by key (trainer/data/wds.py tells the layouts apart by content);
+  WebDataset shard `<key>.<ext>` members grouped by key (trainer/data/layout.py tells the layouts apart by content);
                    small label members (`.cls`, `.json`) are read in passing and kept in the index
 Indexing reads the archive front to back, once, parsing only tar headers (seeking over member data, so a
 local archive is barely read and an object is fetched sequentially in the filesystem's read-ahead blocks);
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer import storage
-from trainer.data.decode import is_image_name
-from trainer.data.sources import SPLITS, is_ignored_name
+from trainer.data.names import SPLITS, is_ignored_name, is_image_name
+from trainer.data.shard_fetch import archive_key
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -139,12 +139,6 @@ def index_tar(url: str) -> list[Member]:
 def _archive_key(url: str) -> str:
     fs, path = storage.filesystem(url)
     return archive_key(url, storage.with_retries(lambda: fs.info(path), f"checking {url}"))
-
-
-def archive_key(url: str, info: dict[str, Any]) -> str:
-    """URL, size and version (ETag, else modification time) of an archive from its fsspec `info`."""
-    version = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
-    return f"{url} size={info.get('size')} version={version}"
 
 
 def cached_index(url: str, index_dir: str) -> tuple[str, list[Member]]:

@@ -9,7 +9,6 @@ EXIF, draft, pixels, mode conversion) runs inside `_guard`, so corrupt data surf
 from __future__ import annotations
 
 import io
-import os
 import struct
 import warnings
 from collections.abc import Iterator
@@ -20,8 +19,6 @@ from PIL import Image, ImageFile, ImageOps
 
 from trainer import env
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff",
-                              ".webp", ".gif"})
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels become white, as image viewers show them
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that transpose the axes
@@ -34,10 +31,6 @@ CORRUPT_DATA_ERRORS = (OSError, ValueError, SyntaxError, EOFError, SystemError, 
 
 class BadImage(Exception):
     """A file that is not a decodable image; the message is the reason, for logs and the manifest."""
-
-
-def is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 @contextmanager

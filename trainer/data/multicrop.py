@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from trainer.data.decode import oriented_size, to_rgb
-from trainer.data.sources import ImageSource
+from trainer.data.readers import ImageSource
 from trainer.errors import UserError
 from trainer.seeding import derive_seed
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 
-from trainer import storage
-from trainer.data.sources import MANIFEST, read_manifest, resolve_folder
+from trainer.data.layout import probe
+from trainer.data.readers import read_manifest
 from trainer.errors import UserError
 
 FIX_SPLIT = ("stage a source that holds train/ and val/ (e.g. the ImageNet root, not its train/ folder; "
@@ -24,19 +24,14 @@ def check_images(url: str, splits: tuple[str, ...], labels_percent: int | None =
     """Raise UserError (one line) for the first thing the step would fail on in `url`: a split it reads that
     is missing or empty, a class without any training image for a labelled share. Returns notes: what was not
     checked, what a user should know (a share that rounds to under one image per class)."""
-    url = url.rstrip("/")
-    if url.endswith("/" + MANIFEST):
-        url = url[: -len(MANIFEST) - 1]
-    if storage.exists(storage.join(url, MANIFEST)):
+    layout = probe(url)
+    url = layout.url
+    if layout.kind == "staged":
         return _check_staged(url, splits, labels_percent)
-    from trainer.data import wds  # imports sources
-
-    fs, root = storage.filesystem(url)
-    if wds.is_shard_set_url(url) or (storage.with_retries(lambda: fs.isdir(root), f"checking {url}")
-                                     and wds.folder_tar_groups(url)):
+    if layout.kind in ("shards", "tar", "tar-folders"):
         return [f"{url} is a WebDataset shard set: its splits are not checked before the step opens it"]
     for split in splits:
-        resolve_folder(url, split)  # its refusal says which folder to pass
+        layout.folder(split)  # its refusal says which folder to pass
     return [f"{url} is not a staged dataset: its class counts are not checked (stage it to have them checked)"] \
         if labels_percent else []
 

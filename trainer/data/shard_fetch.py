@@ -43,7 +43,7 @@ def verifying() -> bool:
 @dataclass(frozen=True)
 class Expected:
     """What shard `url` must be: `size` and `sha256` (staged), or `version`, the archive key its index was
-    made from (WebDataset: URL, size and ETag; trainer.data.archives.archive_key)."""
+    made from (WebDataset: URL, size and ETag; `archive_key`)."""
 
     url: str
     size: int | None = None
@@ -138,6 +138,12 @@ def download(expected: Expected, tmp: str, part_bytes: int, concurrency: int) ->
         handle.close()
 
 
+def archive_key(url: str, info: dict[str, Any]) -> str:
+    """URL, size and version (ETag, else modification time) of an archive from its fsspec `info`."""
+    version = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
+    return f"{url} size={info.get('size')} version={version}"
+
+
 def _open(fs: fsspec.AbstractFileSystem, path: str, url: str, part_bytes: int) -> Any:
     try:
         return storage.with_retries(lambda: fs.open(path, "rb", block_size=part_bytes, cache_type="none"),
@@ -152,8 +158,6 @@ def _check_identity(fs: fsspec.AbstractFileSystem, path: str, handle: Any, size:
     if expected.size is not None and size != expected.size:
         raise changed(expected, f"{size} bytes, {expected.size} expected")
     if expected.version is not None:
-        from trainer.data.archives import archive_key
-
         info = getattr(handle, "details", None) or fs.info(path)
         now = archive_key(expected.url, info)
         if now != expected.version:

@@ -1,6 +1,7 @@
 """`unmix-swav stage`: validate every image of an ImageFolder tree, of tar archives of one (see
 trainer/data/archives.py) or of a WebDataset shard set (trainer/data/wds.py) and pack it into WebDataset
-shards + manifest.
+shards + manifest. What --source holds is told by trainer/data/layout.py's `probe`, as for reading; how
+one shard is written (keys, members, records) is trainer/data/shard_writer.py.
 
 Layout written under --dest (any fsspec URL), format unmix-swav-staged/2:
   <split>/<split>-00000.tar  WebDataset shards: per sample <key>.<ext> (the original bytes), <key>.cls (class
@@ -33,7 +34,6 @@ import os
 import posixpath
 import shutil
 import sys
-import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -49,29 +49,26 @@ from trainer.data import wds
 from trainer.data.archives import (
     INDEX_FOLDER,
     ArchiveListing,
-    index_all,
     is_tar_name,
     list_class_tars,
     list_single_tar,
-    read_members,
     refuse_compressed,
 )
-from trainer.data.decode import BadImage, decode, open_image_bytes
-from trainer.data.sources import (
-    MANIFEST,
-    SPLITS,
-    STAGED_FORMAT,
-    data_root,
-    list_folder,
-    printable_name,
-    read_index,
-    read_manifest,
+from trainer.data.layout import SUPPORTED_LAYOUTS, probe, tar_contents
+from trainer.data.names import MANIFEST, STAGED_FORMAT, printable_name
+from trainer.data.readers import data_root, list_folder, read_index, read_manifest
+from trainer.data.shard_writer import (
+    plan_digest,
+    plan_shards,
+    plan_striped_shards,
+    reusable_record,
+    sample_keys,
+    write_shard,
 )
 from trainer.data.synthetic import BUILTIN_PREFIX, BUILTIN_SOURCES, make_generated
 from trainer.errors import UserError
 from trainer.run.workers import owned_process_pool, sigterm_raises
 
-READ_BATCH = 32  # files fetched concurrently by one worker (s3fs issues the GETs in parallel)
 MAX_IGNORED_LISTED = 1000
 # The smallest value of each builtin:<kind> option (the generators also cap num_classes per kind).
 BUILTIN_MINIMUMS = {"num_classes": 2, "images_per_class": 1, "val_images_per_class": 0, "image_size": 16}
@@ -95,133 +92,6 @@ class FolderListing:
 
 def _print_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def plan_shards(sizes: list[int], shard_bytes: int, seed: int) -> list[list[int]]:
-    """Sample indices per shard: a seeded shuffle packed greedily into shards of about `shard_bytes`."""
-    order = np.random.default_rng(seed).permutation(len(sizes))
-    shards: list[list[int]] = [[]]
-    filled = 0
-    for index in order.tolist():
-        cost = sizes[index] + 1024  # tar header and padding
-        if shards[-1] and filled + cost > shard_bytes:
-            shards.append([])
-            filled = 0
-        shards[-1].append(index)
-        filled += cost
-    return shards if shards[0] else []
-
-
-def plan_striped_shards(groups: list[Any], sizes: list[int], shard_bytes: int,
-                        seed: int) -> list[list[int]]:
-    """Sample indices per shard: every group (samples in read order) cut into one contiguous run per shard.
-
-    Shards get about `shard_bytes` each and a share of every group; a seeded rotation per group spreads
-    groups smaller than the shard count over different shards.
-    """
-    count = max(1, -(-sum(size + 1024 for size in sizes) // shard_bytes))
-    members: dict[Any, list[int]] = {}
-    for index, group in enumerate(groups):
-        members.setdefault(group, []).append(index)
-    rotation = np.random.default_rng(seed).integers(count, size=len(members)).tolist()
-    shards: list[list[int]] = [[] for _ in range(count)]
-    for start, indices in zip(rotation, members.values(), strict=True):
-        for number, run in enumerate(np.array_split(np.array(indices), count)):
-            shards[(start + number) % count] += run.tolist()
-    return [shard for shard in shards if shard]
-
-
-def _plan_digest(members: list[Any]) -> str:
-    return hashlib.sha256(json.dumps(members, ensure_ascii=False).encode("utf-8")).hexdigest()
-
-
-def _fetch(source_url: str, relative_paths: list[str]) -> dict[str, bytes | Exception]:
-    fs, root = storage.filesystem(source_url)
-    full = [f"{root.rstrip('/')}/{p}" for p in relative_paths]
-    found = storage.with_retries(lambda: fs.cat(full, on_error="return"), f"reading files under {source_url}")
-    return {p: found.get(f, FileNotFoundError(f)) for p, f in zip(relative_paths, full, strict=True)}
-
-
-def _validate(data: bytes | Exception) -> str:
-    """The image's original mode when it decodes with the trainer's decoder; BadImage otherwise."""
-    if isinstance(data, Exception):
-        raise BadImage(f"could not be read ({type(data).__name__}: {data})")
-    mode = open_image_bytes(data).mode
-    decode(data)
-    return mode
-
-
-def _fetch_members(task: dict[str, Any], members: list[list[Any]]) -> dict[str, bytes | Exception]:
-    if "archives" in task:
-        return read_members(task["archives"], members)
-    return _fetch(task["source"], [member[0] for member in members])
-
-
-def _skip_entry(task: dict[str, Any], member: list[Any], reason: str) -> list[str]:
-    """[path, reason] of a bad file; [member path, reason, archive URL] of a bad archive member."""
-    if "archives" in task:
-        return [member[3], reason, task["archives"][member[2]]]
-    return [member[0], reason]
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> int:
-    """Append one member; returns the offset of its data in the tar."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    tar.addfile(info, io.BytesIO(data))
-    return tar.offset - tarfile.BLOCKSIZE * -(-len(data) // tarfile.BLOCKSIZE)
-
-
-def write_shard(task: dict[str, Any]) -> dict[str, Any]:
-    """Validate and pack one shard's files; upload the tar, then its record. Runs in a worker process.
-
-    Members are [path, label] (files under task["source"]) or [path, label, archive number, member path,
-    offset, size] (members of task["archives"]); task["keys"] holds each one's WebDataset key. Each sample
-    becomes `<key>.<ext>` (the original bytes), `<key>.cls` (the class index) and `<key>.json`.
-    """
-    members: list[list[Any]] = task["members"]
-    classes: list[str] = task["classes"]
-    buffer = io.BytesIO()
-    packed, skipped, modes = [], [], Counter()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for start in range(0, len(members), READ_BATCH):
-            chunk = members[start:start + READ_BATCH]
-            contents = _fetch_members(task, chunk)
-            for member, key in zip(chunk, task["keys"][start:start + READ_BATCH], strict=True):
-                path, label = member[0], member[1]
-                data = contents[path]
-                try:
-                    modes[_validate(data)] += 1
-                except BadImage as error:
-                    skipped.append(_skip_entry(task, member, str(error)))
-                    continue
-                assert isinstance(data, bytes)
-                data_offset = _add_member(tar, f"{key}.{wds.image_suffix(path)}", data)
-                _add_member(tar, f"{key}.cls", str(label).encode("ascii"))
-                _add_member(tar, f"{key}.json", wds.sample_json(path, label, classes[label], task["split"]))
-                packed.append([path, label, data_offset, len(data), key])
-    shard_bytes = buffer.getvalue()
-    storage.atomic_write_bytes(storage.join(task["dest"], task["path"]), shard_bytes)
-    record = {"plan": task["plan"], "path": task["path"], "size": len(shard_bytes),
-              "sha256": hashlib.sha256(shard_bytes).hexdigest(), "members": packed, "skipped": skipped,
-              "modes": dict(modes)}
-    storage.write_verified(storage.join(task["dest"], task["record"]), json.dumps(record, ensure_ascii=False))
-    return record
-
-
-def _reusable_record(task: dict[str, Any]) -> dict[str, Any] | None:
-    """The shard's record from an earlier run, if it verifies, matches this plan and its tar is complete."""
-    record_url = storage.join(task["dest"], task["record"])
-    if not storage.exists(storage.digest_url(record_url)):  # none, or written before digests: stage it again
-        return None
-    try:
-        record = json.loads(storage.read_verified(record_url))
-    except (ValueError, FileNotFoundError, storage.IntegrityError):
-        return None
-    fs, tar_path = storage.filesystem(storage.join(task["dest"], task["path"]))
-    if record.get("plan") != task["plan"] or not fs.exists(tar_path) or fs.size(tar_path) != record["size"]:
-        return None
-    return record
 
 
 def _folder_listing(root: str) -> FolderListing:
@@ -256,44 +126,49 @@ def _split_listing(root: str, tars: list[str],
     return listing
 
 
+def _shard_set_listings(shard_set: wds.ShardSet) -> dict[str, ArchiveListing]:
+    """Per split, the shard set as a staging source: every sample a member of an archive, labelled."""
+    listings = {}
+    for split, samples in shard_set.splits.items():
+        listing = ArchiveListing(archives=list(shard_set.urls), keys=list(shard_set.keys), labels=[],
+                                 classes=shard_set.classes)
+        for sample in samples:
+            listing.names.append(sample.name)
+            listing.sizes.append(sample.image.size)
+            listing.locations.append((sample.shard, sample.image.path, sample.image.offset))
+            listing.labels.append(int(sample.label or 0))
+        mine = set(shard_set.split_shards[split])
+        listing.bad = [[path, reason, shard_set.urls[number]] for number, path, reason in shard_set.bad
+                       if number in mine]
+        listing.ignored = list(shard_set.ignored) if split == next(iter(shard_set.splits)) else []
+        listings[split] = listing
+    return listings
+
+
 def _split_listings(source: str, dest: str, workers: int) -> dict[str, FolderListing | ArchiveListing]:
     """Split name -> its samples: train/ and val/ when the source holds them, else the source as train.
 
-    What a tar holds is read from its members (trainer/data/wds.py: `tar_kind`), never guessed from names."""
+    What tars hold is read from their members (trainer/data/layout.py: `tar_contents`), never guessed from names."""
+    layout = probe(source)
     fs, root = storage.filesystem(source)
     index_dir = storage.join(dest, INDEX_FOLDER)
-    if wds.is_brace_pattern(source) or wds.is_wids_index(source):
-        return wds.stage_listings(wds.read_shard_set(source, index_dir, workers))
-    if fs.isfile(root):
+    if layout.kind in ("tar", "file") and fs.isfile(root):
         refuse_compressed(source)
         if not is_tar_name(source):
-            raise UserError(f"--source {source} is a file but not a .tar archive; {wds.SUPPORTED_LAYOUTS}")
-        indexed = index_all([source], index_dir, 1)
-        kind = wds.tar_kind(source, indexed[0][1])
-        if kind == "webdataset":
-            return wds.stage_listings(wds.read_shard_set(source, index_dir, workers))
-        if kind == "webdataset-unlabelled":
-            wds.tar_layout(source, [source], indexed)  # refuses, naming the fix
-        return list_single_tar(source, index_dir)
-    if not fs.isdir(root):
+            raise UserError(f"--source {source} is a file but not a .tar archive; {SUPPORTED_LAYOUTS}")
+    elif layout.kind not in ("shards", "tar-folders", "imagefolder"):
         raise UserError(f"--source {source} does not exist or is not a folder; pass an ImageFolder tree "
                         f"(class folders), a folder holding train/ and val/, a .tar of either, a folder of "
                         f"per-class .tar files, WebDataset shards (a folder, a brace pattern or a wids index), "
                         f"a staged dataset, or one of {', '.join(BUILTIN_SOURCES)}")
-    groups = wds.folder_tar_groups(source)
-    urls = [url for tars in groups.values() for url in tars]
-    indexed = dict(zip(urls, index_all(urls, index_dir, workers), strict=True)) if urls else {}
-    layouts = {folder: wds.tar_layout(folder, tars, [indexed[tar] for tar in tars]) for folder, tars in groups.items()}
-    if "webdataset" in layouts.values():
-        if set(layouts.values()) != {"webdataset"}:
-            raise UserError(f"--source {source} mixes WebDataset shards and per-class tars "
-                            f"({', '.join(f'{posixpath.basename(f)}: {k}' for f, k in layouts.items())}); "
-                            f"{wds.SUPPORTED_LAYOUTS}")
-        return wds.stage_listings(wds.read_shard_set(source, index_dir, workers))
-    names = {os.path.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)}
-    roots = {split: storage.join(source, split) for split in SPLITS if split in names} or {"train": source}
-    return {split: _split_listing(split_root, groups.get(split_root, []), indexed)
-            for split, split_root in roots.items()}
+    contents, indexed = (tar_contents(layout, index_dir, workers, f"--source {source}")
+                         if layout.kind in ("tar", "tar-folders") else ("", {}))
+    if layout.kind == "shards" or contents == "webdataset":
+        return _shard_set_listings(wds.read_shard_set(source, index_dir, workers))
+    if layout.kind == "tar":
+        return list_single_tar(source, index_dir)
+    return {split: _split_listing(split_root, layout.tar_groups.get(split_root, []), indexed)
+            for split, split_root in layout.splits.items()}
 
 
 def _run_tasks(tasks: list[dict[str, Any]], workers: int, split: str, total_images: int,
@@ -301,7 +176,7 @@ def _run_tasks(tasks: list[dict[str, Any]], workers: int, split: str, total_imag
     records: dict[int, dict[str, Any]] = {}
     todo = []
     for number, task in enumerate(tasks):
-        record = _reusable_record(task)
+        record = reusable_record(task)
         if record is None:
             todo.append((number, task))
         else:
@@ -339,7 +214,7 @@ def _stage_split(split: str, listing: FolderListing | ArchiveListing, classes: l
     label_of = {name: label for label, name in enumerate(classes)}
     labels = listing.labels if isinstance(listing, ArchiveListing) and listing.labels is not None else \
         [label_of[path.split("/", 1)[0]] for path in listing.names]
-    keys = wds.sample_keys(listing.names)
+    keys = sample_keys(listing.names)
     if isinstance(listing, ArchiveListing):
         members = [[path, label, *location, size] for path, label, location, size
                    in zip(listing.names, labels, listing.locations, listing.sizes, strict=True)]
@@ -355,7 +230,7 @@ def _stage_split(split: str, listing: FolderListing | ArchiveListing, classes: l
         reads = {"source": listing.root}
     tasks = []
     width = max(5, len(str(len(plan) - 1)))
-    classes_digest = _plan_digest(classes)
+    classes_digest = plan_digest(classes)
     for number, indices in enumerate(plan):
         shard_members, shard_keys = [members[i] for i in indices], [keys[i] for i in indices]
         # Archive keys (size, version) in the plan: a changed archive invalidates the shards read from it.
@@ -363,7 +238,7 @@ def _stage_split(split: str, listing: FolderListing | ArchiveListing, classes: l
         name = f"{split}/{split}-{number:0{width}d}"  # the split in the file name too: names unique across splits
         tasks.append({**reads, "dest": dest, "members": shard_members, "keys": shard_keys, "classes": classes,
                       "split": split, "path": f"{name}.tar", "record": f"{name}.json",
-                      "plan": _plan_digest([STAGED_FORMAT, classes_digest, *shard_members, *shard_keys,
+                      "plan": plan_digest([STAGED_FORMAT, classes_digest, *shard_members, *shard_keys,
                                             *versions])})
     records = _run_tasks(tasks, workers, split, len(members), progress)
 
@@ -557,7 +432,7 @@ def stage_folder(source: str, dest: str, shard_size_mb: float = 256, workers: in
         sorted({path.split("/", 1)[0] for listing in listings.values() for path in listing.names})
     if not classes or not any(listing.names for listing in listings.values()):
         raise UserError(f"no images in class folders under {source}; expected <class>/<image>.jpg files "
-                        f"(in a folder or a .tar) or a folder of per-class .tar files; {wds.SUPPORTED_LAYOUTS}")
+                        f"(in a folder or a .tar) or a folder of per-class .tar files; {SUPPORTED_LAYOUTS}")
     ignored = [storage.join(split, path) for split, listing in listings.items() for path in listing.ignored]
     not_regular = {storage.join(split, path): kind for split, listing in listings.items()
                    if isinstance(listing, FolderListing) for path, kind in listing.not_regular.items()}
@@ -621,7 +496,7 @@ def stage_dataset(source: str, dest: str, shard_size_mb: float = 256, workers: i
         raise UserError(f"--verify {verify!r} is not one of {', '.join(VERIFY_CHOICES)}")
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     if not source.startswith(BUILTIN_PREFIX):
-        if not wds.is_shard_set_url(source) and storage.exists(storage.join(source.rstrip("/"), MANIFEST)):
+        if probe(source).kind == "staged":
             return reuse_staged(source.rstrip("/"), dest, verify == "sha256", workers, progress)
         return stage_folder(source, dest, shard_size_mb, workers, max_bad_fraction, seed, progress)
     counts = {"num_classes": num_classes, "images_per_class": images_per_class,

@@ -1,4 +1,4 @@
-"""WebDataset shard sets: the conventions staging writes, and sets of shards read as they are.
+"""WebDataset shard sets read as they are (the conventions staging writes are trainer/data/shard_writer.py's).
 
 A WebDataset shard is a plain tar whose members are grouped into samples by key: the key of a member is its
 path up to the first dot of its basename, the rest is its suffix (`n01440764_10026.jpg`, `...cls`,
@@ -14,8 +14,8 @@ range like staged data, so that the sampler's exact mid-epoch resume and per-ran
 Samples without a usable label are left out, counted and reported, never fatal.
 
 A folder of tars is recognised by its content, never by a guess: WebDataset shards, ImageNet's per-class
-tars and tars of class folders look different inside (`tar_kind`), and a folder that fits none, or mixes
-them, is refused in one line that names the supported layouts.
+tars and tars of class folders look different inside (trainer/data/layout.py: `tar_kind`), and a folder that
+fits none, or mixes them, is refused in one line that names the supported layouts.
 """
 
 from __future__ import annotations
@@ -25,42 +25,42 @@ import json
 import logging
 import os
 import posixpath
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 from webdataset.shardlists import expand_urls
-from webdataset.tariterators import base_plus_ext, meta_prefix, meta_suffix
 from wids.wids_specs import urldir
 
 from trainer import env, storage
 from trainer.data.archives import (
     LABEL_SUFFIXES,
     TAR_SUFFIX,
-    ArchiveListing,
     Member,
     index_all,
-    is_tar_name,
     refuse_compressed,
 )
-from trainer.data.decode import is_image_name
-from trainer.data.sources import MAX_EXAMPLES_LOGGED, ShardedSource, is_ignored_name, printable_name
+from trainer.data.layout import (
+    SUPPORTED_LAYOUTS,
+    folder_tar_groups,
+    is_brace_pattern,
+    is_image_suffix,
+    is_wids_index,
+    member_groups,
+    tar_layout,
+)
+from trainer.data.names import (
+    MAX_EXAMPLES_LOGGED,
+    SPLIT_FOLDERS,
+    printable_name,
+    split_words,
+)
+from trainer.data.readers import ShardedSource
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_LAYOUTS = ("supported: an ImageFolder tree (<class>/<image>) or a .tar of one, ImageNet's per-class tars "
-                     "(<class>.tar of images) or its tar of them, a staged dataset (manifest.json), or WebDataset "
-                     "shards (<key>.jpg with <key>.cls or <key>.json labels: a folder, a brace pattern or a wids "
-                     "index .json)")
 CLASSES_FILES = ("classes.txt", "classes.json")
-SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-               "test": "test", "testing": "test"}
-SPLIT_FOLDERS = ("train", "val", "validation")
-_META = re.compile(r"__[^/]*__($|/)")  # webdataset's own `skip_meta` default
-_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-_NUMBERED = re.compile(r"^(.*?)(\d+)$")
 
 
 def default_index_dir() -> str:
@@ -70,59 +70,7 @@ def default_index_dir() -> str:
                                                                "tar-index")
 
 
-# --- the WebDataset conventions ------------------------------------------------------------------------------
-
-
-def split_member(path: str) -> tuple[str, str] | None:
-    """(key, suffix) of a member as webdataset groups it (suffix lower-cased, as its reader does); None for the
-    members webdataset skips (`__...__` meta files) or cannot name (no dot, a hidden basename)."""
-    if ("/" not in path and path.startswith(meta_prefix) and path.endswith(meta_suffix)) or _META.match(path):
-        return None
-    key, suffix = base_plus_ext(path)
-    return None if key is None else (key, suffix.lower())
-
-
-def _safe_key(text: str) -> str:
-    key = _KEY_UNSAFE.sub("_", text) or "_"
-    return "k" + key if key.startswith("__") else key  # `__x__` would be taken for a meta member
-
-
-def sample_keys(names: list[str]) -> list[str]:
-    """A WebDataset key per sample: unique, no dot, no slash, ASCII letters, digits, `_` and `-` only.
-
-    The file's stem when that is unique (`n01440764/n01440764_10026.JPEG` -> `n01440764_10026`), else its
-    folders and stem (`cats/001.jpg` -> `cats_001`), else that and the sample's position in `names`.
-    """
-    keys = [_safe_key(posixpath.splitext(posixpath.basename(name))[0]) for name in names]
-    counts = Counter(keys)
-    keys = [_safe_key(posixpath.splitext(name)[0].replace("/", "_")) if counts[key] > 1 else key
-            for key, name in zip(keys, names, strict=True)]
-    while len(set(keys)) < len(keys):
-        counts = Counter(keys)
-        keys = [f"{key}_{number}" if counts[key] > 1 else key for number, key in enumerate(keys)]
-    return keys
-
-
-def image_suffix(name: str) -> str:
-    """The suffix a staged image member gets: the file's extension, lower-cased (`.JPEG` -> `jpeg`), so that
-    webdataset (which lower-cases) and wids (which does not) both see the same one."""
-    return posixpath.splitext(name)[1][1:].lower()
-
-
-def sample_json(name: str, label: int, class_name: str, split: str) -> bytes:
-    return json.dumps({"filename": name, "label": label, "class_name": class_name, "split": split},
-                      ensure_ascii=False).encode("utf-8")
-
-
 # --- finding the shards --------------------------------------------------------------------------------------
-
-
-def is_brace_pattern(url: str) -> bool:
-    return re.search(r"\{[^{}]*(\.\.|,)[^{}]*\}", url) is not None
-
-
-def is_wids_index(url: str) -> bool:
-    return url.lower().endswith(".json") and not url.rstrip("/").endswith("/manifest.json")
 
 
 def _common_folder(urls: list[str]) -> str:
@@ -133,30 +81,6 @@ def _common_folder(urls: list[str]) -> str:
                       min(len(common), len(other)))
         common = common[:length]
     return "/".join(common)
-
-
-def _split_folders(url: str) -> tuple[list[str], list[str]]:
-    """(top-level .tar URLs, URLs of the split folders) of the folder `url`."""
-    fs, root = storage.filesystem(url)
-    entries = storage.with_retries(lambda: fs.ls(root, detail=True), f"listing {printable_name(url)}")
-    tars, splits = [], []
-    for entry in sorted(entries, key=lambda e: e["name"]):
-        name = posixpath.basename(entry["name"].rstrip("/"))
-        if entry["type"] == "directory" and name in SPLIT_FOLDERS:
-            splits.append(storage.join(url, name))
-        elif entry["type"] == "file" and is_tar_name(name) and not is_ignored_name(name):
-            tars.append(storage.join(url, name))
-    return tars, splits
-
-
-def folder_tar_groups(url: str) -> dict[str, list[str]]:
-    """Folder (`url` or its train/ and val/ folders) -> the .tar files directly in it; {} when it holds none.
-    With split folders, only theirs count (an ImageFolder's train/ holds class folders, not tars)."""
-    tars, splits = _split_folders(url)
-    if not splits:
-        return {url: tars} if tars else {}
-    groups = {split: _split_folders(split)[0] for split in splits}
-    return {folder: found for folder, found in groups.items() if found}
 
 
 def _wids_shards(url: str) -> tuple[list[str], list[int]]:
@@ -210,17 +134,12 @@ def resolve_shards(url: str) -> ShardList:
     return ShardList(url, url.rstrip("/"), urls)
 
 
-def _split_words(relative: str) -> set[str]:
-    words = re.split(r"[/\-_.\s]+", relative.lower().removesuffix(TAR_SUFFIX))
-    return {SPLIT_WORDS[word] for word in words if word in SPLIT_WORDS}
-
-
 def assign_splits(shards: ShardList) -> dict[str, list[int]]:
     """Split -> shard numbers, by the split its path below the set's folder names (`train/...`,
     `...-validation-00.tar`); a set whose shards name no split is one train split. Shards that name two
     splits, or that name none next to ones that do, are refused; `test` shards are left out."""
     relative = [url[len(shards.root):].lstrip("/") for url in shards.urls]
-    found = [_split_words(name) for name in relative]
+    found = [split_words(name, TAR_SUFFIX) for name in relative]
     both = [(name, words) for name, words in zip(relative, found, strict=True) if len(words) > 1]
     if both:
         raise UserError(f"{shards.given}: shard {both[0][0]} names more than one split "
@@ -295,25 +214,6 @@ class Sample:
     problem: str | None = None  # why it cannot be used (no label, a bad one)
 
 
-def _groups(members: list[Member]) -> list[tuple[str, list[tuple[str, Member]]]]:
-    """Members grouped as webdataset groups them: consecutive members with one key."""
-    groups: list[tuple[str, list[tuple[str, Member]]]] = []
-    for member in members:
-        parts = split_member(member.path)
-        if parts is None:
-            continue
-        key, suffix = parts
-        if groups and groups[-1][0] == key:
-            groups[-1][1].append((suffix, member))
-        else:
-            groups.append((key, [(suffix, member)]))
-    return groups
-
-
-def _is_image_suffix(suffix: str) -> bool:
-    return "." not in suffix and is_image_name("x." + suffix)
-
-
 def _labels_of(key: str, parts: dict[str, Member]) -> tuple[int | None, str | None, str | None, str | None]:
     """(label, class name, original file name, problem) from a sample's `.cls`/`.cls2` and `.json` members."""
     label = class_name = filename = None
@@ -346,8 +246,8 @@ def _labels_of(key: str, parts: dict[str, Member]) -> tuple[int | None, str | No
 def shard_samples(shard: int, members: list[Member]) -> tuple[list[Sample], list[str]]:
     """(samples, paths of members that belong to no image sample) of one WebDataset shard."""
     samples, ignored = [], []
-    for key, group in _groups(members):
-        images = [member for suffix, member in group if _is_image_suffix(suffix)]
+    for key, group in member_groups(members):
+        images = [member for suffix, member in group if is_image_suffix(suffix)]
         if not images:
             ignored += [member.path for _, member in group]
             continue
@@ -358,58 +258,6 @@ def shard_samples(shard: int, members: list[Member]) -> tuple[list[Sample], list
         samples.append(Sample(shard, key, images[0], filename or images[0].path, label, class_name, problem))
         ignored += [member.path for member in images[1:]]
     return samples, ignored
-
-
-def tar_kind(url: str, members: list[Member]) -> str:
-    """What one tar holds, from its members: "webdataset" (images with .cls/.json labels by key),
-    "webdataset-unlabelled" (images grouped with other members, no labels), "tar-of-tars" (ImageNet's
-    train tar), "imagefolder" (images in two or more class folders), "class" (images of one class), "empty"."""
-    images = [m.path for m in members if is_image_name(m.path) and not is_ignored_name(m.path)]
-    if not images:
-        return "empty"
-    grouped = [[suffix for suffix, _ in group] for _, group in _groups(members)]
-    with_images = [suffixes for suffixes in grouped if any(_is_image_suffix(s) for s in suffixes)]
-    if any(set(suffixes) & set(LABEL_SUFFIXES) for suffixes in with_images):
-        return "webdataset"
-    if any(len(suffixes) > 1 for suffixes in with_images):
-        return "webdataset-unlabelled"
-    tops = {path.split("/", 1)[0] for path in images if "/" in path}
-    if any(is_tar_name(top) for top in tops):
-        return "tar-of-tars"
-    stem = posixpath.basename(url).removesuffix(TAR_SUFFIX)
-    return "imagefolder" if len(tops - {stem}) >= 2 else "class"
-
-
-def _numbered(urls: list[str]) -> bool:
-    """Names like shard-0000.tar, shard-0001.tar: one prefix and consecutive numbers (ImageNet's class tars,
-    n01440764.tar..., share a prefix but not consecutive numbers)."""
-    matches = [_NUMBERED.match(posixpath.basename(url).removesuffix(TAR_SUFFIX)) for url in urls]
-    if len(urls) < 2 or not all(matches):
-        return False
-    numbers = sorted(int(m.group(2)) for m in matches if m)
-    return len({m.group(1) for m in matches if m}) == 1 and numbers[-1] - numbers[0] == len(numbers) - 1
-
-
-def tar_layout(where: str, urls: list[str], indexed: list[tuple[str, list[Member]]]) -> str:
-    """"webdataset" or "class" (per-class tars) for a set of tars; anything else is refused in one line."""
-    kinds = [tar_kind(url, members) for url, (_, members) in zip(urls, indexed, strict=True)]
-    counts = Counter(kinds)
-    if set(counts) == {"webdataset"}:
-        return "webdataset"
-    if set(counts) == {"class"} and not _numbered(urls):
-        return "class"
-    names = {kind: posixpath.basename(url) for url, kind in zip(urls, kinds, strict=True)}
-    found = ", ".join(f"{count} {kind} ({names[kind]})" for kind, count in counts.most_common())
-    if set(counts) == {"class"}:
-        hint = ("numbered tars of unlabelled images: per-class tars are named by their class, and WebDataset "
-                "shards need <key>.cls or <key>.json labels")
-    elif set(counts) == {"webdataset-unlabelled"}:
-        hint = "WebDataset shards without labels: add a <key>.cls (class index) or <key>.json with \"label\""
-    elif set(counts) <= {"imagefolder", "tar-of-tars"} and len(urls) == 1:
-        hint = f"pass the tar itself as --source: unmix-swav stage --source {urls[0]} --dest ..."
-    else:
-        hint = "the tars do not share one layout"
-    raise UserError(f"{where}: cannot tell what its tars hold: {found}; {hint}; {SUPPORTED_LAYOUTS}")
 
 
 # --- a whole shard set ---------------------------------------------------------------------------------------
@@ -464,9 +312,9 @@ def read_shard_set(url: str, index_dir: str, workers: int = 8) -> ShardSet:
             samples, ignored = shard_samples(number, indexed[number][1])
             shard_name = posixpath.basename(shards.urls[number])
             result.ignored += [f"{shard_name}/{path}" for path in ignored]
-            if shards.nsamples is not None and len(_groups(indexed[number][1])) != shards.nsamples[number]:
+            if shards.nsamples is not None and len(member_groups(indexed[number][1])) != shards.nsamples[number]:
                 log.warning("%s: %d samples, but the wids index says %d", shards.urls[number],
-                            len(_groups(indexed[number][1])), shards.nsamples[number])
+                            len(member_groups(indexed[number][1])), shards.nsamples[number])
             result.ends[number] = max((s.image.offset + s.image.size for s in samples), default=0)
             result.splits[split] += samples
         every += result.splits[split]
@@ -497,25 +345,6 @@ def _report(shard_set: ShardSet) -> None:
                              for number, path, reason in shard_set.bad[:MAX_EXAMPLES_LOGGED])
         log.warning("%s: %d samples left out (no usable label), e.g. %s", printable_name(shard_set.given),
                     len(shard_set.bad), examples)
-
-
-def stage_listings(shard_set: ShardSet) -> dict[str, ArchiveListing]:
-    """Per split, the shard set as a staging source: every sample a member of an archive, labelled."""
-    listings = {}
-    for split, samples in shard_set.splits.items():
-        listing = ArchiveListing(archives=list(shard_set.urls), keys=list(shard_set.keys), labels=[],
-                                 classes=shard_set.classes)
-        for sample in samples:
-            listing.names.append(sample.name)
-            listing.sizes.append(sample.image.size)
-            listing.locations.append((sample.shard, sample.image.path, sample.image.offset))
-            listing.labels.append(int(sample.label or 0))
-        mine = set(shard_set.split_shards[split])
-        listing.bad = [[path, reason, shard_set.urls[number]] for number, path, reason in shard_set.bad
-                       if number in mine]
-        listing.ignored = list(shard_set.ignored) if split == next(iter(shard_set.splits)) else []
-        listings[split] = listing
-    return listings
 
 
 class WebDatasetSource(ShardedSource):
@@ -551,8 +380,3 @@ def open_webdataset(url: str, split: str | None = None, cache_dir: str | None = 
         raise UserError(f"split {split!r} of {url} has no usable samples ({len(shard_set.bad)} left out, e.g. "
                         f"{shard_set.bad[0][2] if shard_set.bad else 'no image members'})")
     return WebDatasetSource(shard_set, split, cache_dir)
-
-
-def is_shard_set_url(url: str) -> bool:
-    """A URL that can only be a WebDataset shard set: a brace pattern, a wids index, a single .tar."""
-    return is_brace_pattern(url) or is_wids_index(url) or is_tar_name(url)

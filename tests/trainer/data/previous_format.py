@@ -12,7 +12,7 @@ import tarfile
 import numpy as np
 
 from trainer import storage
-from trainer.data.sources import read_index, read_manifest
+from trainer.data.readers import read_index, read_manifest
 
 PREVIOUS_FORMAT = "unmix-swav-staged/1"
 

@@ -13,7 +13,8 @@ import pytest
 
 from tests.trainer.cli.refusal import refused
 from trainer import storage
-from trainer.data.sources import MANIFEST, StagedSource, read_index
+from trainer.data.names import MANIFEST
+from trainer.data.readers import StagedSource, read_index
 from trainer.data.staging import stage_dataset, verify_staged
 from trainer.errors import UserError
 from trainer.evaluation.subsets import match_subset

@@ -24,10 +24,12 @@ from previous_format import PREVIOUS_FORMAT, write_previous_format
 from torch.utils.data import DataLoader
 
 from trainer.cli import main
+from trainer.data.layout import split_member
 from trainer.data.sampler import ResumableSampler
+from trainer.data.shard_writer import sample_keys
 from trainer.data.sources import FolderSource, StagedSource, open_source
 from trainer.data.staging import stage_dataset
-from trainer.data.wds import ShardList, WebDatasetSource, assign_splits, sample_keys, split_member
+from trainer.data.wds import ShardList, WebDatasetSource, assign_splits
 from trainer.errors import UserError
 
 SMALL_SHARD_MB = 12 * 1024 / 2**20  # a dozen 32 px JPEGs per shard
