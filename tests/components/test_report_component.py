@@ -41,6 +41,7 @@ def test_run_report_compiles_with_every_url_optional(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")  # the trainer image's deps are the .venv
+@pytest.mark.slow
 def test_run_report_runs_on_the_local_runner(tmp_path):
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
     pretrain = pretraining(tmp_path / "run" / "pretrain")

@@ -21,11 +21,13 @@ def _hadolint(path: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
+@pytest.mark.slow
 def test_dockerfile_passes_hadolint(dockerfile):
     result = _hadolint(dockerfile)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_hadolint_does_flag_a_bad_dockerfile(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM ubuntu:latest\nRUN apt-get update && apt-get install -y curl\n")

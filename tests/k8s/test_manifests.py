@@ -60,6 +60,7 @@ def test_every_job_file_is_what_job_manifest_prints(path, capsys):
         f"{path} drifted from `python -m pipeline job-manifest`: make it again with the command in its header"
 
 
+@pytest.mark.slow
 def test_the_four_distributed_steps_are_there_in_every_set():
     for folder in (V1 / "base", V1 / "overlays" / "cpu-smoke", TRAINER_V2):
         steps = {template["metadata"]["labels"]["app.kubernetes.io/component"] for resource in render(folder)
@@ -68,6 +69,7 @@ def test_the_four_distributed_steps_are_there_in_every_set():
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda path: path.name)
+@pytest.mark.slow
 def test_every_rendered_resource_validates(target):
     resources = render(target)
     kinds = sorted({resource["kind"] for resource in resources})
@@ -83,6 +85,7 @@ def test_every_rendered_resource_validates(target):
             kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
 
 
+@pytest.mark.slow
 def test_trainer_v2_resources_validate_against_the_trainer_api_models_and_kubernetes_schemas():
     resources = [*render(TRAINER_V2), *render(TRAINER_V2 / "cluster")]
     kinds = sorted({resource["kind"] for resource in resources})
@@ -100,6 +103,7 @@ def test_trainer_v2_resources_validate_against_the_trainer_api_models_and_kubern
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda path: path.name)
+@pytest.mark.slow
 def test_gangs_take_every_replica_and_restarts_follow_exit_codes(target):
     for resource in render(target):
         if resource["kind"] != "PyTorchJob":
@@ -111,6 +115,7 @@ def test_gangs_take_every_replica_and_restarts_follow_exit_codes(target):
 
 
 @pytest.mark.parametrize("target", [*TARGETS, TRAINER_V2], ids=lambda path: path.name)
+@pytest.mark.slow
 def test_pods_are_non_root_read_only_with_requests_limits_memory_shm_and_the_shard_cache(target):
     for resource in render(target):
         for template in _pod_templates(resource):
@@ -133,6 +138,7 @@ def test_pods_are_non_root_read_only_with_requests_limits_memory_shm_and_the_sha
                 assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
 
 
+@pytest.mark.slow
 def test_overlays_apply_their_changes():
     gpu = {r["metadata"]["name"]: r for r in render(V1 / "overlays" / "gpu") if r["kind"] == "PyTorchJob"}
     assert gpu["unmix-swav-pretrain"]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3
@@ -164,6 +170,7 @@ def _granted(role: dict) -> set[tuple[str, str, str]]:
             for resource in rule["resources"] for verb in rule["verbs"]}
 
 
+@pytest.mark.slow
 def test_role_grants_only_what_the_launcher_needs():
     (role,) = [r for r in render(V1 / "base") if r["kind"] == "Role"]
     granted = _granted(role)
@@ -182,6 +189,7 @@ def test_role_grants_only_what_the_launcher_needs():
 
 
 @pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+@pytest.mark.slow
 def test_the_access_folders_grant_every_right_the_launcher_and_the_preflight_check(backend):
     from launch.preflight import PreflightOptions, rights
 
@@ -237,6 +245,7 @@ def test_checkov_passes_on_the_rendered_overlays(tmp_path):
 
 @pytest.mark.parametrize("folders", [[V1 / "base"], [TRAINER_V2, TRAINER_V2 / "cluster"]],
                          ids=lambda paths: paths[0].name)
+@pytest.mark.slow
 def test_an_images_override_retargets_every_job_and_the_runtime(folders, tmp_path):
     """What users write in their own overlay: one `images:` entry moves every pod of every step to their registry."""
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({

@@ -33,6 +33,7 @@ PRETRAIN = ["--data_path", "s3://b/staged", "--dump_path", "s3://b/runs/1/pretra
 
 
 @pytest.mark.parametrize("folder", NAMESPACED, ids=lambda path: str(path.relative_to(K8S)))
+@pytest.mark.slow
 def test_nothing_applied_with_n_names_a_namespace_or_needs_cluster_admin(folder):
     for resource in render(folder):
         assert "namespace" not in resource["metadata"], (folder, resource["metadata"]["name"])
@@ -46,6 +47,7 @@ def test_the_secret_template_names_no_namespace():
     assert "namespace" not in secret["metadata"]
 
 
+@pytest.mark.slow
 def test_the_cluster_folder_holds_only_the_cluster_scoped_runtime():
     resources = render(K8S / "trainer-v2" / "cluster")
     assert [(r["kind"], r["metadata"]["name"]) for r in resources] == [("ClusterTrainingRuntime", "unmix-swav-torch")]
@@ -103,6 +105,7 @@ def _granted(resources: list[dict[str, Any]], account: str) -> set[tuple[str, st
 
 
 @pytest.mark.parametrize("backend", ["trainjob", "pytorchjob"])
+@pytest.mark.slow
 def test_default_editor_in_a_profile_may_make_every_call_the_launcher_makes(backend, tmp_path):
     calls = _launcher_calls(backend)
     kinds = {resource for _, resource, _ in calls}

@@ -50,6 +50,7 @@ def _runtime() -> dict[str, Any]:
     return yaml.safe_load(RUNTIME.read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 def test_trainjobs_use_only_fields_every_supported_trainer_serves():
     jobs = _trainjobs()
     assert len(jobs) >= 5
@@ -63,6 +64,7 @@ def test_trainjobs_use_only_fields_every_supported_trainer_serves():
         assert isinstance(job["spec"]["trainer"]["numProcPerNode"], int)
 
 
+@pytest.mark.slow
 def test_runtime_patches_name_only_replicated_jobs_the_runtime_has():
     """Trainer 2.3 merges runtimePatches as a strategic merge patch: a patch naming a ReplicatedJob the runtime
     lacks is appended as a new Job instead of being ignored (kueue#14504), so a typo would start a second group."""
@@ -89,6 +91,7 @@ def test_the_runtime_is_valid_for_trainer_2_2_to_2_4_and_jobset_0_6():
     assert {rule["action"] for rule in rules} <= {"FailJobSet", "RestartJobSet", "RestartJobSetAndIgnoreMaxRestarts"}
 
 
+@pytest.mark.slow
 def test_kueue_sees_a_queued_trainjob_suspended_with_its_labels():
     """Kueue's TrainJob integration admits a suspended TrainJob named by the queue-name label; it needs
     runtimePatches, so Trainer 2.2 or later (kueue#14886), and Kueue built on Trainer 2.3 needs 2.3 (kueue#14504)."""
@@ -100,6 +103,7 @@ def test_kueue_sees_a_queued_trainjob_suspended_with_its_labels():
 
 
 @pytest.mark.parametrize("folder", [V1 / "base", V1 / "overlays" / "cpu-smoke"], ids=lambda path: path.name)
+@pytest.mark.slow
 def test_the_legacy_set_is_training_operator_1_9s_pytorchjob(folder):
     """Training Operator 1.9 serves kubeflow.org/v1 PyTorchJob; the models check is in test_manifests."""
     jobs = [resource for resource in render(folder) if resource["kind"] == "PyTorchJob"]

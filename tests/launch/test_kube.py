@@ -160,6 +160,7 @@ JobLauncher(api, poll_interval_s=0.05).run(job, timeout_s=300, max_restarts=3)
 
 
 @pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+@pytest.mark.slow
 def test_sigterm_from_a_cancelled_run_deletes_the_job(backend):
     with FakeKubeApi(backend=backend) as api:
         api.statuses = [{"conditions": [condition("Running" if backend == "pytorchjob" else "Created")]}]

@@ -61,6 +61,7 @@ def _replace_command(job, code: int):
     return job
 
 
+@pytest.mark.slow
 def test_retryable_exits_restart_the_replica_until_the_budget_is_spent():
     out = io.StringIO()
     local = LocalJob(_replace_command(_job("d", "o", [], num_nodes=1), 138), max_restarts=2, out=out)
@@ -70,6 +71,7 @@ def test_retryable_exits_restart_the_replica_until_the_budget_is_spent():
     assert "restart 2/2: replica master-0 exited with 138 (retryable)" in out.getvalue()
 
 
+@pytest.mark.slow
 def test_a_bad_flag_fails_the_job_at_once_with_exit_2_and_no_restart(shapes_dir, tmp_path):
     out = io.StringIO()
     local = LocalJob(_job(str(shapes_dir), str(tmp_path / "dump"), ["--epochz", "1"]), max_restarts=3, out=out,
@@ -140,6 +142,7 @@ def test_trainjob_nodes_get_the_torch_plugins_env_and_no_rendezvous_flags():
     assert (first.pod_name, second.pod_name) == ("node-0-0", "node-0-1")
 
 
+@pytest.mark.slow
 def test_a_retryable_exit_of_one_trainjob_node_restarts_every_node_until_the_budget_is_spent():
     """JobSet's RestartJobSet: node 1 exits 138, its Job fails (backoffLimit 0), every Job is recreated."""
     job = _job("d", "o", [], backend="trainjob")
@@ -157,6 +160,7 @@ def test_a_retryable_exit_of_one_trainjob_node_restarts_every_node_until_the_bud
     assert "restart 2/2: replica node-0-1 exited with 138 (retryable); restarting every node" in out.getvalue()
 
 
+@pytest.mark.slow
 def test_a_bad_flag_fails_a_trainjob_at_once_with_exit_2(shapes_dir, tmp_path):
     local = LocalJob(_job(str(shapes_dir), str(tmp_path / "dump"), ["--epochz", "1"], backend="trainjob"),
                      max_restarts=3, out=io.StringIO(), extra_env=QUIET)
@@ -165,6 +169,7 @@ def test_a_bad_flag_fails_a_trainjob_at_once_with_exit_2(shapes_dir, tmp_path):
     assert failure.value.exit_code == 2 and local.restarts == 0
 
 
+@pytest.mark.slow
 def test_two_trainjob_nodes_train_as_one_group(shapes_dir, tmp_path):
     out = io.StringIO()
     dump = tmp_path / "dump"

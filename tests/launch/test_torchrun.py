@@ -29,6 +29,7 @@ def _run(launcher: list[str], how: str, tmp_path) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_plain_torchrun_turns_every_failure_into_1(tmp_path):
     """Why the wrapper exists: the Training Operator's ExitCode policy would read 1 as permanent."""
     result = _run([sys.executable, "-m", "torch.distributed.run"], "138", tmp_path)
@@ -36,6 +37,7 @@ def test_plain_torchrun_turns_every_failure_into_1(tmp_path):
 
 
 @pytest.mark.parametrize("how, code", [("0", 0), ("2", 2), ("138", 138), ("kill", 137)])
+@pytest.mark.slow
 def test_the_wrapper_exits_with_the_workers_code(how, code, tmp_path):
     result = _run([sys.executable, "-m", "launch.torchrun"], how, tmp_path)
     assert result.returncode == code, result.stderr[-2000:]

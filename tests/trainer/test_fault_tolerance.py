@@ -91,6 +91,7 @@ def optimizer_tensors(checkpoint: dict) -> dict[str, torch.Tensor]:
             for name, value in state.items() if isinstance(value, torch.Tensor)}
 
 
+@pytest.mark.slow
 def test_sigterm_then_sigkill_then_resume_equals_an_uninterrupted_run(shapes_dir, tmp_path, uninterrupted):
     dump = tmp_path / "dump"
     argv = pretrain_argv(shapes_dir / "train", dump, *QUEUE, "--max_steps", str(MAX_STEPS), "--checkpoint_every_steps",
@@ -138,6 +139,7 @@ def test_sigterm_then_sigkill_then_resume_equals_an_uninterrupted_run(shapes_dir
     assert torch.equal(final["queues"][0]["embeddings"], expected["queues"][0]["embeddings"])
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_one_clear_error(shapes_dir, tmp_path, uninterrupted):
     dump = tmp_path / "dump"
     dump.mkdir()
@@ -154,6 +156,7 @@ def test_truncated_checkpoint_is_one_clear_error(shapes_dir, tmp_path, uninterru
     assert (dump / "checkpoint.pth.tar").read_bytes() == whole[:len(whole) // 2]  # left for inspection
 
 
+@pytest.mark.slow
 def test_resuming_with_another_world_size_keeps_the_epoch_and_resplits_the_queue(shapes_dir, tmp_path,
                                                                                  uninterrupted):
     dump = tmp_path / "dump"
@@ -187,6 +190,7 @@ def worker_pids(torchrun_pid: int) -> dict[int, int]:
     return ranks
 
 
+@pytest.mark.slow
 def test_a_killed_rank_ends_the_whole_torchrun_job(shapes_dir, tmp_path):
     dump = tmp_path / "dump"
     torchrun = [TORCHRUN, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
@@ -206,6 +210,7 @@ def test_a_killed_rank_ends_the_whole_torchrun_job(shapes_dir, tmp_path):
     assert "Signal 9 (SIGKILL) received by PID" in log
 
 
+@pytest.mark.slow
 def test_a_stalled_rank_times_out_the_others_with_one_line(shapes_dir, tmp_path):
     """One process per pod (no torchrun): a peer that hangs is caught by the collective timeout."""
     dump = tmp_path / "dump"
@@ -240,6 +245,7 @@ class UnreachableImages(torch.utils.data.Dataset):
         raise storage.StorageUnavailable(f"reading s3://b/img{index}.jpg failed 8 times over 90s (boom)")
 
 
+@pytest.mark.slow
 def test_a_store_outage_inside_a_loader_worker_keeps_its_type_and_one_line_message():
     from trainer.run.boundary import one_line
 

@@ -32,6 +32,7 @@ def test_workers_from_the_cpus_this_process_may_use(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize("mode", [[], ["--ddp"]])
+@pytest.mark.slow
 def test_smoke_runs_the_benchmark_code_on_the_cpu(mode: list[str]) -> None:
     done = subprocess.run([sys.executable, str(BENCH), "--smoke", *mode], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})

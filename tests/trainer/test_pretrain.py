@@ -46,6 +46,7 @@ def two_process_run(shapes_dir, tmp_path_factory):
     return dump, checkpoint_after_first, second.stderr
 
 
+@pytest.mark.slow
 def test_two_process_run_learns_and_writes_its_outputs(two_process_run):
     dump, _, _ = two_process_run
     lines = read_records(str(dump), "train_step")

@@ -27,6 +27,7 @@ FLAGS = ["--preset", "demo_cpu", "--nmb_crops", "2", "2", "--size_crops", "32", 
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="Inductor needs a C++ compiler on the CPU")
+@pytest.mark.slow
 def test_compiled_two_process_run_with_unmix_queue_and_frozen_prototypes(shapes_dir: Path, tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -72,6 +72,7 @@ def spend_a_budget(started=None) -> None:
         storage.with_retries(always_failing, "the prefetcher's fetch")
 
 
+@pytest.mark.slow
 def test_a_budget_spent_in_another_process_ends_the_waiting_ones(monkeypatch) -> None:
     """A forked process (a loader worker, or the prefetcher's side) spends its budget: an operation of this
     process already backing off raises at once instead of spending a second budget."""

@@ -47,6 +47,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     save_gathered_and_leave(seen, WORLD, rank, out)
 
 
+@pytest.mark.slow
 def test_groups_of_two_on_four_processes(tmp_path: Path) -> None:
     out = str(tmp_path / "seen.pt")
     mp.spawn(_worker, args=(str(tmp_path / "init"), out), nprocs=WORLD, join=True)

@@ -90,6 +90,7 @@ def s3_with_auth() -> Iterator[str]:
 
 
 @pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.slow
 def test_a_wrong_access_key_is_one_line_and_never_echoed(command, shapes_dir, coco_dir, s3_with_auth,
                                                         monkeypatch, capsys):
     secret = "wrong-secret-8f3a"

@@ -95,6 +95,7 @@ def test_listing_skips_special_files_unopened_and_keeps_non_utf8_names(bad_folde
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.slow
 def test_loader_over_a_bad_folder_finishes_and_counts_every_bad_file(bad_folder: Path) -> None:
     source = open_source(str(bad_folder))
     dataset = MultiCropDataset(source, SPECS, seed=0, rank=0)
@@ -125,6 +126,7 @@ def test_a_file_turned_fifo_after_listing_is_skipped_not_waited_for(bad_folder: 
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.slow
 def test_a_stalled_read_times_the_loader_out(bad_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A read that never returns (a hung mount): the loader raises instead of waiting for good."""
     read_end, write_end = os.pipe()

@@ -66,6 +66,7 @@ def test_too_many_bad_files_fail_with_a_report(planted_folder: Path, tmp_path: P
     assert {entry["path"] for entry in report["skipped"]} == PLANTED_BAD
 
 
+@pytest.mark.slow
 def test_resume_reuses_finished_shards_and_redoes_the_rest(shapes_dir: Path, tmp_path: Path) -> None:
     dest = tmp_path / "staged"
     first = stage_dataset(str(shapes_dir), str(dest), shard_size_mb=SMALL_SHARD_MB, workers=2,
@@ -127,6 +128,7 @@ def test_two_ranks_two_workers_read_every_sample_once_per_epoch(s3_server, shape
 
 
 @pytest.mark.parametrize("source", ["builtin:shapes", "builtin:textures"])
+@pytest.mark.slow
 def test_cli_stages_builtin_datasets(tmp_path: Path, capsys, source: str) -> None:
     dest = tmp_path / "generated"
     command = [sys.executable, "-m", "trainer", "stage", "--source", source, "--dest", str(dest),

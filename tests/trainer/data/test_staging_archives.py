@@ -64,6 +64,7 @@ def _classes_per_shard(staged: StagedSource) -> list[int]:
             for shard in range(len(staged.shards))]
 
 
+@pytest.mark.slow
 def test_one_tar_with_splits_and_a_bad_member_stages_and_trains(shapes_dir: Path, tmp_path: Path) -> None:
     archive = tmp_path / "shapes.tar"
     square = sorted((shapes_dir / "train" / "square").iterdir())[0]

@@ -116,6 +116,7 @@ def test_splits_come_from_folder_or_name_and_unclear_ones_are_refused() -> None:
         assign_splits(ShardList("set", "/d", ["/d/a-train-0.tar", "/d/b.tar"]))
 
 
+@pytest.mark.slow
 def test_staged_shards_are_read_by_webdataset_and_wids_sample_for_sample(shapes_dir: Path, tmp_path: Path) -> None:
     dest = tmp_path / "staged"
     manifest = stage_dataset(str(shapes_dir), str(dest), shard_size_mb=SMALL_SHARD_MB, workers=2, progress=_quiet)
@@ -217,6 +218,7 @@ def test_bad_samples_are_counted_never_fatal_and_the_set_trains(shapes_dir: Path
     assert torch.load(dump / "checkpoint.pth.tar", weights_only=True)["step"] == 2
 
 
+@pytest.mark.slow
 def test_webdataset_set_stages_with_class_names_and_evaluates(wds_folder: Path, shapes_dir: Path,
                                                               tmp_path: Path) -> None:
     (wds_folder / "classes.txt").write_text("circle\nsquare\nstar\ntriangle\n")

@@ -93,6 +93,7 @@ def test_mismatched_pretrained_is_refused(coco_dir: Path, pretrained_tiny: Path,
     assert not (tmp_path / "run" / "checkpoint.pth.tar").exists()
 
 
+@pytest.mark.slow
 def test_two_processes(coco_dir: Path, pretrained_tiny: Path, tiny_flags: list[str], tmp_path: Path) -> None:
     dump = tmp_path / "ddp"
     command = [sys.executable, "-m", "trainer", "detr", "--coco_path", str(coco_dir), "--pretrained",

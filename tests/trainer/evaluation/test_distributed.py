@@ -32,6 +32,7 @@ def _torchrun(command: str, *argv: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_process_knn_and_linear_match_one_process(parse, shapes_dir: Path, tmp_path: Path) -> None:
     knn_args = ["--data_path", str(shapes_dir), "--k", "5", "--batch_size", "16"]
     linear_args = ["--data_path", str(shapes_dir), "--epochs", "2", "--batch_size", "16",

@@ -80,6 +80,7 @@ def _peak_in_fresh_process(mode: str) -> float:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@pytest.mark.slow
 def test_a_rank_holds_its_share_once_where_the_old_assembly_held_the_full_matrix_twice() -> None:
     old, new = _peak_in_fresh_process("old"), _peak_in_fresh_process("new")
     print(f"peak host memory per rank, {SAMPLES} x {DIM} float32 on {RANKS} ranks: old {old:.0f} MiB, "

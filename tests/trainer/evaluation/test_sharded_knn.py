@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -37,6 +38,7 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     save_gathered_and_leave(votes, world, rank, out)
 
 
+@pytest.mark.slow
 def test_split_bank_votes_equal_whole_bank_votes(tmp_path: Path) -> None:
     out = str(tmp_path / "votes.pt")
     os.environ.setdefault("OMP_NUM_THREADS", "1")

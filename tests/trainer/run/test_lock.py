@@ -100,6 +100,7 @@ def test_released_lock_is_acquirable_again_and_an_exception_under_with_leaves_no
     assert sorted(os.listdir(dump)) == [LOCK_NAME + ".guard"]
 
 
+@pytest.mark.slow
 def test_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()

@@ -57,6 +57,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
             server.wait(timeout=20)
 
 
+@pytest.mark.slow
 def test_eval_knn_logs_params_metrics_and_document_and_a_rerun_continues_the_run(
         mlflow_server: str, shapes_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow.tracking import MlflowClient
