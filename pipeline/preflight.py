@@ -34,7 +34,7 @@ def _json_or_none(text: str | None, what: str):
 def add_arguments(parser) -> None:
     parser.add_argument("--namespace", default=None,
                         help="the jobs' namespace (default: the pod's, else the kubeconfig context's, else default)")
-    parser.add_argument("--backend", choices=BACKENDS, default=JobSpec.__dataclass_fields__["backend"].default,
+    parser.add_argument("--backend", choices=BACKENDS, default=JobSpec.__dataclass_fields__["job_backend"].default,
                         help="pytorchjob (Training Operator v1) or trainjob (Kubeflow Trainer v2)")
     parser.add_argument("--training-runtime", default=DEFAULT_TRAINING_RUNTIME,
                         help="ClusterTrainingRuntime (trainjob)")

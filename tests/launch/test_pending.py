@@ -248,7 +248,7 @@ from launch.spec import JobSpec
 from trainer.run.boundary import run_guarded
 
 spec = JobSpec(command="pretrain", name="unmix-pretrain-v2", namespace="ml", image="registry.example/trainer:1",
-               backend="trainjob", num_nodes=1, gpus_per_node=0,
+               job_backend="trainjob", num_nodes=1, gpus_per_node=0,
                trainer_args=("--data_path", "d", "--dump_path", "o", "--preset", "demo_cpu"))
 sys.exit(run_guarded(lambda: run_job(spec, "kubernetes", timeout_s=3600)))
 """
