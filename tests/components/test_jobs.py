@@ -153,3 +153,42 @@ def test_the_check_step_plans_pretraining_and_refuses_a_batch_no_gpu_of_the_run_
     jobs.check_run({**big, "gpu_type": "h200", "pretrain_args": ["--arch", "resnet50", "--batch_size", "32",
                                                                   "--queue_length", "0"]})
     assert "fits" in capfd.readouterr().out
+
+
+def test_with_the_kubernetes_launcher_the_check_step_runs_the_cluster_preflight(tmp_path, coco, images, capfd,
+                                                                               monkeypatch):
+    """Against a STUBBED Kubernetes API on 127.0.0.1 (tests/launch/fake_kube_api.py; no cluster here), reached through
+    KUBECONFIG as the launcher's own client would: a complete cluster passes; without our ClusterTrainingRuntime
+    the check step fails in seconds with the preflight's line, before any job exists."""
+    import time
+
+    import yaml
+
+    from tests.launch.fake_kube_api import FakeKubeApi
+
+    with FakeKubeApi(namespace="ml", backend="trainjob") as api:  # stub API server
+        api.complete_cluster(queue="")
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "stub",
+            "clusters": [{"name": "stub", "cluster": {"server": api.host}}],
+            "users": [{"name": "me", "user": {"token": "stub-token"}}],
+            "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "me", "namespace": "ml"}}]}))
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))  # the client read KUBECONFIG when it was imported:
+        monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+        inputs = check_inputs(str(tmp_path), coco, images_url=images, launcher="kubernetes", job_backend="trainjob",
+                              namespace="ml")
+        jobs.check_run(inputs)
+        assert "[check] cluster ok: [runtime] ClusterTrainingRuntime unmix-swav-torch" in capfd.readouterr().out
+        api.objects.pop("/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes/unmix-swav-torch")
+        started = time.monotonic()
+        with pytest.raises(SystemExit) as ended:
+            jobs.check_run(inputs)
+        seconds = time.monotonic() - started
+    captured = capfd.readouterr()
+    assert ended.value.code == 2 and seconds < 30
+    assert "[check] cluster missing: [runtime] ClusterTrainingRuntime unmix-swav-torch does not exist" in captured.out
+    (line,) = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert "the cluster lacks what the jobs need (runtime)" in line
+    assert not [path for method, path, *_ in api.requests if method == "POST" and "trainjobs" in path]  # no job
+    print(f"check step with a missing runtime failed after {seconds:.2f}s")
