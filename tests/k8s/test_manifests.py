@@ -213,6 +213,7 @@ def test_secret_template_holds_no_values():
     assert all(value == "" for value in secret["stringData"].values())
 
 
+@pytest.mark.slow
 def test_checkov_passes_on_the_rendered_overlays(tmp_path):
     checkov = REPO / ".venv-tools" / "bin" / "checkov"
     if not checkov.exists():
@@ -235,7 +236,8 @@ def test_checkov_passes_on_the_rendered_overlays(tmp_path):
     for resource in v2:
         resource["metadata"]["namespace"] = "unmix-swav"
     (tmp_path / "trainer-v2.yaml").write_text(yaml.safe_dump_all(v2))
-    (tmp_path / "secret.yaml").write_text((K8S / "s3-secret.template.yaml").read_text())
+    secret = yaml.safe_load((K8S / "s3-secret.template.yaml").read_text())
+    (tmp_path / "secret.yaml").write_text(yaml.safe_dump_all(_in_namespace([secret])))
     (tmp_path / "cluster-read.yaml").write_text(yaml.safe_dump_all(render(K8S / "cluster-read")))
     result = subprocess.run([str(checkov), "--config-file", str(K8S / ".checkov.yaml"), "-d", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)

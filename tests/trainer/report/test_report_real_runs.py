@@ -118,6 +118,7 @@ def chromium() -> str | None:
 
 @pytest.mark.skipif(chromium() is None, reason="headless Chromium is not installed (Debian: apt-get install -y "
                                                "chromium; .ci/run installs it)")
+@pytest.mark.slow
 def test_the_page_renders_in_headless_chromium_with_its_table_and_every_image_decoded(real_run, tmp_path):
     page = Path(real_run["url"]).read_text()
     checked = tmp_path / "report.html"
