@@ -46,10 +46,23 @@ def cpu_step_peak(arch: str, batch: int, sizes: list[int], amp: bool) -> int:
     ctx = swav_step.StepContext(cfg, env, state.model, Photometric(blur_prob=cfg.blur_prob),
                                torch.bfloat16 if amp else None)
     crops = [torch.zeros(batch, 3, size, size, dtype=torch.uint8) for size in sizes for _ in range(2)]
+    reset_peak()  # the step's own high-water mark, not one an import or the set-up reached before it
     base = rss_kib()
     for _ in range(2):
         swav_step.train_step(state, ctx, crops, 0)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
+    return (peak_kib() - base) * 1024
+
+
+def reset_peak() -> None:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux: `5` to /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def peak_kib() -> int:
+    """VmHWM, the peak RSS since the last reset_peak."""
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("VmHWM:"))
 
 
 def main() -> None:
