@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-SERVER_FIXTURES = ("s3_server",)  # session fixtures that start a server process
+# Shared fixtures that start a process (a server, a torchrun run): every test using one is slow, not only the first.
+SERVER_FIXTURES = ("s3_server", "mlflow_server", "two_process_run")
 
 _current: list[str] = []
 _started: set[str] = set()

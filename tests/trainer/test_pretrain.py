@@ -63,6 +63,7 @@ def test_two_process_run_learns_and_writes_its_outputs(two_process_run):
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
 
 
+@pytest.mark.slow
 def test_second_invocation_resumes_at_the_next_step(two_process_run):
     dump, first_checkpoint, second_log = two_process_run
     assert first_checkpoint["step"] == 12 and first_checkpoint["world_size"] == 2

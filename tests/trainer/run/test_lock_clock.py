@@ -124,6 +124,7 @@ def test_a_planted_lock_with_lease_zero_does_not_count_as_a_lease(tmp_path: Path
 
 # --- the reader's clock ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_heartbeat_older_than_the_lease_by_the_readers_clock_is_taken_over_at_once(dump: str) -> None:
     plant(dump, heartbeat_at=_iso(-3600))  # a copied run folder: its lock says an hour ago
     taken, took = timed_acquire(dump)

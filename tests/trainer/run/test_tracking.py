@@ -117,6 +117,7 @@ def test_a_missing_mlflow_is_one_line_naming_the_extra(monkeypatch: pytest.Monke
     tracking.check_available()  # off: nothing is checked
 
 
+@pytest.mark.slow
 def test_the_report_step_logs_its_pages(mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow.tracking import MlflowClient
 
