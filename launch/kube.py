@@ -99,8 +99,8 @@ class PyTorchJobApi:
 
     kind, container, succeeded = "PyTorchJob", pytorchjob.CONTAINER_NAME, constants.JOB_CONDITION_SUCCEEDED
     resource = "pytorchjobs.kubeflow.org/v1"
-    rbac_fix = ("apply k8s/training-operator-v1/access (the unmix-swav-launcher Role) in the namespace and run the "
-                "steps as its service account")
+    rbac_fix = ("apply k8s/training-operator-v1/access (the unmix-swav-launcher Role) and k8s/kubeflow-profile (binds "
+                "it to Kubeflow Pipelines' step accounts) in the namespace, or run the steps as unmix-swav-launcher")
 
     def __init__(self, client: TrainingClient) -> None:
         self.client, self.core_api, self.custom_api = client, client.core_api, client.custom_api

@@ -292,8 +292,9 @@ def _check_rbac(api: _Api, options: PreflightOptions) -> list[Finding]:
     findings = []
     if denied:
         findings.append(Finding("rbac", "forbidden", f"the launcher may not {', '.join(denied)} in namespace {ns}; "
-                                                     f"apply {folder} there and run the steps as its service "
-                                                     "account unmix-swav-launcher (or bind its Role to yours)"))
+                                                     f"apply {folder} and k8s/kubeflow-profile there (the Role, "
+                                                     "bound to Kubeflow Pipelines' step accounts), or run the "
+                                                     "steps as unmix-swav-launcher"))
     else:
         findings.append(Finding("rbac", "ok", f"the launcher may create, get and delete {plural} and read pods and "
                                               f"their logs in {ns}"))

@@ -4,6 +4,8 @@ The copy kept in the repo (pipeline/unmix_swav_pipeline.yaml, the default image 
 when asked (`--output pipeline/unmix_swav_pipeline.yaml`); a test checks it is current. `--param NAME=VALUE`
 bakes a parameter's default into the YAML, e.g. `--param job_backend=pytorchjob` for a Training Operator v1
 cluster, so that runs started from the Kubeflow Pipelines UI get it; names, types and choices are checked first.
+`--s3-credentials pod-identity` compiles steps that mount no S3 Secret (and `s3_secret_name` defaults to empty, so
+the jobs mount none either): every pod takes S3 access from its service account (IRSA, GKE Workload Identity).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from kfp import compiler
 
 from components.image import TRAINER_IMAGE
 from launch.k8s_names import check_image
+from pipeline.platform import S3_CREDENTIALS, without_s3_secret
 from trainer.errors import UserError
 
 COMPILED_PATH = Path(__file__).with_name("unmix_swav_pipeline.yaml")  # the repo's copy
 DEFAULT_OUTPUT = Path("build") / COMPILED_PATH.name  # what a user compiles (build/ is git-ignored)
+POD_IDENTITY = ("for S3 access from the pods' service accounts (IRSA, GKE Workload Identity) compile with "
+                "--s3-credentials pod-identity; else name the Secret")
 KINDS = {int: "a whole number, e.g. 8", float: "a number, e.g. 72.0", bool: "true or false",
          str: "a string", list: 'a JSON list, e.g. ["--epochs", "1"]', dict: 'a JSON object, e.g. {"key": "value"}'}
 
@@ -86,16 +91,25 @@ def check_parameters(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def compile_pipeline(output: Path = COMPILED_PATH, image: str = TRAINER_IMAGE,
-                     defaults: dict[str, Any] | None = None) -> Path:
+                     defaults: dict[str, Any] | None = None, s3_credentials: str = "secret") -> Path:
     """Compile; `image` replaces the default trainer image in every step and in the `image` parameter;
-    `defaults` replace parameters' defaults (names checked against the pipeline's)."""
+    `defaults` replace parameters' defaults (names checked against the pipeline's); `s3_credentials` is one of
+    S3_CREDENTIALS (pod-identity: no step mounts the S3 Secret)."""
     from pipeline.dag import unmix_swav_pipeline
 
     defaults = check_parameters(defaults or {})
     check_image("--image", image)
+    if s3_credentials not in S3_CREDENTIALS:
+        raise UserError(f"--s3-credentials {s3_credentials!r} is not known; use one of {', '.join(S3_CREDENTIALS)}")
+    pipeline = unmix_swav_pipeline
+    if s3_credentials == "pod-identity":
+        pipeline = without_s3_secret(unmix_swav_pipeline)
+        defaults.setdefault("s3_secret_name", "")  # the jobs without a Secret too, unless one is named
+    elif defaults.get("s3_secret_name") == "":
+        raise UserError(f"--param s3_secret_name= (empty) leaves the steps' Secret reference empty: {POD_IDENTITY}")
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder) / "pipeline.yaml"
-        compiler.Compiler().compile(unmix_swav_pipeline, str(scratch), pipeline_parameters=defaults or None)
+        compiler.Compiler().compile(pipeline, str(scratch), pipeline_parameters=defaults or None)
         text = scratch.read_text(encoding="utf-8")
     # kfp's leading comment lists the parameters in an unstable order: keep the file reproducible.
     lines = text.splitlines(keepends=True)
@@ -114,8 +128,11 @@ def add_arguments(parser) -> None:
                         help="trainer image for every step (default: %(default)s)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="a parameter's default (repeatable, JSON when it parses), e.g. job_backend=pytorchjob")
+    parser.add_argument("--s3-credentials", choices=S3_CREDENTIALS, default="secret",
+                        help="how every pod gets S3 access: the Secret s3_secret_name (default), or pod-identity: "
+                             "no Secret, the run's and the jobs' service accounts (IRSA, GKE Workload Identity)")
 
 
 def run(args) -> None:
-    output = compile_pipeline(args.output, args.image, parse_params(args.param))
+    output = compile_pipeline(args.output, args.image, parse_params(args.param), args.s3_credentials)
     print(f"wrote {output}; submit it with `python -m pipeline submit --package {output} ...`")

@@ -5,8 +5,11 @@ The pipeline's steps are small CPU pods: the GPUs belong to the jobs the launchi
 
 from __future__ import annotations
 
+import copy
+
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
+from kfp.dsl.graph_component import GraphComponent
 
 from launch.spec import S3_SECRET_KEYS
 
@@ -15,6 +18,8 @@ LAUNCH_RETRIES = 3
 LAUNCH_BACKOFF = "60s"
 LAUNCH_BACKOFF_FACTOR = 2.0
 LAUNCH_BACKOFF_MAX = "1800s"
+# How the pipeline's own pods get S3 access, chosen at compile time: a Secret, or the run's service account.
+S3_CREDENTIALS = ("secret", "pod-identity")
 
 
 def with_s3_secret(task: PipelineTask, secret_name) -> PipelineTask:
@@ -25,6 +30,30 @@ def with_s3_secret(task: PipelineTask, secret_name) -> PipelineTask:
     kubernetes.use_secret_as_env(task, secret_name=secret_name, secret_key_to_env={endpoint: endpoint},
                                  optional=True)
     return task
+
+
+def without_s3_secret(pipeline: GraphComponent) -> GraphComponent:
+    """A copy whose steps mount no S3 Secret: they take S3 access from the run's service account (IRSA, GKE
+    Workload Identity). Decided at compile time because a pod spec cannot drop a Secret reference at run time
+    (an empty secretKeyRef name is invalid), so `compile --s3-credentials pod-identity` compiles this copy."""
+    copied = copy.deepcopy(pipeline)
+    platforms = copied.platform_spec.platforms
+    if "kubernetes" in platforms:
+        executors = platforms["kubernetes"].deployment_spec.executors
+        for name in list(executors):
+            if "secretAsEnv" in executors[name]:
+                del executors[name]["secretAsEnv"]
+            if not executors[name]:
+                del executors[name]
+        if not executors:
+            del platforms["kubernetes"]
+    return copied
+
+
+def mounts_s3_secret(platform_document: dict | None) -> bool:
+    """Whether a compiled package's Kubernetes platform spec (its second YAML document) mounts a Secret."""
+    executors = (((platform_document or {}).get("platforms") or {}).get("kubernetes") or {}).get("deploymentSpec", {})
+    return any("secretAsEnv" in executor for executor in (executors.get("executors") or {}).values())
 
 
 def on_cpu_node(task: PipelineTask, cpu: str = "1", memory: str = "2Gi") -> PipelineTask:

@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.compile import COMPILED_PATH, check_parameter_names, parse_params
+from pipeline.compile import DEFAULT_OUTPUT, POD_IDENTITY, check_parameter_names, parse_params
+from pipeline.platform import mounts_s3_secret
 from trainer.errors import UserError
 from trainer.run.boundary import one_line
 
@@ -40,12 +41,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--host", default=None,
                         help="Kubeflow Pipelines API endpoint (default $KF_PIPELINES_ENDPOINT; none: through the "
                              "Kubernetes API server's proxy with the kubeconfig's credentials, or in-cluster)")
-    parser.add_argument("--package", type=Path, default=COMPILED_PATH, help="compiled pipeline YAML")
+    parser.add_argument("--package", type=Path, default=DEFAULT_OUTPUT,
+                        help="compiled pipeline YAML (default: %(default)s, what `python -m pipeline compile` writes)")
     parser.add_argument("--experiment", default="unmix-swav")
     parser.add_argument("--run-name", default=None)
     parser.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user)")
-    parser.add_argument("--service-account", default="unmix-swav-launcher",
-                        help="runs the steps; needs the Role in k8s/ to manage PyTorchJobs (or TrainJobs)")
+    parser.add_argument("--service-account", default=None,
+                        help="the account the steps run as (default: Kubeflow Pipelines' own, default-editor in a "
+                             "profile namespace, pipeline-runner single-user; k8s/kubeflow-profile grants either the "
+                             "launcher's rights over TrainJobs or PyTorchJobs)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="pipeline parameter (repeatable), e.g. storage_root=s3://bucket/runs")
     parser.add_argument("--token-file", type=Path, default=None, help="file holding a bearer token")
@@ -176,15 +180,32 @@ def through_kube_proxy(context: str | None, kfp_namespace: str) -> tuple[str, st
     return host, token, configuration.ssl_ca_cert
 
 
+def check_package(package: Path, arguments: dict[str, Any]) -> None:
+    """The package exists, is a compiled pipeline, and can run with these arguments: steps compiled to mount the S3
+    Secret cannot take an empty `s3_secret_name` (Kubernetes refuses a Secret reference without a name)."""
+    import yaml
+
+    if not package.exists():
+        raise UserError(f"{package} does not exist; run `python -m pipeline compile --image REG/unmix-swav:TAG` "
+                        "first (it writes it), or pass --package")
+    try:
+        spec, *platform = yaml.safe_load_all(package.read_text(encoding="utf-8"))
+        default_secret = spec["root"]["inputDefinitions"]["parameters"]["s3_secret_name"].get("defaultValue")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, ValueError) as error:
+        raise UserError(f"{package} is not a pipeline compiled by `python -m pipeline compile` ({one_line(error)}); "
+                        "compile it again") from error
+    if arguments.get("s3_secret_name", default_secret) == "" and mounts_s3_secret(platform[0] if platform else None):
+        raise UserError(f"s3_secret_name is empty but {package} mounts that Secret in every step: {POD_IDENTITY}")
+
+
 def run(args) -> None:
     import kfp
     import kfp_server_api
     import urllib3
 
-    if not args.package.exists():
-        raise UserError(f"{args.package} does not exist; run `python -m pipeline compile` first")
     arguments = parse_params(args.param)
     check_parameter_names(arguments)
+    check_package(args.package, arguments)
     if args.namespace is not None and not _DNS_1123_LABEL.match(args.namespace):
         raise UserError(f"--namespace {args.namespace!r} is not a namespace name; use your Kubeflow profile's, "
                         "e.g. team-a")

@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+import torch  # noqa: F401 (its import runs `ldconfig -p` once, through cuda's library finder: not a test's process)
 
 # Shared fixtures that start a process (a server, a torchrun run): every test using one is slow, not only the first.
 SERVER_FIXTURES = ("s3_server", "mlflow_server", "two_process_run")

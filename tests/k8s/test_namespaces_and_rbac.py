@@ -116,10 +116,11 @@ def test_default_editor_in_a_profile_may_make_every_call_the_launcher_makes(back
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": [os.path.relpath(ACCESS[backend], tmp_path), os.path.relpath(PROFILE, tmp_path)]}))
     resources = render(tmp_path)
-    for account in ("default-editor", "unmix-swav-launcher"):
+    for account in ("default-editor", "pipeline-runner", "unmix-swav-launcher"):
         missing = calls - _granted(resources, account)
         assert not missing, f"{account} may not make the launcher's calls {sorted(missing)}"
     (binding,) = [r for r in render(PROFILE) if r["kind"] == "RoleBinding"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "default-editor"}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "default-editor"},
+                                   {"kind": "ServiceAccount", "name": "pipeline-runner"}]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": "unmix-swav-launcher"}

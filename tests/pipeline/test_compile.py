@@ -102,3 +102,15 @@ def test_every_step_gets_s3_credentials_from_the_secret_parameter():
         assert keys == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"}
         assert all(secret["secretNameParameter"]["componentInputParameter"] == "s3_secret_name"
                    for secret in secrets)
+
+
+def test_pod_identity_compiles_the_same_pipeline_without_any_secret(tmp_path):
+    """IRSA / Workload Identity: no step mounts the S3 Secret and s3_secret_name defaults to empty (the jobs mount
+    none either); everything else is the default pipeline."""
+    fresh = compile_pipeline(tmp_path / "pod-identity.yaml", s3_credentials="pod-identity")
+    documents = list(yaml.safe_load_all(fresh.read_text(encoding="utf-8")))
+    assert len(documents) == 1 and "secretAsEnv" not in fresh.read_text()  # no Kubernetes platform spec left
+    spec, _ = _documents(COMPILED_PATH)
+    assert spec["root"]["inputDefinitions"]["parameters"]["s3_secret_name"].pop("defaultValue") == "unmix-swav-s3"
+    assert documents[0]["root"]["inputDefinitions"]["parameters"]["s3_secret_name"].pop("defaultValue") == ""
+    assert documents[0] == spec

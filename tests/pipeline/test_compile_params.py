@@ -17,6 +17,9 @@ from trainer.errors import UserError
     ("pretrain_args={}", "pretrain_args={} is not valid: pretrain_args takes a JSON list"),
     ("job_backend=TrainJob", "job_backend=TrainJob is not valid: use one of pytorchjob, trainjob"),
     ("launcher=slurm", "launcher=slurm is not valid: use one of kubernetes, local"),
+    ("s3_secret_name=", "s3_secret_name= (empty) leaves the steps' Secret reference empty: for S3 access from "
+                        "the pods' service accounts (IRSA, GKE Workload Identity) compile with --s3-credentials "
+                        "pod-identity"),
 ])
 def test_a_bad_parameter_is_one_line_and_exit_2(param, says, tmp_path, capsys):
     assert main(["compile", "--output", str(tmp_path / "p.yaml"), "--param", param]) == 2

@@ -10,7 +10,10 @@ import time
 import pytest
 
 from pipeline.__main__ import main
+from pipeline.compile import COMPILED_PATH
 from tests.pipeline.fake_kfp_api import FakeKfpApi
+
+PACKAGE = ["--package", str(COMPILED_PATH)]  # the repo's copy; submit's default is what `compile` writes
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +25,7 @@ def _no_ambient_credentials(monkeypatch):
 
 def _submit(host: str, *extra: str) -> tuple[int, float]:
     started = time.monotonic()
-    code = main(["submit", "--host", host, "--param", "num_nodes=1", *extra])
+    code = main(["submit", *PACKAGE, "--host", host, "--param", "num_nodes=1", *extra])
     return code, time.monotonic() - started
 
 
@@ -60,7 +63,7 @@ def test_a_closed_port_is_one_line(capsys):
 
 def test_an_unknown_param_is_refused_before_any_request(capsys):
     with FakeKfpApi() as api:  # stub KFP
-        code = main(["submit", "--host", api.host, "--param", "num_nodez=2"])
+        code = main(["submit", *PACKAGE, "--host", api.host, "--param", "num_nodez=2"])
     assert code == 2 and "num_nodez: not a pipeline parameter" in capsys.readouterr().err
     assert api.requests == []
 
@@ -69,10 +72,10 @@ def test_a_token_and_cookies_reach_every_request_and_the_run_is_created(tmp_path
     token_file = tmp_path / "token"
     token_file.write_text("tok-123\n")
     with FakeKfpApi(multi_user=True) as api:  # stub KFP
-        code = main(["submit", "--host", api.host, "--param", "num_nodes=1", "--token-file", str(token_file),
+        code = main(["submit", *PACKAGE, "--host", api.host, "--param", "num_nodes=1", "--token-file", str(token_file),
                      "--cookies", "authservice_session=abc"])
         assert code == 2 and "is multi-user: pass --namespace" in capsys.readouterr().err
-        code = main(["submit", "--host", api.host, "--param", "num_nodes=1", "--token-file", str(token_file),
+        code = main(["submit", *PACKAGE, "--host", api.host, "--param", "num_nodes=1", "--token-file", str(token_file),
                      "--cookies", "authservice_session=abc", "--namespace", "team-a"])
     out = capsys.readouterr().out
     assert code == 0 and f"created run run-1 on {api.host}" in out
@@ -93,7 +96,7 @@ def test_without_host_kfp_goes_through_the_kubeconfigs_api_server_with_its_crede
             "users": [{"name": "me", "user": {"token": "kube-tok"}}],
             "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "me"}}]}))
         monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
-        code = main(["submit", "--param", "num_nodes=1"])
+        code = main(["submit", *PACKAGE, "--param", "num_nodes=1"])
     assert code == 0 and "created run run-1" in capsys.readouterr().out
     assert all(r["proxied"] for r in api.requests) and {r["authorization"] for r in api.requests} == {"Bearer kube-tok"}
 
@@ -101,6 +104,38 @@ def test_without_host_kfp_goes_through_the_kubeconfigs_api_server_with_its_crede
 def test_without_host_or_kubeconfig_it_says_so_in_one_line(monkeypatch, capsys):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", "/nonexistent/kubeconfig")
-    code = main(["submit", "--param", "num_nodes=1"])
+    code = main(["submit", *PACKAGE, "--param", "num_nodes=1"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: no --host, and no Kubernetes credentials") and "--host URL" in err
+
+
+def test_the_default_package_is_what_compile_writes_and_its_absence_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no build/ here
+    with FakeKfpApi() as api:  # stub KFP
+        code = main(["submit", "--host", api.host])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: build/unmix_swav_pipeline.yaml does not exist; "
+                                                              "run `python -m pipeline compile --image"), err
+    assert api.requests == []
+
+
+def test_an_empty_s3_secret_name_needs_a_package_compiled_for_pod_identity(tmp_path, capsys):
+    pod_identity = tmp_path / "pod-identity.yaml"
+    assert main(["compile", "--output", str(pod_identity), "--s3-credentials", "pod-identity"]) == 0
+    capsys.readouterr()
+    with FakeKfpApi() as api:  # stub KFP
+        refused = main(["submit", *PACKAGE, "--host", api.host, "--param", "s3_secret_name="])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert api.requests == []  # refused before any request
+        created = main(["submit", "--package", str(pod_identity), "--host", api.host])
+    assert refused == 2 and len(err) == 1 and "mounts that Secret in every step" in err[0] and (
+        "--s3-credentials pod-identity" in err[0]), err
+    assert created == 0 and "created run run-1" in capsys.readouterr().out
+
+
+def test_a_file_that_is_not_a_compiled_pipeline_is_one_line(tmp_path, capsys):
+    package = tmp_path / "notes.yaml"
+    package.write_text("just: notes\n")
+    assert main(["submit", "--package", str(package), "--host", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a pipeline compiled by `python -m pipeline compile`" in err[0], err
