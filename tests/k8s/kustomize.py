@@ -10,6 +10,16 @@ from typing import Any
 
 import yaml
 
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "k8s"
+TRAINER_V2 = K8S / "trainer-v2"
+V1 = K8S / "training-operator-v1"  # the PyTorchJob set, for clusters that still run the Training Operator v1
+# The job folders, in the order a user applies them: pretraining, then (once it succeeded) the evaluations.
+JOB_SETS = {"trainer-v2": [TRAINER_V2 / "pretrain", TRAINER_V2 / "evaluations"],
+            "v1": [V1 / "pretrain", V1 / "evaluations"],
+            "v1-cpu-smoke": [V1 / "overlays" / "cpu-smoke" / "pretrain", V1 / "overlays" / "cpu-smoke" / "evaluations"]}
+V1_GPU = V1 / "overlays" / "gpu"  # production pretraining over V1 / "pretrain"
+
 # The venv's own kubectl first: the wheel installs it beside the interpreter.
 KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
 
@@ -20,3 +30,7 @@ def render(folder: Path) -> list[dict[str, Any]]:
     result = subprocess.run([KUBECTL, "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"kubectl kustomize {folder} failed: {result.stderr.strip()}"
     return [document for document in yaml.safe_load_all(result.stdout) if document]
+
+
+def render_all(folders: list[Path]) -> list[dict[str, Any]]:
+    return [resource for folder in folders for resource in render(folder)]

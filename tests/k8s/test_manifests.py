@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -19,18 +18,13 @@ from kubeflow_trainer_api import models as trainer_models
 from launch.pytorchjob import to_manifest
 from pipeline.__main__ import main as pipeline_main
 from pipeline.job_manifest import header_command
-from tests.k8s.kustomize import render
+from tests.k8s.kustomize import JOB_SETS, K8S, REPO, TRAINER_V2, V1, V1_GPU, render, render_all
 from tests.launch.trainjob_pod import node_pod
 
-REPO = Path(__file__).resolve().parents[2]
-K8S = REPO / "k8s"
-TRAINER_V2 = K8S / "trainer-v2"
-V1 = K8S / "training-operator-v1"  # the PyTorchJob set, for clusters that still run the Training Operator v1
-TARGETS = [V1 / "base", V1 / "overlays" / "gpu", V1 / "overlays" / "cpu-smoke"]
-JOB_FILES = sorted([*(V1 / "base").glob("*.yaml"), *(V1 / "overlays" / "cpu-smoke").glob("*.yaml"),
-                    *TRAINER_V2.glob("*.yaml")])
-NOT_JOBS = ("kustomization.yaml", "kustomizeconfig.yaml", "runtime.yaml")
-JOB_FILES = [path for path in JOB_FILES if path.name not in NOT_JOBS]
+V1_TARGETS = [*JOB_SETS["v1"], V1_GPU, *JOB_SETS["v1-cpu-smoke"]]  # every PyTorchJob folder
+JOB_FILES = sorted(path for folders in JOB_SETS.values() for folder in folders for path in folder.glob("*.yaml")
+                   if path.name != "kustomization.yaml")
+EVALUATIONS = {"eval-linear", "eval-semisup", "detr"}
 K8S_VERSION = "1.30"
 
 
@@ -60,20 +54,41 @@ def test_every_job_file_is_what_job_manifest_prints(path, capsys):
         f"{path} drifted from `python -m pipeline job-manifest`: make it again with the command in its header"
 
 
+def _steps(resources: list[dict]) -> list[str]:
+    return [template["metadata"]["labels"]["app.kubernetes.io/component"] for resource in resources
+            for template in _pod_templates(resource)[:1]]
+
+
+def _args(job: dict) -> list[str]:
+    pod = _pod_templates(job)[0]["spec"]
+    return pod["containers"][0]["args"] if job["kind"] == "PyTorchJob" else job["spec"]["trainer"]["args"]
+
+
+@pytest.mark.parametrize("name", JOB_SETS)
 @pytest.mark.slow
-def test_the_four_distributed_steps_are_there_in_every_set():
-    for folder in (V1 / "base", V1 / "overlays" / "cpu-smoke", TRAINER_V2):
-        steps = {template["metadata"]["labels"]["app.kubernetes.io/component"] for resource in render(folder)
-                 for template in _pod_templates(resource)[:1]}
-        assert steps == {"pretrain", "eval-linear", "eval-semisup", "detr"}, folder
+def test_pretraining_comes_alone_and_the_evaluations_read_its_backbone(name):
+    """Applied in the README's order (pretrain, wait, evaluations), no evaluation starts before its backbone exists:
+    the first folder holds pretraining only, the second the three evaluations, each reading the backbone the
+    pretraining job writes."""
+    pretrain_folder, evaluations_folder = JOB_SETS[name]
+    (pretrain,) = render(pretrain_folder)
+    evaluations = render(evaluations_folder)
+    assert _steps([pretrain]) == ["pretrain"] and sorted(_steps(evaluations)) == sorted(EVALUATIONS)
+    args = _args(pretrain)
+    backbone = f"{args[args.index('--dump_path') + 1].rstrip('/')}/backbone.pth"
+    for job in evaluations:
+        args = _args(job)
+        flag = "--pretrained" if "--pretrained" in args else "--backbone"
+        assert args[args.index(flag) + 1] == backbone, (job["metadata"]["name"], args)
 
 
-@pytest.mark.parametrize("target", TARGETS, ids=lambda path: path.name)
+@pytest.mark.parametrize("target", [V1 / "access", *V1_TARGETS], ids=lambda path: str(path.relative_to(V1)))
 @pytest.mark.slow
 def test_every_rendered_resource_validates(target):
     resources = render(target)
     kinds = sorted({resource["kind"] for resource in resources})
-    assert kinds == ["NetworkPolicy", "PyTorchJob", "Role", "RoleBinding", "ServiceAccount"]
+    assert kinds == (["PyTorchJob"] if target in V1_TARGETS else ["NetworkPolicy", "Role", "RoleBinding",
+                                                                   "ServiceAccount"])
     for resource in resources:
         if resource["kind"] == "PyTorchJob":
             job = ApiClient().deserialize(_Response(resource), "KubeflowOrgV1PyTorchJob")
@@ -87,7 +102,7 @@ def test_every_rendered_resource_validates(target):
 
 @pytest.mark.slow
 def test_trainer_v2_resources_validate_against_the_trainer_api_models_and_kubernetes_schemas():
-    resources = [*render(TRAINER_V2), *render(TRAINER_V2 / "cluster")]
+    resources = render_all([TRAINER_V2 / "access", *JOB_SETS["trainer-v2"], TRAINER_V2 / "cluster"])
     kinds = sorted({resource["kind"] for resource in resources})
     assert kinds == ["ClusterTrainingRuntime", "NetworkPolicy", "Role", "RoleBinding", "ServiceAccount", "TrainJob"]
     for resource in resources:
@@ -102,7 +117,7 @@ def test_trainer_v2_resources_validate_against_the_trainer_api_models_and_kubern
             kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("target", TARGETS, ids=lambda path: path.name)
+@pytest.mark.parametrize("target", V1_TARGETS, ids=lambda path: str(path.relative_to(V1)))
 @pytest.mark.slow
 def test_gangs_take_every_replica_and_restarts_follow_exit_codes(target):
     for resource in render(target):
@@ -114,7 +129,7 @@ def test_gangs_take_every_replica_and_restarts_follow_exit_codes(target):
         assert {replica["restartPolicy"] for replica in replicas.values()} == {"ExitCode"}
 
 
-@pytest.mark.parametrize("target", [*TARGETS, TRAINER_V2], ids=lambda path: path.name)
+@pytest.mark.parametrize("target", [*V1_TARGETS, *JOB_SETS["trainer-v2"]], ids=lambda path: str(path.relative_to(K8S)))
 @pytest.mark.slow
 def test_pods_are_non_root_read_only_with_requests_limits_memory_shm_and_the_shard_cache(target):
     for resource in render(target):
@@ -140,10 +155,11 @@ def test_pods_are_non_root_read_only_with_requests_limits_memory_shm_and_the_sha
 
 @pytest.mark.slow
 def test_overlays_apply_their_changes():
-    gpu = {r["metadata"]["name"]: r for r in render(V1 / "overlays" / "gpu") if r["kind"] == "PyTorchJob"}
+    gpu = {r["metadata"]["name"]: r for r in render(V1_GPU) if r["kind"] == "PyTorchJob"}
+    assert list(gpu) == ["unmix-swav-pretrain"]  # pretraining only: the evaluations come after it
     assert gpu["unmix-swav-pretrain"]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3
-    assert gpu["unmix-swav-detr"]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
-    cpu = render(V1 / "overlays" / "cpu-smoke")
+    cpu = render_all(JOB_SETS["v1-cpu-smoke"])
+    assert len(cpu) == 4
     for resource in cpu:  # no namespace: kubectl apply -n places them (tests/k8s/test_namespaces_and_rbac.py)
         for template in _pod_templates(resource):
             container = template["spec"]["containers"][0]
@@ -172,7 +188,7 @@ def _granted(role: dict) -> set[tuple[str, str, str]]:
 
 @pytest.mark.slow
 def test_role_grants_only_what_the_launcher_needs():
-    (role,) = [r for r in render(V1 / "base") if r["kind"] == "Role"]
+    (role,) = [r for r in render(V1 / "access") if r["kind"] == "Role"]
     granted = _granted(role)
     assert {(g, r) for g, r, _ in granted} == {("kubeflow.org", "pytorchjobs"),
                                                 ("kubeflow.org", "pytorchjobs/status"),
@@ -182,7 +198,7 @@ def test_role_grants_only_what_the_launcher_needs():
     assert {v for g, r, v in granted if (g, r) in READS} <= {"get", "list"}  # reads only
     (secret_rule,) = [rule for rule in role["rules"] if "secrets" in rule["resources"]]
     assert secret_rule["resourceNames"] == ["unmix-swav-s3"] and secret_rule["verbs"] == ["get"]  # not every Secret
-    (v2_role,) = [r for r in render(TRAINER_V2) if r["kind"] == "Role"]
+    (v2_role,) = [r for r in render(TRAINER_V2 / "access") if r["kind"] == "Role"]
     v2_granted = {(group, resource) for group, resource, _ in _granted(v2_role)}
     assert v2_granted == {("trainer.kubeflow.org", "trainjobs"), ("trainer.kubeflow.org", "trainjobs/status"),
                           ("", "pods"), ("", "pods/log"), *READS}
@@ -224,11 +240,13 @@ def test_checkov_passes_on_the_rendered_overlays(tmp_path):
             resource["metadata"]["namespace"] = "unmix-swav"
         return resources
 
-    for target in TARGETS[1:]:
-        (tmp_path / f"{target.name}.yaml").write_text(yaml.safe_dump_all(_in_namespace(render(target))))
+    for target in [V1 / "access", V1_GPU, JOB_SETS["v1"][1], *JOB_SETS["v1-cpu-smoke"]]:
+        name = "-".join(target.relative_to(V1).parts)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump_all(_in_namespace(render(target))))
     # checkov does not know TrainJobs: it checks the node Jobs Trainer v2 makes from them on our runtime instead.
-    v2 = [resource for resource in render(TRAINER_V2) if resource["kind"] not in ("TrainJob", "ClusterTrainingRuntime")]
-    for resource in render(TRAINER_V2):
+    rendered_v2 = render_all([TRAINER_V2 / "access", *JOB_SETS["trainer-v2"]])
+    v2 = [resource for resource in rendered_v2 if resource["kind"] != "TrainJob"]
+    for resource in rendered_v2:
         if resource["kind"] == "TrainJob":
             pod = node_pod(resource)
             v2.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"{pod['metadata']['name']}"},
@@ -245,8 +263,8 @@ def test_checkov_passes_on_the_rendered_overlays(tmp_path):
     assert "Failed checks: 0" in result.stdout, result.stdout[-2000:]
 
 
-@pytest.mark.parametrize("folders", [[V1 / "base"], [TRAINER_V2, TRAINER_V2 / "cluster"]],
-                         ids=lambda paths: paths[0].name)
+@pytest.mark.parametrize("folders", [JOB_SETS["v1"], [*JOB_SETS["trainer-v2"], TRAINER_V2 / "cluster"]],
+                         ids=lambda paths: paths[0].parent.name)
 @pytest.mark.slow
 def test_an_images_override_retargets_every_job_and_the_runtime(folders, tmp_path):
     """What users write in their own overlay: one `images:` entry moves every pod of every step to their registry."""

@@ -7,7 +7,6 @@ every TrainJob and runtime in k8s/ (kubectl kustomize) and over what the launche
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,12 +15,9 @@ import yaml
 from launch.backends import build_job, to_manifest
 from launch.spec import KUEUE_QUEUE_LABEL, JobSpec
 from launch.trainjob import API_VERSION, KUEUE_PRIORITY_LABEL
-from tests.k8s.kustomize import render
+from tests.k8s.kustomize import JOB_SETS, REPO, render_all
 from tests.launch.trainjob_pod import RUNTIME
 
-REPO = Path(__file__).resolve().parents[2]
-TRAINER_V2 = REPO / "k8s" / "trainer-v2"
-V1 = REPO / "k8s" / "training-operator-v1"
 COMPILED = REPO / "pipeline" / "unmix_swav_pipeline.yaml"
 
 # Trainer 2.4 refuses runtimes whose ReplicatedJob names are longer than 20 characters (issue 24, from
@@ -37,7 +33,7 @@ TRAINER_FIELDS_2_2 = {"image", "command", "args", "env", "numNodes", "numProcPer
 
 def _trainjobs() -> list[dict[str, Any]]:
     """Every TrainJob in k8s/, and the launcher's with every option that reaches the manifest set."""
-    rendered = [resource for resource in render(TRAINER_V2) if resource["kind"] == "TrainJob"]
+    rendered = [resource for resource in render_all(JOB_SETS["trainer-v2"]) if resource["kind"] == "TrainJob"]
     full = JobSpec(command="pretrain", name="unmix-pretrain-all", image="registry.example/unmix:1", num_nodes=2,
                    gpus_per_node=8, namespace="team-a", queue="team-a-queue", priority_class="high",
                    s3_secret_name="unmix-swav-s3", node_selector={"pool": "gpu"},
@@ -102,11 +98,11 @@ def test_kueue_sees_a_queued_trainjob_suspended_with_its_labels():
         assert job["metadata"]["labels"][KUEUE_PRIORITY_LABEL] == "high"
 
 
-@pytest.mark.parametrize("folder", [V1 / "base", V1 / "overlays" / "cpu-smoke"], ids=lambda path: path.name)
+@pytest.mark.parametrize("name", ["v1", "v1-cpu-smoke"])
 @pytest.mark.slow
-def test_the_legacy_set_is_training_operator_1_9s_pytorchjob(folder):
+def test_the_legacy_set_is_training_operator_1_9s_pytorchjob(name):
     """Training Operator 1.9 serves kubeflow.org/v1 PyTorchJob; the models check is in test_manifests."""
-    jobs = [resource for resource in render(folder) if resource["kind"] == "PyTorchJob"]
+    jobs = [resource for resource in render_all(JOB_SETS[name]) if resource["kind"] == "PyTorchJob"]
     assert len(jobs) == 4 and {job["apiVersion"] for job in jobs} == {"kubeflow.org/v1"}
     assert all(job["spec"]["nprocPerNode"].isdigit() for job in jobs)
 
