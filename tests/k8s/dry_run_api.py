@@ -1,14 +1,14 @@
 """tests/launch/fake_kube_api.py's stubbed API server (real HTTP on 127.0.0.1; no cluster exists here), grown by
 what the real `kubectl apply --dry-run=server -n NS -f FILE` asks of a server for the kinds k8s/ holds.
 
-It serves its namespace (Active), legacy discovery (/api, /api/v1, /apis, /apis/GROUP/VERSION, each with the resources' kinds, verbs and
-scope), the OpenAPI v3 index and one document per group-version whose PATCH operations take the `fieldValidation`
-query parameter (so kubectl leaves schema validation to the server, as it does against a 1.27+ API server; this
-stub does NOT validate schemas: tests/k8s/test_manifests.py does, with Kubernetes' schemas and the SDK models), the
-GET of any object of those resources as a 404 NotFound Status (nothing exists), and a create (POST) that it records
-(`calls`) and answers 201 with the body echoed, after the API server's own namespace check: a body whose
-metadata.namespace differs from the path's is a 400 BadRequest. PATCH, PUT and DELETE are recorded and answered
-404 (no object exists to change).
+It serves its namespace (Active), legacy discovery (/api, /api/v1, /apis, /apis/GROUP/VERSION, each with the
+resources' kinds, verbs and scope), the OpenAPI v3 index and one document per group-version whose PATCH operations
+take the `fieldValidation` query parameter (so kubectl leaves schema validation to the server, as it does against a
+1.27+ API server; this stub does NOT validate schemas: tests/k8s/test_manifests.py does, with Kubernetes' schemas
+and the SDK models), the GET of any object of those resources as a 404 NotFound Status (nothing exists), and a
+create (POST) that it records (`calls`) and answers 201 with the body echoed, after the API server's own namespace
+check: a body whose metadata.namespace differs from the path's is a 400 BadRequest. PATCH, PUT and DELETE are
+recorded and answered 404 (no object exists to change).
 """
 
 from __future__ import annotations
@@ -140,10 +140,10 @@ class DryRunApi(FakeKubeApi):
                 if not match or match["name"] or not isinstance(call.body, dict):
                     return self._send(404, _status(404, "NotFound", "the server could not find the requested "
                                                                     "resource"))
-                metadata = call.body.setdefault("metadata", {})
-                if match["ns"] and metadata.setdefault("namespace", match["ns"]) != match["ns"]:
+                created = {**call.body, "metadata": {**call.body.get("metadata", {})}}  # `calls` keeps what came
+                if match["ns"] and created["metadata"].setdefault("namespace", match["ns"]) != match["ns"]:
                     return self._send(400, _status(400, "BadRequest", MISMATCH))
-                self._send(201, call.body)
+                self._send(201, created)
 
             def _no_object(self) -> None:
                 call, match = self._record()
