@@ -71,7 +71,7 @@ def _assert_dry_run_created_exactly(api: DryRunApi, resources: list[dict[str, An
     writes = [call for call in api.calls if call.method != "GET"]
     assert [call.method for call in writes] == ["POST"] * len(resources), [(c.method, c.path) for c in writes]
     for call in writes:
-        assert call.query.get("dryRun") == ["All"], (call.path, call.query)
+        assert f"/namespaces/{NAMESPACE}/" in call.path and call.query.get("dryRun") == ["All"], (call.path, call.query)
         assert call.query.get("fieldValidation") == ["Strict"], (call.path, call.query)
     for resource in resources:
         name = resource["metadata"]["name"]
