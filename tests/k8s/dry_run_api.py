@@ -2,13 +2,14 @@
 what the real `kubectl apply --dry-run=server -n NS -f FILE` asks of a server for the kinds k8s/ holds.
 
 It serves its namespace (Active), legacy discovery (/api, /api/v1, /apis, /apis/GROUP/VERSION, each with the
-resources' kinds, verbs and scope), the OpenAPI v3 index and one document per group-version whose PATCH operations
-take the `fieldValidation` query parameter (so kubectl leaves schema validation to the server, as it does against a
-1.27+ API server; this stub does NOT validate schemas: tests/k8s/test_manifests.py does, with Kubernetes' schemas
-and the SDK models), the GET of any object of those resources as a 404 NotFound Status (nothing exists), and a
-create (POST) that it records (`calls`) and answers 201 with the body echoed, after the API server's own namespace
-check: a body whose metadata.namespace differs from the path's is a 400 BadRequest. PATCH, PUT and DELETE are
-recorded and answered 404 (no object exists to change).
+resources' kinds, verbs and scope; kubectl asks for aggregated discovery first and takes this answer too), the
+OpenAPI v3 index and one document per group-version whose PATCH operations take the `fieldValidation` query
+parameter (so kubectl leaves schema validation to the server, as it does against a 1.27+ API server; this stub does
+NOT validate schemas: tests/k8s/test_manifests.py does, with Kubernetes' schemas and the SDK models), the GET of any
+object of those resources as a 404 NotFound Status (nothing exists), and a create (POST) that it records (`calls`)
+and answers 201 with the body echoed, after the API server's own namespace check: a body whose metadata.namespace
+differs from the path's is a 400 BadRequest. PATCH, PUT and DELETE are recorded and answered 404 (no object exists
+to change).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def _without_kubectls_additions(body: dict[str, Any]) -> dict[str, Any]:
     """The body as rendered: without the namespace -n adds and kubectl's last-applied annotation."""
     body = copy.deepcopy(body)
     metadata = body["metadata"]
-    assert metadata.pop("namespace", NAMESPACE) == NAMESPACE
+    assert metadata.pop("namespace", None) == NAMESPACE  # kubectl fills in -n's
     annotations = metadata.get("annotations", {})
     annotations.pop(LAST_APPLIED, None)
     if "annotations" in metadata and not annotations:
