@@ -19,6 +19,11 @@ JOB_SETS = {"trainer-v2": [TRAINER_V2 / "pretrain", TRAINER_V2 / "evaluations"],
             "v1": [V1 / "pretrain", V1 / "evaluations"],
             "v1-cpu-smoke": [V1 / "overlays" / "cpu-smoke" / "pretrain", V1 / "overlays" / "cpu-smoke" / "evaluations"]}
 V1_GPU = V1 / "overlays" / "gpu"  # production pretraining over V1 / "pretrain"
+PROFILE = K8S / "kubeflow-profile"
+# Every folder a user applies with `kubectl apply -n NAMESPACE -k` (the rest, trainer-v2/cluster and cluster-read,
+# is cluster-scoped).
+NAMESPACED = [TRAINER_V2 / "access", PROFILE, V1 / "access", V1_GPU,
+              *(folder for folders in JOB_SETS.values() for folder in folders)]
 
 # The venv's own kubectl first: the wheel installs it beside the interpreter.
 KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")

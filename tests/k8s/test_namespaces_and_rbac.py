@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,17 +17,10 @@ from launch.backends import build_job
 from launch.kube import JobLauncher, job_api
 from launch.spec import JobSpec
 from pipeline.__main__ import main as pipeline_main
-from tests.k8s.kustomize import JOB_SETS, V1_GPU, render
+from tests.k8s.kustomize import K8S, NAMESPACED, PROFILE, V1, render
 from tests.launch.fake_kube_api import FakeKubeApi, condition
 
-REPO = Path(__file__).resolve().parents[2]
-K8S = REPO / "k8s"
-V1 = K8S / "training-operator-v1"
 ACCESS = {"trainjob": K8S / "trainer-v2" / "access", "pytorchjob": V1 / "access"}
-PROFILE = K8S / "kubeflow-profile"
-# Every folder a user applies with `kubectl apply -n NAMESPACE -k`.
-NAMESPACED = [K8S / "trainer-v2" / "access", PROFILE, V1 / "access", V1_GPU,
-              *(folder for folders in JOB_SETS.values() for folder in folders)]
 PRETRAIN = ["--data_path", "s3://b/staged", "--dump_path", "s3://b/runs/1/pretrain"]
 
 

@@ -23,14 +23,8 @@ import yaml
 
 from pipeline.__main__ import main as pipeline_main
 from tests.k8s.dry_run_api import MISMATCH, RESOURCES, DryRunApi
-from tests.k8s.kustomize import KUBECTL, render
+from tests.k8s.kustomize import JOB_SETS, K8S, KUBECTL, NAMESPACED, render
 
-REPO = Path(__file__).resolve().parents[2]
-K8S = REPO / "k8s"
-# Every kustomize folder a user applies with `kubectl apply -n NAMESPACE -k` (the job folders among them).
-NAMESPACED_FOLDERS = ["trainer-v2/access", "trainer-v2", "kubeflow-profile", "training-operator-v1/access",
-                      "training-operator-v1/base", "training-operator-v1/overlays/gpu",
-                      "training-operator-v1/overlays/cpu-smoke"]
 SECRET_TEMPLATE = K8S / "s3-secret.template.yaml"
 NAMESPACE = "team-a"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
@@ -82,13 +76,13 @@ def _assert_dry_run_created_exactly(api: DryRunApi, resources: list[dict[str, An
         assert _without_kubectls_additions(last_applied) == resource, (resource["kind"], name)
 
 
-@pytest.mark.parametrize("folder", NAMESPACED_FOLDERS)
+@pytest.mark.parametrize("folder", NAMESPACED, ids=lambda path: str(path.relative_to(K8S)))
 @pytest.mark.slow
 def test_each_folder_applied_with_n_is_a_clean_server_dry_run(folder, tmp_path):
-    resources = render(K8S / folder)
+    resources = render(folder)
     assert resources
     with DryRunApi(NAMESPACE) as api:
-        result = _kubectl(api, tmp_path, "apply", "--dry-run=server", "-n", NAMESPACE, "-k", str(K8S / folder))
+        result = _kubectl(api, tmp_path, "apply", "--dry-run=server", "-n", NAMESPACE, "-k", str(folder))
         assert result.returncode == 0, result.stderr
         assert result.stdout.count("created (server dry run)") == len(resources), result.stdout
         _assert_dry_run_created_exactly(api, resources)
@@ -120,7 +114,7 @@ def test_job_manifest_output_is_a_clean_server_dry_run(backend, tmp_path, capsys
 def test_a_resource_naming_another_namespace_is_refused_by_kubectl(tmp_path):
     """The negative control: the same rendering with `metadata.namespace: default` added. kubectl itself refuses
     it before any request (client-side), so the stub sees no write at all."""
-    resources = render(K8S / "trainer-v2")
+    resources = render(JOB_SETS["trainer-v2"][0])
     for resource in resources:
         resource["metadata"]["namespace"] = "default"
     manifest = tmp_path / "elsewhere.yaml"
