@@ -125,12 +125,13 @@ def test_pretrained_weights_that_are_a_folder(command, shapes_dir, coco_dir, tmp
 
 def test_pipeline_compile_to_a_folder_and_submit_to_no_server(tmp_path, capsys):
     from pipeline.__main__ import main as pipeline_main
+    from pipeline.compile import COMPILED_PATH
 
     before = snapshot(tmp_path)
     assert pipeline_main(["compile", "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert [line for line in err.splitlines() if line.startswith("error:")] == [err.strip().splitlines()[-1]]
     assert "is a folder" in err and "Traceback" not in err and snapshot(tmp_path) == before
-    assert pipeline_main(["submit", "--host", f"http://127.0.0.1:{free_port()}"]) == 2
+    assert pipeline_main(["submit", "--package", str(COMPILED_PATH), "--host", f"http://127.0.0.1:{free_port()}"]) == 2
     err = capsys.readouterr().err
     assert "could not reach Kubeflow Pipelines" in err and "Traceback" not in err
