@@ -28,7 +28,7 @@ from contextlib import contextmanager
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from trainer import storage
+from trainer import env, storage
 from trainer.data.decode import decode
 from trainer.data.sampler import ResumableSampler
 from trainer.data.sources import FolderSource, ImageSource, ShardedSource, open_source
@@ -130,9 +130,9 @@ def webdataset_stream(source: ImageSource, pattern: str) -> tuple[float, int]:
     urls = expand_urls(pattern)
     started = time.perf_counter()
     streams = [{"url": url, "stream": io.BytesIO(storage.read_bytes(url))} for url in urls]
-    checked = 0
+    checked, max_pixels = 0, env.current().max_image_pixels
     for sample in group_by_keys(tar_file_expander(streams)):
-        decode(sample[next(k for k in sample if k in ("jpg", "jpeg", "png"))])
+        decode(sample[next(k for k in sample if k in ("jpg", "jpeg", "png"))], max_pixels)
         assert int(sample["cls"]) == ours[json.loads(sample["json"])["filename"]], sample["__key__"]
         checked += 1
     return checked / (time.perf_counter() - started), checked

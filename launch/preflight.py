@@ -131,6 +131,18 @@ def _forbidden_or_error(check: str, what: str, error: Exception) -> Finding:
     return Finding(check, "unverified", f"could not check {what}: {message_of(error)}")
 
 
+def _read(api: _Api, check: str, what: str, path: str, missing: str = "") -> tuple[Any, list[Finding]]:
+    """GET `path` for a check: (the object, []) or (None, the one finding why not): not allowed to or could not
+    check `what`, or, where `missing` is given, the object does not exist (else a 404 raises like any error)."""
+    try:
+        found = api.get(path) if missing else api.call("GET", path)
+    except k8s.ApiException as error:
+        return None, [_forbidden_or_error(check, what, error)]
+    if found is None:
+        return None, [Finding(check, "missing", missing)]
+    return found, []
+
+
 def _check_api(api: _Api) -> Finding:
     host = api.client.configuration.host
     try:
@@ -227,14 +239,13 @@ def _check_runtime(api: _Api, options: PreflightOptions) -> list[Finding]:
     if version is None:
         return []  # the CRD finding says it
     name = options.training_runtime
-    try:
-        runtime = api.get(f"/apis/trainer.kubeflow.org/{version}/clustertrainingruntimes/{name}")
-    except k8s.ApiException as error:
-        return [_forbidden_or_error("runtime", f"ClusterTrainingRuntime {name}", error)]
-    if runtime is None:
-        return [Finding("runtime", "missing", f"ClusterTrainingRuntime {name} does not exist; a cluster admin "
-                                              "applies k8s/trainer-v2/cluster (it holds runtime.yaml), or pass "
-                                              "--training-runtime NAME of one that exists")]
+    runtime, unseen = _read(api, "runtime", f"ClusterTrainingRuntime {name}",
+                            f"/apis/trainer.kubeflow.org/{version}/clustertrainingruntimes/{name}",
+                            missing=f"ClusterTrainingRuntime {name} does not exist; a cluster admin applies "
+                                    "k8s/trainer-v2/cluster (it holds runtime.yaml), or pass --training-runtime "
+                                    "NAME of one that exists")
+    if unseen:
+        return unseen
     problems = runtime_rule_problems(runtime)
     if problems:
         return [Finding("runtime", "missing", f"ClusterTrainingRuntime {name} lacks our exit-code rules: "
@@ -308,13 +319,11 @@ def _check_secret(api: _Api, options: PreflightOptions) -> list[Finding]:
     if not options.s3_secret:
         return [Finding("secret", "ok", "no S3 Secret named: the pods' own identity must reach the store")]
     name, required = options.s3_secret, S3_SECRET_KEYS[:2]
-    try:
-        secret = api.get(f"/api/v1/namespaces/{options.namespace}/secrets/{name}")
-    except k8s.ApiException as error:
-        return [_forbidden_or_error("secret", f"Secret {name}", error)]
-    if secret is None:
-        return [Finding("secret", "missing", f"Secret {name} does not exist in namespace {options.namespace}; "
-                                             "create it as k8s/s3-secret.template.yaml says, or pass --s3-secret")]
+    secret, unseen = _read(api, "secret", f"Secret {name}", f"/api/v1/namespaces/{options.namespace}/secrets/{name}",
+                           missing=f"Secret {name} does not exist in namespace {options.namespace}; create it as "
+                                   "k8s/s3-secret.template.yaml says, or pass --s3-secret")
+    if unseen:
+        return unseen
     keys = set((secret.get("data") or {}) | (secret.get("stringData") or {}))
     lacking = [key for key in required if key not in keys]
     if lacking:
@@ -328,14 +337,12 @@ def _check_queue(api: _Api, options: PreflightOptions) -> list[Finding]:
     version = api.version_of(KUEUE_GROUP, "localqueues")
     if not options.queue or version is None:
         return []
-    try:
-        queue = api.get(f"/apis/{KUEUE_GROUP}/{version}/namespaces/{options.namespace}/localqueues/{options.queue}")
-    except k8s.ApiException as error:
-        return [_forbidden_or_error("queue", f"LocalQueue {options.queue}", error)]
-    if queue is None:
-        return [Finding("queue", "missing", f"LocalQueue {options.queue} does not exist in namespace "
-                                            f"{options.namespace} (a job would wait forever); create it or fix "
-                                            "--queue (kubectl get localqueues -A)")]
+    queue, unseen = _read(api, "queue", f"LocalQueue {options.queue}",
+                          f"/apis/{KUEUE_GROUP}/{version}/namespaces/{options.namespace}/localqueues/{options.queue}",
+                          missing=f"LocalQueue {options.queue} does not exist in namespace {options.namespace} (a "
+                                  "job would wait forever); create it or fix --queue (kubectl get localqueues -A)")
+    if unseen:
+        return unseen
     inactive = [c for c in (queue.get("status") or {}).get("conditions") or []
                 if c.get("type") == "Active" and c.get("status") == "False"]
     if inactive:
@@ -372,10 +379,10 @@ def _check_gpus(api: _Api, options: PreflightOptions) -> list[Finding]:
     default_selector, default_tolerations = default_placement(wanted)
     selector = default_selector if options.node_selector is None else options.node_selector
     tolerations = default_tolerations if options.tolerations is None else options.tolerations
-    try:
-        nodes = api.call("GET", "/api/v1/nodes").get("items", [])
-    except k8s.ApiException as error:
-        return [_forbidden_or_error("gpu", f"the nodes' {GPU_RESOURCE}", error)]
+    listed, unseen = _read(api, "gpu", f"the nodes' {GPU_RESOURCE}", "/api/v1/nodes")
+    if unseen:
+        return unseen
+    nodes = listed.get("items", [])
     fitting, best = [], 0
     for node in nodes:
         metadata, spec = node.get("metadata") or {}, node.get("spec") or {}

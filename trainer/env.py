@@ -192,11 +192,8 @@ class Env:
 
 
 PARSED = tuple(variable for variable in VARIABLES if variable.field is not None)
-# current() runs per decoded image: it keys its cache by os.environ's own dict (about 0.1 us a lookup, where
-# os.environ.get encodes the name and decodes the value, about 1 us), the same data os.environ reads and writes.
-_RAW = getattr(os.environ, "_data", None)
-_RAW_KEYS = tuple(os.environ.encodekey(variable.name) for variable in PARSED) if _RAW is not None else ()
-_cache: tuple[tuple[object, ...], Env] | None = None
+_NAMES = tuple(variable.name for variable in PARSED)
+_cache: tuple[tuple[str | None, ...], Env] | None = None
 
 
 def _refuse(variable: Variable, raw: str, why: str) -> UserError:
@@ -237,10 +234,7 @@ def parse(environ: Mapping[str, str]) -> Env:
 def current() -> Env:
     """The parsed environment of this process (parsed again only when a variable changed)."""
     global _cache
-    if _RAW is not None:
-        key = tuple(map(_RAW.get, _RAW_KEYS))
-    else:
-        key = tuple(os.environ.get(variable.name) for variable in PARSED)
+    key = tuple(map(os.environ.get, _NAMES))
     if _cache is None or _cache[0] != key:
         _cache = (key, parse(os.environ))
     return _cache[1]

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -166,10 +167,9 @@ def with_retries(action: Callable[[], T], what: str) -> T:
     the budget's sleeps after that raises at its next failed attempt (waking early from its backoff), so
     overlapping operations end within one budget of the first one's start, plus t.
     """
-    settings = env.current()
-    attempts, delay = settings.storage_retries, settings.storage_retry_delay_s
+    attempts, delay = 0, 0.0  # read at the first failure: the first attempt is on the path of every image read
     started = time.monotonic()
-    for attempt in range(1, attempts + 1):
+    for attempt in itertools.count(1):
         try:
             return action()
         except PERMANENT_ERRORS:
@@ -177,6 +177,9 @@ def with_retries(action: Callable[[], T], what: str) -> T:
         except _transient_errors() as error:
             if isinstance(error, OSError) and error.errno in LOCAL_FAULTS:
                 raise
+            if not attempts:
+                settings = env.current()
+                attempts, delay = settings.storage_retries, settings.storage_retry_delay_s
             reason = describe(error)
             spent = _spent_elsewhere()
             if attempt == attempts or spent is not None:
@@ -195,7 +198,7 @@ def with_retries(action: Callable[[], T], what: str) -> T:
                 raise UserError(f"{what}: no S3 credentials were found; set AWS_ACCESS_KEY_ID and "
                                 "AWS_SECRET_ACCESS_KEY, or give the pod an IAM role (IRSA)") from error
             raise
-    raise AssertionError("unreachable")
+    raise AssertionError("unreachable")  # itertools.count never ends
 
 
 def describe(error: BaseException) -> str:

@@ -17,8 +17,6 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from trainer import env
-
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels become white, as image viewers show them
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that transpose the axes
@@ -47,13 +45,18 @@ def _guard(problem: str) -> Iterator[None]:
             raise BadImage(f"{problem} ({type(error).__name__}: {error})") from error
 
 
-def open_image_bytes(data: bytes) -> Image.Image:
-    """Parse the header of an encoded image (no pixel decode yet); BadImage when it cannot be one."""
+def open_image_bytes(data: bytes, max_pixels: int) -> Image.Image:
+    """Parse the header of an encoded image (no pixel decode yet); BadImage when it cannot be one.
+
+    `max_pixels` is UNMIX_MAX_IMAGE_PIXELS (env.current().max_image_pixels), which callers read once per
+    source or shard: this runs per image.
+    """
     if not data:
         raise BadImage("empty file")
     # UNMIX_MAX_IMAGE_PIXELS, default PIL's own warning threshold (about 89 megapixels); ImageNet's largest
-    # image is about a third of it. PIL refuses at twice its limit before we see the size: its limit is ours.
-    limit = Image.MAX_IMAGE_PIXELS = env.current().max_image_pixels
+    # image is about a third of it. PIL refuses at twice its limit before we see the size: its limit is ours,
+    # set here because this may be a fresh (spawned) worker process.
+    limit = Image.MAX_IMAGE_PIXELS = max_pixels
     with _guard("not a readable image"):
         image = Image.open(io.BytesIO(data))
     width, height = image.size
@@ -109,6 +112,6 @@ def _convert_to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode(data: bytes, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Bytes -> RGB image (see `to_rgb` for `draft_size`)."""
-    return to_rgb(open_image_bytes(data), draft_size)
+def decode(data: bytes, max_pixels: int, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Bytes -> RGB image (see `open_image_bytes` for `max_pixels`, `to_rgb` for `draft_size`)."""
+    return to_rgb(open_image_bytes(data, max_pixels), draft_size)

@@ -70,6 +70,7 @@ class ImageSource:
         self.targets = [int(t) for t in targets]
         self._names = names  # the names' bytes (utf-8 unless the file system says otherwise), relative to `url`
         self._bad: dict[int, str] = {}
+        self._max_pixels = env.current().max_image_pixels  # read once: decoding runs per image
         self._fs_pid: tuple[fsspec.AbstractFileSystem, int] | None = None
 
     def __len__(self) -> int:
@@ -117,7 +118,7 @@ class ImageSource:
         """`transform(image)` of sample `index`, opened with only its header parsed; None (logged once,
         counted in `skipped`) when reading it or any decode step of `transform` raises BadImage."""
         try:
-            return transform(open_image_bytes(self._read(index)))
+            return transform(open_image_bytes(self._read(index), self._max_pixels))
         except BadImage as error:
             self._mark_bad(index, str(error))
             return None
@@ -235,7 +236,7 @@ class ShardedSource(ImageSource):
         entry checked (once per shard and process): a damaged entry is fetched again and the sample read anew,
         so no sample is skipped because of the local cache."""
         try:
-            return transform(open_image_bytes(self._read(index)))
+            return transform(open_image_bytes(self._read(index), self._max_pixels))
         except BadImage as error:
             shard = self.shard_of(index)
             if self._cache is None or shard in self._rechecked:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer import storage
+from trainer import env, storage
 from trainer.data.archives import read_members
 from trainer.data.decode import BadImage, decode, open_image_bytes
 
@@ -102,12 +102,12 @@ def _fetch(source_url: str, relative_paths: list[str]) -> dict[str, bytes | Exce
     return {p: found.get(f, FileNotFoundError(f)) for p, f in zip(relative_paths, full, strict=True)}
 
 
-def _validate(data: bytes | Exception) -> str:
+def _validate(data: bytes | Exception, max_pixels: int) -> str:
     """The image's original mode when it decodes with the trainer's decoder; BadImage otherwise."""
     if isinstance(data, Exception):
         raise BadImage(f"could not be read ({type(data).__name__}: {data})")
-    mode = open_image_bytes(data).mode
-    decode(data)
+    mode = open_image_bytes(data, max_pixels).mode
+    decode(data, max_pixels)
     return mode
 
 
@@ -143,6 +143,7 @@ def write_shard(task: dict[str, Any]) -> dict[str, Any]:
     classes: list[str] = task["classes"]
     buffer = io.BytesIO()
     packed, skipped, modes = [], [], Counter()
+    max_pixels = env.current().max_image_pixels  # read once: _validate runs per file
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for start in range(0, len(members), READ_BATCH):
             chunk = members[start:start + READ_BATCH]
@@ -151,7 +152,7 @@ def write_shard(task: dict[str, Any]) -> dict[str, Any]:
                 path, label = member[0], member[1]
                 data = contents[path]
                 try:
-                    modes[_validate(data)] += 1
+                    modes[_validate(data, max_pixels)] += 1
                 except BadImage as error:
                     skipped.append(_skip_entry(task, member, str(error)))
                     continue

@@ -12,6 +12,8 @@ import pytest
 
 from trainer.cli import main
 
+NOT_A_FILE = ("missing", "folder")  # the kinds not_a_file makes
+
 
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under `root` (relative path -> bytes); empty when `root` does not exist."""
@@ -35,3 +37,11 @@ def refused(capsys: pytest.CaptureFixture[str], argv: list[object], named: str, 
     assert named in errors[0], errors[0]
     assert [(path.exists(), snapshot(path)) for path in untouched] == before
     return errors[0]
+
+
+def not_a_file(path: Path, kind: str) -> str:
+    """Make `path` a folder (kind "folder") or leave it missing ("missing"); the words its refusal must say."""
+    if kind == "folder":
+        path.mkdir()
+        return "is a folder"
+    return "does not exist"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from refusal import refused
+from refusal import NOT_A_FILE, not_a_file, refused
 
 from trainer.detr.synthetic_coco import make_shapes_coco
 
@@ -89,15 +89,13 @@ def test_bad_flag_is_refused(capsys, coco: Path, tmp_path: Path, flags: list[str
 
 
 @pytest.mark.parametrize("flag", ["--pretrained", "--resume"])
-@pytest.mark.parametrize("kind", ["missing", "folder"])
+@pytest.mark.parametrize("kind", NOT_A_FILE)
 def test_weights_must_be_files(capsys, coco: Path, tmp_path: Path, flag: str, kind: str) -> None:
     weights = tmp_path / "weights"
-    if kind == "folder":
-        weights.mkdir()
+    says = not_a_file(weights, kind)
     dump = tmp_path / "run"
     argv = detr(coco, dump, pretrained=str(weights)) if flag == "--pretrained" else detr(coco, dump, flag, weights)
-    line = refused(capsys, argv, flag, [dump])
-    assert ("is a folder" if kind == "folder" else "does not exist") in line
+    assert says in refused(capsys, argv, flag, [dump])
 
 
 @pytest.mark.parametrize(("change", "named"), BROKEN_TRAIN)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from refusal import refused
+from refusal import NOT_A_FILE, not_a_file, refused
 
 TINY = ["--arch", "resnet_tiny", "--image_size", "32", "--workers", "0", "--device", "cpu"]
 COMMANDS = ("eval-linear", "eval-semisup", "eval-knn")
@@ -38,36 +38,29 @@ COMMAND_BAD = [
     ("eval-knn", ["--temperature", "0"], "--temperature"),
     ("eval-knn", ["--temperature", "-0.07"], "--temperature"),
 ]
+# (command, flag) of each file an evaluation reads
+FILE_FLAGS = [(command, "--pretrained") for command in COMMANDS] + [("eval-semisup", "--subset_file")]
 
 
 def evaluate(command: str, shapes_dir: Path, dump: Path, *flags: str) -> list[str]:
     return [command, "--data_path", str(shapes_dir), "--dump_path", str(dump), *TINY, *flags]
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-@pytest.mark.parametrize(("flags", "named"), COMMON_BAD)
-def test_common_flags_are_checked(capsys, shapes_dir: Path, tmp_path: Path, command: str, flags: list[str],
-                                  named: str) -> None:
+@pytest.mark.parametrize(("command", "flags", "named"),
+                         [(command, flags, named) for command in COMMANDS for flags, named in COMMON_BAD] + COMMAND_BAD)
+def test_flags_are_checked(capsys, shapes_dir: Path, tmp_path: Path, command: str, flags: list[str],
+                           named: str) -> None:
     dump = tmp_path / "run"
     refused(capsys, evaluate(command, shapes_dir, dump, *flags), named, [dump])
 
 
-@pytest.mark.parametrize(("command", "flags", "named"), COMMAND_BAD)
-def test_command_flags_are_checked(capsys, shapes_dir: Path, tmp_path: Path, command: str, flags: list[str],
-                                   named: str) -> None:
+@pytest.mark.parametrize(("command", "flag"), FILE_FLAGS)
+@pytest.mark.parametrize("kind", NOT_A_FILE)
+def test_files_must_be_files(capsys, shapes_dir: Path, tmp_path: Path, command: str, flag: str, kind: str) -> None:
+    path = tmp_path / "file"
+    says = not_a_file(path, kind)
     dump = tmp_path / "run"
-    refused(capsys, evaluate(command, shapes_dir, dump, *flags), named, [dump])
-
-
-@pytest.mark.parametrize("command", COMMANDS)
-@pytest.mark.parametrize("kind", ["missing", "folder"])
-def test_pretrained_must_be_a_file(capsys, shapes_dir: Path, tmp_path: Path, command: str, kind: str) -> None:
-    weights = tmp_path / "weights"
-    if kind == "folder":
-        weights.mkdir()
-    dump = tmp_path / "run"
-    line = refused(capsys, evaluate(command, shapes_dir, dump, "--pretrained", str(weights)), "--pretrained", [dump])
-    assert ("is a folder" if kind == "folder" else "does not exist") in line
+    assert says in refused(capsys, evaluate(command, shapes_dir, dump, flag, str(path)), flag, [dump])
 
 
 def test_refusal_leaves_an_earlier_run_untouched(capsys, shapes_dir: Path, tmp_path: Path) -> None:
@@ -75,15 +68,6 @@ def test_refusal_leaves_an_earlier_run_untouched(capsys, shapes_dir: Path, tmp_p
     dump.mkdir()
     (dump / "checkpoint.pth.tar").write_bytes(b"an earlier run")
     refused(capsys, evaluate("eval-linear", shapes_dir, dump, "--lr", "-1"), "--lr", [dump])
-
-
-@pytest.mark.parametrize("kind", ["missing", "folder"])
-def test_subset_file_must_be_a_file(capsys, shapes_dir: Path, tmp_path: Path, kind: str) -> None:
-    subset = tmp_path / "subset.txt"
-    if kind == "folder":
-        subset.mkdir()
-    dump = tmp_path / "run"
-    refused(capsys, evaluate("eval-semisup", shapes_dir, dump, "--subset_file", str(subset)), "--subset_file", [dump])
 
 
 def test_subset_names_outside_the_data_are_counted(capsys, shapes_dir: Path, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ NON_UTF8 = os.fsdecode(b"dogs/caf\xe9.jpg")  # Latin-1 bytes: what os.listdir gi
 NON_UTF8_SHOWN = "dogs/caf\\xe9.jpg"
 CORRUPT = {"cats/truncated.png", "cats/truncated_exif.jpg", "dogs/bad_chunk.png"}
 SPECS = crop_specs([2], [16], [0.5], [1.0])
+MAX_PIXELS = env.parse({}).max_image_pixels  # UNMIX_MAX_IMAGE_PIXELS's default
 
 
 def _encoded(fmt: str, **options) -> bytes:
@@ -74,11 +75,11 @@ def bad_folder(tmp_path: Path) -> Path:
 def test_every_decode_step_reports_corrupt_data_as_bad_image(name: str) -> None:
     data = _corrupt_files()[name]
     with pytest.raises(BadImage, match="truncated|corrupt"):  # the multi-crop path: size first, then pixels
-        image = open_image_bytes(data)
+        image = open_image_bytes(data, MAX_PIXELS)
         oriented_size(image)
         to_rgb(image)
     with pytest.raises(BadImage, match="truncated|corrupt"):
-        decode(data)
+        decode(data, MAX_PIXELS)
 
 
 @pytest.mark.timeout(60)

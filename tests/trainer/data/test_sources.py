@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from planted import PLANTED_BAD, PLANTED_IGNORED
 
+from trainer import env
 from trainer.data.decode import BadImage, decode, to_rgb
 from trainer.data.sources import FolderSource, open_source
 from trainer.errors import UserError
@@ -61,7 +62,7 @@ def test_to_rgb_reports_truncated_data() -> None:
     Image.fromarray(pixels).save(encoded, format="JPEG")
     cut = encoded.getvalue()[: len(encoded.getvalue()) // 2]  # header intact, pixel data cut off
     with pytest.raises(BadImage, match="truncated or corrupt"):
-        decode(cut)
+        decode(cut, env.parse({}).max_image_pixels)
     with pytest.raises(BadImage, match="truncated or corrupt"):
         to_rgb(Image.open(io.BytesIO(cut)))
 

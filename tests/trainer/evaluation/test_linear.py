@@ -11,7 +11,7 @@ import torch
 
 from trainer.cli import main
 from trainer.errors import UserError
-from trainer.evaluation import linear, loop
+from trainer.evaluation import linear
 from trainer.models.resnet import build_trunk, trunk_state_dict
 
 
@@ -51,29 +51,9 @@ def test_metrics_file_and_outputs(parse, shapes_dir: Path, tmp_path: Path, backb
     assert checkpoint["epoch"] == 2 and checkpoint["model"]["linear.weight"].shape == (4, 512)
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(parse, shapes_dir: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    def args(dump: Path):
-        return parse("eval-linear", "--data_path", str(shapes_dir), "--epochs", "3", "--batch_size", "16",
-                     "--scheduler_type", "step", "--decay_epochs", "1", "2", "--dump_path", str(dump))
-
-    straight = linear.run_linear(args(tmp_path / "straight"))
-
-    real_validate, calls = loop.validate, []
-
-    def validate_then_crash(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:  # dies during epoch 2, after epoch 1's checkpoint
-            raise KeyboardInterrupt
-        return real_validate(*a, **k)
-
-    monkeypatch.setattr(loop, "validate", validate_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        linear.run_linear(args(tmp_path / "resumed"))
-    monkeypatch.setattr(loop, "validate", real_validate)
-    assert torch.load(tmp_path / "resumed" / "checkpoint.pth.tar", weights_only=True)["epoch"] == 1
-    resumed = linear.run_linear(args(tmp_path / "resumed"))
-    assert resumed["history"] == straight["history"]
+def test_resume_after_interruption_equals_uninterrupted_run(interrupted_linear) -> None:
+    assert torch.load(interrupted_linear.dump / "checkpoint.pth.tar", weights_only=True)["epoch"] == 1
+    assert interrupted_linear.resume()["history"] == interrupted_linear.straight["history"]
 
 
 def test_cached_features_probe_learns(parse, shapes_dir: Path, tmp_path: Path) -> None:
