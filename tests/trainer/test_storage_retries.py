@@ -5,6 +5,7 @@ so a 503 / SlowDown storm ends in StorageUnavailable (exit 138) within `retry_bo
 from __future__ import annotations
 
 import errno
+import math
 import os
 import subprocess
 import sys
@@ -59,6 +60,13 @@ def test_a_local_fault_is_raised_at_once_not_retried(code: int) -> None:
     with pytest.raises(OSError) as raised:
         storage.with_retries(action, "writing /cache/x")
     assert raised.value.errno == code and not isinstance(raised.value, storage.StorageUnavailable) and calls == [1]
+
+
+@pytest.fixture(autouse=True)
+def _no_budget_spent_before() -> None:
+    """A budget an earlier test spent counts for its sleeps after it (shared memory, like a run's processes): each
+    test starts as a fresh run would."""
+    storage._GAVE_UP[0] = storage._GAVE_UP[1] = -math.inf
 
 
 def always_failing() -> None:
