@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,6 @@ from tests.servers import free_port  # noqa: E402
 
 COMPILED = REPO / "pipeline" / "unmix_swav_pipeline.yaml"
 RUN_ID = "3f1c0a2e-0000-4000-8000-00000000b1a5"  # what {{$.pipeline_job_uuid}} becomes
-FIRST_LINE_WIDTH = 110
 
 
 @dataclass
@@ -230,7 +228,7 @@ def check_rows(work: Path, data: dict[str, str], cluster: dict[str, str]) -> lis
         Mistake("check step: storage_root left at s3://CHANGE-ME", "check-args (compiled defaults)",
                 step.argv("placeholder", {}, upstream), "storage_root is s3://CHANGE-ME", env=cluster),
         Mistake("check step: staged dataset without val/ (train only)",
-                "check-args, staged_data=<train/ staged>",
+                "check-args, images_url=<staged from train/ only>",
                 step.argv("train-only", ready, {**upstream, "images_url": data["train_only"]}),
                 "has no 'val' split", env=cluster, errors=steps_reading_val + 1),
         Mistake("check step: seed's --queue_length 3840 at 2 nodes x 8 GPUs",
@@ -240,7 +238,7 @@ def check_rows(work: Path, data: dict[str, str], cluster: dict[str, str]) -> lis
     ]
 
 
-def launcher_rows(stack: ExitStack, work: Path, data: dict[str, str], say: Callable[[str], None]) -> list[Mistake]:
+def launcher_rows(stack: ExitStack, work: Path, data: dict[str, str], base_env: dict[str, str]) -> list[Mistake]:
     step = CompiledStep("pretrain", work)
     upstream = {"images_url": data["both"]}
 
@@ -284,10 +282,9 @@ def launcher_rows(stack: ExitStack, work: Path, data: dict[str, str], say: Calla
     retried = Mistake("launcher: retry after a permanent failure (exit 2)", "pretrain step, kfp's retry",
                       step.argv("retry", {**run_root("retry"), "job_backend": "pytorchjob"}, upstream),
                       "earlier attempt of this step failed permanently", env=env)
-    first = measure(Mistake("first attempt", "", retried.argv, "", env=env), retried.env | BASE_ENV, 1)
-    say(f"[setup] retry row: the first attempt's job failed with exit {first.codes[0]} in {first.seconds[0]:.1f}s "
-        f"({len(api.created)} job created)")
-    api.created.clear()
+    first = measure(retried, base_env, 1)
+    print(f"[setup] retry row: the first attempt's job failed with exit {first.codes[0]} in {first.seconds[0]:.1f}s "
+          f"({len(api.created)} job created)", flush=True)
     return [*rows, retried]
 
 
@@ -304,17 +301,15 @@ def manifest_rows() -> list[Mistake]:
     ]
 
 
-BASE_ENV: dict[str, str] = {}
-
-
-def shorten(line: str) -> str:
-    return line if len(line) <= FIRST_LINE_WIDTH else line[:FIRST_LINE_WIDTH - 3] + "..."
+def shorten(line: str, width: int) -> str:
+    return line if width <= 0 or len(line) <= width else line[:width - 3] + "..."
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per mistake; the median is printed")
     parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
+    parser.add_argument("--width", type=int, default=110, help="first error: line's width (0: whole)")
     parser.add_argument("--only", default="", help="only the mistakes whose description contains this word")
     args = parser.parse_args()
 
@@ -322,32 +317,33 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="unmix-bench-first-run-") as folder, ExitStack() as stack:
         work = Path(folder)
         (work / "home").mkdir()
-        BASE_ENV.update(clean_env(work))
+        env = clean_env(work)
         started = time.perf_counter()
         data = stage_datasets(work)
         complete = stack.enter_context(FakeKubeApi(namespace="ml", backend="trainjob")).complete_cluster()
         cluster = {"KUBECONFIG": str(kubeconfig(work / "kubeconfig", complete))}
         endpoint = stack.enter_context(loopback_s3(None))  # moto on loopback: what the S3 Secret would name
-        s3 = {key: os.environ[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
-        s3["AWS_ENDPOINT_URL"] = endpoint
+        # a pod gets these from the S3 Secret; values no path contains (error lines mask the credentials)
+        s3 = {"AWS_ACCESS_KEY_ID": "stub-key-id", "AWS_SECRET_ACCESS_KEY": "stub-secret", "AWS_REGION": "us-east-1",
+              "AWS_ENDPOINT_URL": endpoint}
         print(f"[setup] datasets staged in {time.perf_counter() - started:.1f}s under {work}", flush=True)
         rows = [*submit_rows(stack), *compile_rows(work), *stage_rows(work, s3), *check_rows(work, data, cluster),
-                *launcher_rows(stack, work, data, lambda line: print(line, flush=True)), *manifest_rows()]
+                *launcher_rows(stack, work, data, env), *manifest_rows()]
         rows = [row for row in rows if args.only.lower() in row.what.lower()]
         print(f"{len(rows)} mistakes, {args.repeats} run(s) each, median seconds from process start to exit\n")
         print(f"{'mistake':<58} {'exit':>4} {'s':>6}  first error: line")
         for mistake in rows:
-            outcome = measure(mistake, BASE_ENV, args.repeats)
+            outcome = measure(mistake, env, args.repeats)
             results.append((mistake, outcome))
             broken = outcome.broken(mistake)
             first = outcome.error_lines[0] if outcome.error_lines else "(no error: line)"
             print(f"{mistake.what:<58} {outcome.codes[-1]:>4} {statistics.median(outcome.seconds):6.2f}  "
-                  f"{shorten(first)}" + (f"\n    FAIL: {'; '.join(broken)}\n    $ {mistake.shown}\n"
+                  f"{shorten(first, args.width)}" + (f"\n    FAIL: {'; '.join(broken)}\n    $ {mistake.shown}\n"
                                          f"{indent(outcome.output)}" if broken else ""), flush=True)
     if args.markdown:
         print("\n| mistake | command | exit | s (median) | first `error:` line |\n|---|---|---|---|---|")
         for mistake, outcome in results:
-            first = shorten(outcome.error_lines[0] if outcome.error_lines else "(none)").replace("|", "\\|")
+            first = shorten(outcome.error_lines[0] if outcome.error_lines else "(none)", args.width).replace("|", "\\|")
             verdict = "" if not outcome.broken(mistake) else " **FAIL**"
             print(f"| {mistake.what}{verdict} | `{mistake.shown}` | {outcome.codes[-1]} | "
                   f"{statistics.median(outcome.seconds):.2f} | {first} |")
