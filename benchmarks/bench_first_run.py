@@ -194,6 +194,10 @@ def submit_rows(stack: ExitStack) -> list[Mistake]:
                 [*PIPELINE, "submit", "--host", f"http://127.0.0.1:{closed}"], "could not reach"),
         Mistake("submit: unknown --param name", "submit --host H --param num_nodez=2",
                 [*PIPELINE, "submit", "--host", stub().host, "--param", "num_nodez=2"], "not a pipeline parameter"),
+        *(Mistake(f"submit: --param {param}", f"submit --host H --param {param}",
+                  [*PIPELINE, "submit", "--host", stub().host, "--param", param], expect)
+          for param, expect in (("gpus_per_node=four", "takes a whole number"),
+                                ("job_backend=TrainJob", "use one of pytorchjob, trainjob"))),
     ]
 
 
