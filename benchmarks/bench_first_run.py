@@ -2,8 +2,8 @@
 
 Each mistake is made as a user makes it: a real command line in a fresh process, timed from the process's
 start to its exit (imports included), with its exit code and its `error:` line. `python -m pipeline submit |
-compile | job-manifest` and `python -m trainer` run as typed; the check step and the launching step run as
-their pods run them: the compiled pipeline's own container command for the step (`sh -ec ... python3 -m
+compile | job-manifest` and `python -m trainer` run as typed; the stage, check and pretrain (launching) steps
+run as their pods run them: the compiled pipeline's own container command for the step (`sh -ec ... python3 -m
 kfp.dsl.executor_main`, from pipeline/unmix_swav_pipeline.yaml) with the executor input the KFP driver would
 give it, wired from the compiled defaults and the row's `--param`s.
 
@@ -11,15 +11,16 @@ No Kubeflow here: where a server is needed, the TEST STUBS on loopback answer (1
 tests/pipeline/fake_kfp_api.py (a Kubeflow Pipelines API answering 401 / 403 / 404) and
 tests/launch/fake_kube_api.py (a Kubernetes API server with a missing CRD, a forbidden verb, an unknown
 namespace, a webhook refusing an unknown ClusterTrainingRuntime, a job whose pod exits 2), reached through a
-kubeconfig as the launcher's own client reaches a cluster. Storage is a local folder; the datasets are
-generated and staged here with the product's own staging (components/staged.py).
+kubeconfig as the launcher's own client reaches a cluster; moto's S3 server on loopback for the stage step (the
+endpoint an S3 Secret names). Run storage is a local folder; the datasets are generated and staged here with
+the product's own staging (components/staged.py).
 
 Each row's contract is checked: exit code 2 (unless the row says otherwise), exactly one `error:` line (the
 check step prints one per failing step and a summary; its rows say how many), the row's expected words in the
 first line, no Traceback. A broken contract prints FAIL in the row and the script exits 1. Prints
 measurements only: seconds are the median of `--repeats` runs, on a shared machine.
 
-    python benchmarks/bench_first_run.py [--repeats 3] [--markdown] [--only WORD]
+    python benchmarks/bench_first_run.py [--repeats 3] [--markdown] [--width 110] [--only WORD]
 """
 
 from __future__ import annotations
@@ -305,6 +306,10 @@ def manifest_rows() -> list[Mistake]:
     ]
 
 
+def tail(text: str, last: int = 15) -> str:
+    return "\n".join("      " + line for line in text.splitlines()[-last:])
+
+
 def shorten(line: str, width: int) -> str:
     return line if width <= 0 or len(line) <= width else line[:width - 3] + "..."
 
@@ -342,8 +347,9 @@ def main() -> int:
             broken = outcome.broken(mistake)
             first = outcome.error_lines[0] if outcome.error_lines else "(no error: line)"
             print(f"{mistake.what:<58} {outcome.codes[-1]:>4} {statistics.median(outcome.seconds):6.2f}  "
-                  f"{shorten(first, args.width)}" + (f"\n    FAIL: {'; '.join(broken)}\n    $ {mistake.shown}\n"
-                                         f"{indent(outcome.output)}" if broken else ""), flush=True)
+                  f"{shorten(first, args.width)}", flush=True)
+            if broken:  # what the process printed last, to see why
+                print(f"    FAIL: {'; '.join(broken)}\n    $ {mistake.shown}\n{tail(outcome.output)}", flush=True)
     if args.markdown:
         print("\n| mistake | command | exit | s (median) | first `error:` line |\n|---|---|---|---|---|")
         for mistake, outcome in results:
@@ -355,10 +361,6 @@ def main() -> int:
     print(f"\n{len(results) - len(failed)} of {len(results)} rows kept their contract" +
           (f"; FAIL: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
-
-
-def indent(text: str, last: int = 15) -> str:
-    return "\n".join("      " + line for line in text.splitlines()[-last:])
 
 
 if __name__ == "__main__":
