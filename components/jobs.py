@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
-from components.runtime import log_metrics, step_url
+from components.runtime import check_storage_root, log_metrics, step_url
 from components.steps import PIPELINE_STEPS, evaluation_row
 from launch.errors import JobFailed
 from launch.failures import check_earlier_failure, record_failure
@@ -30,9 +30,6 @@ from trainer.data.preflight import check_images
 from trainer.errors import UserError
 from trainer.run.boundary import one_line, run_guarded
 from trainer.run.metrics import read_document
-
-# The compiled default of `storage_root`: clearly not a bucket, refused by the check step before any work.
-STORAGE_ROOT_PLACEHOLDER = "s3://CHANGE-ME/runs"
 
 # JobSpec fields each step sets itself, and those a run leaves at JobSpec's defaults: the rest are job options.
 PER_STEP = ("command", "name", "trainer_args", "num_nodes", "gpus_per_node")
@@ -187,10 +184,9 @@ def check_run(inputs: Mapping[str, Any]) -> None:
     job options), checked, and what each step reads from the data (`check_data`). `inputs` are the check
     component's (its `locals()`); the evaluations are checked without --pretrained, which exists only after
     pretraining (their launching step checks it)."""
-    if "CHANGE-ME" in inputs["storage_root"]:
-        print(f"error: storage_root is {inputs['storage_root']}, a placeholder; set it to where the run may write, "
-              "e.g. --param storage_root=s3://BUCKET/runs; nothing was started", file=sys.stderr, flush=True)
-        raise SystemExit(2)
+    code = run_guarded(lambda: check_storage_root(inputs["storage_root"]))
+    if code:
+        raise SystemExit(code)
     run_root = step_url(inputs["storage_root"], inputs["run_id"])
     options, launcher = job_options(inputs), inputs["launcher"]
     data = {"images": inputs["images_url"], "detection": inputs["detection_url"]}

@@ -12,9 +12,20 @@ from typing import Any
 
 from trainer import storage
 from trainer.cli import main
+from trainer.errors import UserError
 from trainer.run.metrics import read_records
 
 log = logging.getLogger(__name__)
+
+# The compiled default of `storage_root`: clearly not a bucket, refused by the first steps before any work.
+STORAGE_ROOT_PLACEHOLDER = "s3://CHANGE-ME/runs"
+
+
+def check_storage_root(storage_root: str) -> None:
+    """UserError for the compiled placeholder (the stage step meets it first, the check step again)."""
+    if "CHANGE-ME" in storage_root:
+        raise UserError(f"storage_root is {storage_root}, a placeholder; set it to where the run may write, e.g. "
+                        "--param storage_root=s3://BUCKET/runs; nothing was started")
 
 
 def step_url(run_root: str, step: str) -> str:

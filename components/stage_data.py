@@ -28,10 +28,10 @@ def stage_data(
     from collections import namedtuple
 
     from components.runtime import json_ints, record_url
-    from components.staged import stage_detection, stage_images
+    from components.staged import stage_step
 
-    images_url = stage_images(storage_root, data_source, [str(arg) for arg in stage_args], staged_data)
+    images_url, detection_url = stage_step(storage_root, data_source, detection_source, staged_data,
+                                           [str(arg) for arg in stage_args], json_ints(detection_options))
     record_url(images, images_url, source=staged_data or data_source)
-    detection_url = stage_detection(storage_root, detection_source, json_ints(detection_options))
     record_url(detection, detection_url, source=detection_source)
     return namedtuple("StagedData", ["images_url", "detection_url"])(images_url, detection_url)

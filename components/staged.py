@@ -20,9 +20,11 @@ import sys
 import time
 from typing import Any
 
+from components.runtime import check_storage_root, run_trainer
 from trainer import storage
 from trainer.data.sources import read_manifest
 from trainer.errors import UserError
+from trainer.run.boundary import run_guarded
 
 STAGED_FOLDER = "staged"
 DETECTION_MARKER = "generated.json"
@@ -59,8 +61,6 @@ def verify_staged(url: str, source: str | None = None) -> dict[str, Any]:
 def stage_images(storage_root: str, source: str, stage_args: list[str], staged_data: str = "") -> str:
     """The URL of the staged image dataset: `staged_data` after verifying it, else the derived location,
     reused when it verifies, staged (by `unmix-swav stage`) when it does not exist yet."""
-    from components.runtime import run_trainer
-
     started = time.monotonic()
     if staged_data:
         verify_staged(staged_data)
@@ -99,3 +99,20 @@ def stage_detection(storage_root: str, source: str, options: dict[str, Any]) -> 
     storage.write_text(marker, json.dumps(wanted, sort_keys=True))  # last: its presence means complete
     _say(f"generated {source} into {dest} in {time.monotonic() - started:.1f}s")
     return dest
+
+
+def stage_step(storage_root: str, data_source: str, detection_source: str, staged_data: str, stage_args: list[str],
+               detection_options: dict[str, Any]) -> tuple[str, str]:
+    """The stage step (the first to use storage_root and staged_data): (images URL, detection URL), behind the
+    trainer's error boundary, so that a bad value ends it with one line and its exit code, not a traceback."""
+    urls: list[str] = []
+
+    def _stage() -> None:
+        check_storage_root(storage_root)
+        urls.append(stage_images(storage_root, data_source, stage_args, staged_data))
+        urls.append(stage_detection(storage_root, detection_source, detection_options))
+
+    code = run_guarded(_stage)
+    if code:
+        raise SystemExit(code)
+    return urls[0], urls[1]

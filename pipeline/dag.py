@@ -20,9 +20,10 @@ from components.check_args import check_args
 from components.evaluate import evaluate
 from components.export import export_model
 from components.image import TRAINER_IMAGE
-from components.jobs import PIPELINE_PARAMETERS, STORAGE_ROOT_PLACEHOLDER
+from components.jobs import PIPELINE_PARAMETERS
 from components.pretrain import pretrain
 from components.report import run_report
+from components.runtime import STORAGE_ROOT_PLACEHOLDER
 from components.stage_data import stage_data
 from components.steps import CHECK_MEMORY, EVALUATION_STEPS, PIPELINE_STEPS, PRETRAIN_STEP, report_parameter
 from launch.spec import DEFAULT_GPU_NODE_SELECTOR, DEFAULT_GPU_TOLERATIONS, JobSpec
@@ -37,7 +38,7 @@ JOB = JobSpec(command="pretrain", name="defaults", image=TRAINER_IMAGE)  # the o
               description="SwAV + Un-Mix pretraining, then kNN, linear, semi-supervised and DETR evaluations, each "
                           "a gang-scheduled TrainJob (or PyTorchJob), and a report")
 def unmix_swav_pipeline(
-    storage_root: str = STORAGE_ROOT_PLACEHOLDER,  # set it: the check step refuses the placeholder
+    storage_root: str = STORAGE_ROOT_PLACEHOLDER,  # set it: the stage and check steps refuse it
     data_source: str = "builtin:shapes",
     staged_data: str = "",
     detection_source: str = "builtin:shapes-coco",

@@ -6,8 +6,8 @@ PROFILE --audience pipelines.kubeflow.org`), in a pod the projected pipelines to
 ($KF_PIPELINES_SA_TOKEN_PATH or /var/run/secrets/kubeflow/pipelines/token), the session cookie of a multi-user
 front door (`--cookies 'authservice_session=...'`, or oauth2-proxy's), or, without `--host`, the kubeconfig's
 token through the API server's service proxy (`--kube-context`, `--kfp-namespace`); in a pod without `--host`,
-kfp's in-cluster address. Before anything is uploaded, `--param`
-names are checked against the pipeline and one GET of the healthz endpoint (no retries, bounded by
+kfp's in-cluster address. Before anything is uploaded, `--param` names, types and choices are checked
+against the pipeline (as compile checks them) and one GET of the healthz endpoint (no retries, bounded by
 PROBE_TIMEOUT) turns 401 / 403 / 404 / a login redirect / no answer into one line naming the fix.
 """
 
@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.compile import DEFAULT_OUTPUT, POD_IDENTITY, check_parameter_names, parse_params
+from pipeline.compile import DEFAULT_OUTPUT, POD_IDENTITY, check_parameters, parse_params
 from pipeline.platform import mounts_s3_secret
 from trainer.errors import UserError
 from trainer.run.boundary import one_line
@@ -203,8 +203,7 @@ def run(args) -> None:
     import kfp_server_api
     import urllib3
 
-    arguments = parse_params(args.param)
-    check_parameter_names(arguments)
+    arguments = check_parameters(parse_params(args.param))
     check_package(args.package, arguments)
     if args.namespace is not None and not _DNS_1123_LABEL.match(args.namespace):
         raise UserError(f"--namespace {args.namespace!r} is not a namespace name; use your Kubeflow profile's, "

@@ -126,10 +126,11 @@ def test_the_check_step_checks_the_jobs_the_launching_steps_create(tmp_path, coc
 def test_the_check_step_refuses_the_placeholder_storage_root_in_one_line(tmp_path, coco, capfd):
     import inspect
 
+    from components.runtime import STORAGE_ROOT_PLACEHOLDER
     from pipeline.dag import unmix_swav_pipeline
 
     default = inspect.signature(unmix_swav_pipeline.pipeline_func).parameters["storage_root"].default
-    assert default == jobs.STORAGE_ROOT_PLACEHOLDER  # the compiled default is no real-looking bucket
+    assert default == STORAGE_ROOT_PLACEHOLDER  # the compiled default is no real-looking bucket
     with pytest.raises(SystemExit) as ended:
         jobs.check_run(check_inputs(default, coco))
     assert ended.value.code == 2

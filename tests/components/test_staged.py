@@ -73,3 +73,25 @@ def test_generated_detection_data_are_made_once(tmp_path, capfd):
     assert stage_detection(str(tmp_path), "builtin:shapes-coco", options) == first
     assert "reusing" in capfd.readouterr().err
     assert stage_detection(str(tmp_path), "s3://b/coco", options) == "s3://b/coco"
+
+
+@pytest.mark.parametrize("storage_root, staged_data, expected", [
+    ("s3://CHANGE-ME/runs", "", "error: storage_root is s3://CHANGE-ME/runs, a placeholder"),
+    (None, "typo", "holds no manifest.json, so it is no staged dataset"),
+])
+def test_the_stage_step_refuses_a_bad_value_in_one_line_before_any_work(tmp_path, capfd, storage_root, staged_data,
+                                                                        expected):
+    """The stage step runs first in the pipeline: the placeholder storage_root (the compiled default) and a
+    staged_data that names no staged dataset end it with one line and exit 2 (once a traceback, exit 1),
+    before any image is generated or staged."""
+    from components.staged import stage_step
+
+    root = storage_root or str(tmp_path / "storage")
+    with pytest.raises(SystemExit) as ended:
+        stage_step(root, "builtin:shapes", "builtin:shapes-coco", staged_data and str(tmp_path / staged_data), [],
+                   {})
+    captured = capfd.readouterr()
+    assert ended.value.code == 2 and "Traceback" not in captured.err
+    (line,) = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert expected in line
+    assert "wrote" not in captured.out + captured.err  # nothing generated or staged (the source makes 800 images)

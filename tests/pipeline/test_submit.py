@@ -68,6 +68,19 @@ def test_an_unknown_param_is_refused_before_any_request(capsys):
     assert api.requests == []
 
 
+@pytest.mark.parametrize("param, expected", [
+    ("gpus_per_node=four", 'gpus_per_node="four" is not valid: gpus_per_node takes a whole number'),
+    ("job_backend=TrainJob", "job_backend=TrainJob is not valid: use one of pytorchjob, trainjob"),
+])
+def test_a_bad_param_value_is_refused_before_any_request(param, expected, capsys):
+    """As compile checks them (once such a run was created, to fail at a later step)."""
+    with FakeKfpApi() as api:  # stub KFP
+        code = main(["submit", "--host", api.host, "--param", param])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --param ") and expected in err and len(err.strip().splitlines()) == 1
+    assert api.requests == []
+
+
 def test_a_token_and_cookies_reach_every_request_and_the_run_is_created(tmp_path, capsys):
     token_file = tmp_path / "token"
     token_file.write_text("tok-123\n")
