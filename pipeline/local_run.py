@@ -107,7 +107,7 @@ def default_storage_root(output: Path, bucket: str) -> str:
 
 def without_retries(pipeline: Any) -> Any:
     """A copy of the pipeline whose steps are not retried. kfp's local runner honours the retry policy, sleeping
-    its backoff (60, 120, 240 s) before each attempt; locally no launching pod is ever lost with its node (what
+    its backoff (15, 30, 60 s) before each attempt; locally no launching pod is ever lost with its node (what
     the retries are for: the runner and the steps share this machine), so a retry could only repeat a failure."""
     local_copy = copy.deepcopy(pipeline)
     for task in local_copy.pipeline_spec.root.dag.tasks.values():

@@ -13,9 +13,11 @@ from kfp.dsl.graph_component import GraphComponent
 
 from launch.spec import S3_SECRET_KEYS
 
-# A launching step lost with its node (a drain, a preemption) is retried: the new attempt adopts its job.
+# A launching step lost with its node (a drain, a preemption) is retried: the new attempt adopts its job. The
+# backoff is short because a retry of a permanent failure fails in seconds but kfp still sleeps before it (set_retry
+# cannot skip exit codes): a failed run ends after 15 + 30 + 60 s of sleeps, not 60 + 120 + 240.
 LAUNCH_RETRIES = 3
-LAUNCH_BACKOFF = "60s"
+LAUNCH_BACKOFF = "15s"
 LAUNCH_BACKOFF_FACTOR = 2.0
 LAUNCH_BACKOFF_MAX = "1800s"
 # How the pipeline's own pods get S3 access, chosen at compile time: a Secret, or the run's service account.

@@ -46,7 +46,7 @@ def test_local_arguments_run_the_cluster_pipeline_on_cpu_with_the_local_launcher
 
 
 def test_a_local_run_retries_no_step_and_the_cluster_pipeline_still_does():
-    """kfp's local runner sleeps the retry policy's backoff (60, 120, 240 s) before each attempt; locally a retry
+    """kfp's local runner sleeps the retry policy's backoff (15, 30, 60 s) before each attempt; locally a retry
     could only repeat the failure, so run-local runs a copy without retry policies."""
     from pipeline.dag import unmix_swav_pipeline
 

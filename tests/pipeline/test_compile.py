@@ -80,7 +80,7 @@ def test_launching_steps_are_retried_with_backoff_and_never_cached_deterministic
     tasks = spec["root"]["dag"]["tasks"]
     for name in LAUNCHING:
         retry = tasks[name]["retryPolicy"]
-        assert retry["maxRetryCount"] >= 1 and retry["backoffDuration"] == "60s" and retry["backoffFactor"] == 2.0
+        assert retry["maxRetryCount"] >= 1 and retry["backoffDuration"] == "15s" and retry["backoffFactor"] == 2.0
         assert tasks[name]["cachingOptions"] == {}  # enableCache false
     for name in ("stage-data", "run-report"):
         assert tasks[name]["cachingOptions"] == {"enableCache": True}
