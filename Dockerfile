@@ -29,7 +29,9 @@ COPY trainer/ trainer/
 COPY launch/ launch/
 COPY components/ components/
 COPY pipeline/ pipeline/
-RUN pip install --no-cache-dir --constraint images/constraints.txt . \
+# An air-gapped build names its PyPI mirror: --build-arg PYPI_INDEX_URL=URL (docs/cluster.md).
+ARG PYPI_INDEX_URL=https://pypi.org/simple
+RUN pip install --no-cache-dir --index-url "$PYPI_INDEX_URL" --constraint images/constraints.txt . \
     && python -c "import trainer.cli, launch.kube, launch.torchrun, components.runtime, kfp.dsl.executor_main" \
     && python -c "from trainer.run.resources import compiler_problem as p; import sys; sys.exit(p('cuda'))" \
     && groupadd --gid 10001 trainer \
