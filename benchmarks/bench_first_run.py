@@ -61,6 +61,7 @@ class Mistake:
     env: dict[str, str] = field(default_factory=dict)
     code: int = 2
     errors: int = 1  # `error:` lines the contract allows
+    cwd: Path = REPO
 
 
 @dataclass
@@ -102,7 +103,7 @@ def measure(mistake: Mistake, env: dict[str, str], repeats: int) -> Outcome:
     seconds, codes, output = [], [], ""
     for _ in range(repeats):
         started = time.perf_counter()
-        done = subprocess.run(mistake.argv, cwd=REPO, env={**env, **mistake.env}, capture_output=True, text=True,
+        done = subprocess.run(mistake.argv, cwd=mistake.cwd, env={**env, **mistake.env}, capture_output=True, text=True,
                               timeout=600)
         seconds.append(time.perf_counter() - started)
         codes.append(done.returncode)
@@ -175,30 +176,37 @@ def stage_datasets(work: Path) -> dict[str, str]:
 
 PY = [sys.executable]
 PIPELINE = [*PY, "-m", "pipeline"]
+SUBMIT = [*PIPELINE, "submit", "--package", str(COMPILED)]  # the repo's copy: compile's output may not exist
 TRAINER_FLAGS = ["--", "--data_path", "s3://bucket/imagenet", "--dump_path", "s3://bucket/runs/r1/pretrain"]
 
 
-def submit_rows(stack: ExitStack) -> list[Mistake]:
+def submit_rows(stack: ExitStack, work: Path) -> list[Mistake]:
     def stub(status: int = 200) -> FakeKfpApi:
         return stack.enter_context(FakeKfpApi(status=status))  # test stub, loopback
 
     closed = free_port()  # nothing listens on it
     return [
-        Mistake("submit: no token (401)", "submit --host H", [*PIPELINE, "submit", "--host", stub(401).host],
+        Mistake("submit: no token (401)", "submit --host H", [*SUBMIT, "--host", stub(401).host],
                 "(401)"),
         Mistake("submit: account not in the profile (403)", "submit --host H --namespace team-a ($TOKEN)",
-                [*PIPELINE, "submit", "--host", stub(403).host, "--namespace", "team-a"], "(403)",
+                [*SUBMIT, "--host", stub(403).host, "--namespace", "team-a"], "(403)",
                 env={"KF_PIPELINES_TOKEN": "tok"}),
         Mistake("submit: wrong host path (404)", "submit --host H/wrong",
-                [*PIPELINE, "submit", "--host", stub().host + "/wrong"], "(404"),
+                [*SUBMIT, "--host", stub().host + "/wrong"], "(404"),
         Mistake("submit: connection refused", "submit --host http://127.0.0.1:CLOSED",
-                [*PIPELINE, "submit", "--host", f"http://127.0.0.1:{closed}"], "could not reach"),
+                [*SUBMIT, "--host", f"http://127.0.0.1:{closed}"], "could not reach"),
         Mistake("submit: unknown --param name", "submit --host H --param num_nodez=2",
-                [*PIPELINE, "submit", "--host", stub().host, "--param", "num_nodez=2"], "not a pipeline parameter"),
+                [*SUBMIT, "--host", stub().host, "--param", "num_nodez=2"], "not a pipeline parameter"),
         *(Mistake(f"submit: --param {param}", f"submit --host H --param {param}",
-                  [*PIPELINE, "submit", "--host", stub().host, "--param", param], expect)
+                  [*SUBMIT, "--host", stub().host, "--param", param], expect)
           for param, expect in (("gpus_per_node=four", "takes a whole number"),
                                 ("job_backend=TrainJob", "use one of pytorchjob, trainjob"))),
+        Mistake("submit: IRSA (s3_secret_name empty) with a package that mounts the Secret",
+                "submit --host H --param s3_secret_name=", [*SUBMIT, "--host", stub().host, "--param",
+                                                            "s3_secret_name="], "--s3-credentials pod-identity"),
+        Mistake("submit: nothing compiled yet", "submit --host H (no build/)",
+                [*PIPELINE, "submit", "--host", stub().host], "run `python -m pipeline compile",
+                cwd=work),  # where no build/ is
     ]
 
 
@@ -336,7 +344,7 @@ def main() -> int:
         s3 = {"AWS_ACCESS_KEY_ID": "stub-key-id", "AWS_SECRET_ACCESS_KEY": "stub-secret", "AWS_REGION": "us-east-1",
               "AWS_ENDPOINT_URL": endpoint}
         print(f"[setup] datasets staged in {time.perf_counter() - started:.1f}s under {work}", flush=True)
-        rows = [*submit_rows(stack), *compile_rows(work), *stage_rows(work, s3), *check_rows(work, data, cluster),
+        rows = [*submit_rows(stack, work), *compile_rows(work), *stage_rows(work, s3), *check_rows(work, data, cluster),
                 *launcher_rows(stack, work, data, env), *manifest_rows()]
         rows = [row for row in rows if args.only.lower() in row.what.lower()]
         print(f"{len(rows)} mistakes, {args.repeats} run(s) each, median seconds from process start to exit\n")
