@@ -19,11 +19,11 @@ def run_report(run_root: str, report_html: Output[HTML], report_markdown: Output
     """The run's report from each step's dump URL (or metrics.json URL; empty: the step is absent) and from
     the random-init twins': report.html, report.md and the figures under <run_root>/report, the headline
     numbers as kfp Metrics, the linear probe's confusion matrix; returns the report's URL."""
-    from components.runtime import log_report
+    from components.runtime import log_report, run_step
     from components.steps import report_urls
     from trainer.report.build import write_report
 
     steps, baselines = report_urls(locals())
-    written = write_report(run_root, steps, baselines)
+    written = run_step(lambda: write_report(run_root, steps, baselines))
     log_report(written, report_html, report_markdown, headline_metrics, linear_confusion)
     return written.url

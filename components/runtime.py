@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from trainer import storage
 from trainer.cli import main
 from trainer.errors import UserError
+from trainer.run.boundary import run_guarded
 from trainer.run.metrics import read_records
 
 log = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 # The compiled default of `storage_root`: clearly not a bucket, refused by the first steps before any work.
 STORAGE_ROOT_PLACEHOLDER = "s3://CHANGE-ME/runs"
@@ -31,6 +34,16 @@ def check_storage_root(storage_root: str) -> None:
 def step_url(run_root: str, step: str) -> str:
     """Where one step writes, under the run's storage root (an fsspec URL)."""
     return storage.join(run_root, step)
+
+
+def run_step(action: Callable[[], Result]) -> Result:
+    """`action()` behind the trainer's error boundary: its value, or the step ends with the boundary's one
+    `error:` line and exit code (a user error is exit 2, never a traceback)."""
+    results: list[Result] = []
+    code = run_guarded(lambda: results.append(action()))
+    if code:
+        raise SystemExit(code)
+    return results[0]
 
 
 def run_trainer(command: str, argv: list[str]) -> None:

@@ -20,11 +20,10 @@ import sys
 import time
 from typing import Any
 
-from components.runtime import check_storage_root, run_trainer
+from components.runtime import check_storage_root, run_step, run_trainer
 from trainer import storage
 from trainer.data.sources import read_manifest
 from trainer.errors import UserError
-from trainer.run.boundary import run_guarded
 
 STAGED_FOLDER = "staged"
 DETECTION_MARKER = "generated.json"
@@ -105,14 +104,9 @@ def stage_step(storage_root: str, data_source: str, detection_source: str, stage
                detection_options: dict[str, Any]) -> tuple[str, str]:
     """The stage step (the first to use storage_root and staged_data): (images URL, detection URL), behind the
     trainer's error boundary, so that a bad value ends it with one line and its exit code, not a traceback."""
-    urls: list[str] = []
-
-    def _stage() -> None:
+    def _stage() -> tuple[str, str]:
         check_storage_root(storage_root)
-        urls.append(stage_images(storage_root, data_source, stage_args, staged_data))
-        urls.append(stage_detection(storage_root, detection_source, detection_options))
+        return (stage_images(storage_root, data_source, stage_args, staged_data),
+                stage_detection(storage_root, detection_source, detection_options))
 
-    code = run_guarded(_stage)
-    if code:
-        raise SystemExit(code)
-    return urls[0], urls[1]
+    return run_step(_stage)

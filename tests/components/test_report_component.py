@@ -93,3 +93,23 @@ def test_no_confusion_matrix_no_classification_metrics(tmp_path):
     assert metrics.metadata == {"linear_top1": 50.0, "linear_top5": 100.0}  # classes unknown: top-5 kept
     report = collect(str(tmp_path), {"eval-linear": url})
     assert report.rows[0].headline.metric == "top-1" and report.rows[0].chance is None
+
+
+class _Artifact:
+    """Stands in for kfp's output artifacts: the step must end before it logs anything to them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.metadata = str(path), {}
+
+
+def test_a_report_that_cannot_be_written_ends_the_step_with_one_line_and_exit_2(tmp_path, capsys):
+    linear = evaluation(tmp_path / "run" / "eval-linear", "eval-linear", [50.0, 75.0])
+    (Path(linear) / "metrics.json.sha256").write_text("not a digest\n")  # a damaged digest record
+    artifacts = {name: _Artifact(tmp_path / name) for name in ("report_html", "report_markdown", "headline_metrics",
+                                                              "linear_confusion")}
+    with pytest.raises(SystemExit) as ended:
+        run_report.python_func(run_root=str(tmp_path / "run"), linear_url=linear, **artifacts)
+    err = capsys.readouterr().err
+    assert ended.value.code == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "metrics.json.sha256 is damaged" in errors[0], err
