@@ -6,6 +6,7 @@ bakes a parameter's default into the YAML, e.g. `--param job_backend=pytorchjob`
 cluster, so that runs started from the Kubeflow Pipelines UI get it; names, types and choices are checked first.
 `--s3-credentials pod-identity` compiles steps that mount no S3 Secret (and `s3_secret_name` defaults to empty, so
 the jobs mount none either): every pod takes S3 access from its service account (IRSA, GKE Workload Identity).
+`--image-pull-secret NAME` lets every step's pod, and by default every job's, pull from a private registry.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from kfp import compiler
 
 from components.image import TRAINER_IMAGE
-from launch.k8s_names import check_image
-from pipeline.platform import S3_CREDENTIALS, without_s3_secret
+from launch.k8s_names import check_dns_subdomain, check_image
+from pipeline.platform import S3_CREDENTIALS, for_cluster
 from trainer.errors import UserError
 
 COMPILED_PATH = Path(__file__).with_name("unmix_swav_pipeline.yaml")  # the repo's copy
@@ -91,22 +93,27 @@ def check_parameters(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def compile_pipeline(output: Path = COMPILED_PATH, image: str = TRAINER_IMAGE,
-                     defaults: dict[str, Any] | None = None, s3_credentials: str = "secret") -> Path:
+                     defaults: dict[str, Any] | None = None, s3_credentials: str = "secret",
+                     image_pull_secrets: Sequence[str] = ()) -> Path:
     """Compile; `image` replaces the default trainer image in every step and in the `image` parameter;
     `defaults` replace parameters' defaults (names checked against the pipeline's); `s3_credentials` is one of
-    S3_CREDENTIALS (pod-identity: no step mounts the S3 Secret)."""
+    S3_CREDENTIALS (pod-identity: no step mounts the S3 Secret); `image_pull_secrets` go on every step's pod and
+    are the jobs' default (`image_pull_secrets`)."""
     from pipeline.dag import unmix_swav_pipeline
 
     defaults = check_parameters(defaults or {})
     check_image("--image", image)
     if s3_credentials not in S3_CREDENTIALS:
         raise UserError(f"--s3-credentials {s3_credentials!r} is not known; use one of {', '.join(S3_CREDENTIALS)}")
-    pipeline = unmix_swav_pipeline
+    for name in image_pull_secrets:
+        check_dns_subdomain("--image-pull-secret", name)
     if s3_credentials == "pod-identity":
-        pipeline = without_s3_secret(unmix_swav_pipeline)
         defaults.setdefault("s3_secret_name", "")  # the jobs without a Secret too, unless one is named
     elif defaults.get("s3_secret_name") == "":
         raise UserError(f"--param s3_secret_name= (empty) leaves the steps' Secret reference empty: {POD_IDENTITY}")
+    if image_pull_secrets:
+        defaults.setdefault("image_pull_secrets", list(image_pull_secrets))
+    pipeline = for_cluster(unmix_swav_pipeline, s3_credentials, image_pull_secrets)
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder) / "pipeline.yaml"
         compiler.Compiler().compile(pipeline, str(scratch), pipeline_parameters=defaults or None)
@@ -131,8 +138,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--s3-credentials", choices=S3_CREDENTIALS, default="secret",
                         help="how every pod gets S3 access: the Secret s3_secret_name (default), or pod-identity: "
                              "no Secret, the run's and the jobs' service accounts (IRSA, GKE Workload Identity)")
+    parser.add_argument("--image-pull-secret", action="append", default=[], metavar="NAME",
+                        help="a docker-registry Secret every step's pod and (by default) every job's pod pulls the "
+                             "image with (repeatable), for a private registry")
 
 
 def run(args) -> None:
-    output = compile_pipeline(args.output, args.image, parse_params(args.param), args.s3_credentials)
+    output = compile_pipeline(args.output, args.image, parse_params(args.param), args.s3_credentials,
+                              args.image_pull_secret)
     print(f"wrote {output}; submit it with `python -m pipeline submit --package {output} ...`")

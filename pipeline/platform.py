@@ -6,6 +6,7 @@ The pipeline's steps are small CPU pods: the GPUs belong to the jobs the launchi
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
@@ -34,21 +35,27 @@ def with_s3_secret(task: PipelineTask, secret_name) -> PipelineTask:
     return task
 
 
-def without_s3_secret(pipeline: GraphComponent) -> GraphComponent:
-    """A copy whose steps mount no S3 Secret: they take S3 access from the run's service account (IRSA, GKE
-    Workload Identity). Decided at compile time because a pod spec cannot drop a Secret reference at run time
-    (an empty secretKeyRef name is invalid), so `compile --s3-credentials pod-identity` compiles this copy."""
+def for_cluster(pipeline: GraphComponent, s3_credentials: str = "secret",
+                image_pull_secrets: Sequence[str] = ()) -> GraphComponent:
+    """A copy with the steps' pod settings that a pod spec must hold before the run starts (kfp-kubernetes reads
+    them from the compiled platform spec; an empty Secret name is invalid, so they cannot be run-time choices):
+    `pod-identity` drops the S3 Secret from every step (S3 access from the run's service account: IRSA, GKE
+    Workload Identity); `image_pull_secrets` lets every step's pod pull the trainer image from a private registry."""
     copied = copy.deepcopy(pipeline)
     platforms = copied.platform_spec.platforms
-    if "kubernetes" in platforms:
-        executors = platforms["kubernetes"].deployment_spec.executors
-        for name in list(executors):
-            if "secretAsEnv" in executors[name]:
-                del executors[name]["secretAsEnv"]
-            if not executors[name]:
-                del executors[name]
-        if not executors:
-            del platforms["kubernetes"]
+    executors = platforms["kubernetes"].deployment_spec.executors
+    pull = [{"secretName": name, "secretNameParameter": {"runtimeValue": {"constant": name}}}
+            for name in image_pull_secrets]  # what kubernetes.set_image_pull_secrets writes for a constant
+    for name in copied.pipeline_spec.deployment_spec["executors"]:
+        executor = executors[name]
+        if s3_credentials == "pod-identity" and "secretAsEnv" in executor:
+            del executor["secretAsEnv"]
+        if pull:
+            executor["imagePullSecret"] = pull
+        if not executor:
+            del executors[name]
+    if not executors:
+        del platforms["kubernetes"]
     return copied
 
 

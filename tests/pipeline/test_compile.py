@@ -114,3 +114,16 @@ def test_pod_identity_compiles_the_same_pipeline_without_any_secret(tmp_path):
     assert spec["root"]["inputDefinitions"]["parameters"]["s3_secret_name"].pop("defaultValue") == "unmix-swav-s3"
     assert documents[0]["root"]["inputDefinitions"]["parameters"]["s3_secret_name"].pop("defaultValue") == ""
     assert documents[0] == spec
+
+
+def test_image_pull_secrets_reach_every_steps_pod_and_default_the_jobs(tmp_path):
+    """A private registry: kfp-kubernetes' imagePullSecret on every step (as kubernetes.set_image_pull_secrets
+    writes it), and the jobs' `image_pull_secrets` default; the S3 Secret mounts stay."""
+    fresh = compile_pipeline(tmp_path / "private.yaml", image_pull_secrets=["regcred"])
+    spec, executors = _documents(fresh)
+    assert sorted(executors) == sorted(f"exec-{step}" for step in ALL_STEPS)
+    for executor in executors.values():
+        assert executor["imagePullSecret"] == [{"secretName": "regcred",
+                                                "secretNameParameter": {"runtimeValue": {"constant": "regcred"}}}]
+        assert executor["secretAsEnv"]
+    assert spec["root"]["inputDefinitions"]["parameters"]["image_pull_secrets"]["defaultValue"] == ["regcred"]

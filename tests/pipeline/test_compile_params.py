@@ -43,3 +43,10 @@ def test_compile_writes_under_build_and_leaves_the_repos_copy_alone(tmp_path, mo
     assert "registry.example/team/unmix:2.0" in written.read_text()
     assert COMPILED_PATH.read_bytes() == before
     assert "--package build/unmix_swav_pipeline.yaml" in capsys.readouterr().out
+
+
+def test_a_bad_image_pull_secret_name_is_one_line(tmp_path, capsys):
+    assert main(["compile", "--output", str(tmp_path / "p.yaml"), "--image-pull-secret", "Reg_Cred"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --image-pull-secret 'Reg_Cred' is not valid"), err
+    assert not (tmp_path / "p.yaml").exists()
