@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
-from components.runtime import check_storage_root, log_metrics, step_url
+from components.runtime import check_storage_root, log_metrics, run_step, step_url
 from components.steps import PIPELINE_STEPS, evaluation_row
 from launch.errors import JobFailed
 from launch.failures import check_earlier_failure, record_failure
@@ -28,7 +28,7 @@ from trainer import steps as catalogue
 from trainer import storage
 from trainer.data.preflight import check_images
 from trainer.errors import UserError
-from trainer.run.boundary import one_line, run_guarded
+from trainer.run.boundary import one_line
 from trainer.run.metrics import read_document
 
 # JobSpec fields each step sets itself, and those a run leaves at JobSpec's defaults: the rest are job options.
@@ -123,9 +123,7 @@ def launch_step(spec: JobSpec, launcher: str, timeout_hours: float) -> None:
             record_failure(spec, failure)
             raise
 
-    code = run_guarded(_launch)
-    if code:
-        raise SystemExit(code)
+    run_step(_launch)
 
 
 def check_data(key: str, spec: JobSpec) -> list[str]:
@@ -168,9 +166,7 @@ def check_steps(checks: list[tuple[str, JobSpec]], data: bool = False) -> None:
                 print(f"error: {label} ({spec.command}): {one_line(error)}", file=sys.stderr, flush=True)
                 failed[kind].append(label)
 
-    code = run_guarded(_check_all)
-    if code:
-        raise SystemExit(code)
+    run_step(_check_all)
     for kind, what in (("flags", "bad flags"), ("data", "data the step cannot run on")):
         if failed[kind]:
             print(f"error: {what} in {len(failed[kind])} step(s) ({', '.join(failed[kind])}); nothing was started",
@@ -184,9 +180,7 @@ def check_run(inputs: Mapping[str, Any]) -> None:
     job options), checked, and what each step reads from the data (`check_data`). `inputs` are the check
     component's (its `locals()`); the evaluations are checked without --pretrained, which exists only after
     pretraining (their launching step checks it)."""
-    code = run_guarded(lambda: check_storage_root(inputs["storage_root"]))
-    if code:
-        raise SystemExit(code)
+    run_step(lambda: check_storage_root(inputs["storage_root"]))
     run_root = step_url(inputs["storage_root"], inputs["run_id"])
     options, launcher = job_options(inputs), inputs["launcher"]
     data = {"images": inputs["images_url"], "detection": inputs["detection_url"]}
@@ -202,11 +196,9 @@ def check_run(inputs: Mapping[str, Any]) -> None:
         checks.append((row.step.name, spec))
     check_steps(checks, data=True)
     pretraining = next(spec for _, spec in checks if spec.command == "pretrain")
-    code = run_guarded(lambda: plan_pretraining(pretraining, inputs["gpu_type"]))
-    if not code and launcher == "kubernetes":
-        code = run_guarded(lambda: check_cluster(pretraining))
-    if code:
-        raise SystemExit(code)
+    run_step(lambda: plan_pretraining(pretraining, inputs["gpu_type"]))
+    if launcher == "kubernetes":
+        run_step(lambda: check_cluster(pretraining))
 
 
 def plan_pretraining(spec: JobSpec, gpu_type: str) -> None:
