@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
-import tarfile
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from tar_members import write_tar
 
 from trainer.data.layout import KINDS, probe, tar_contents
 from trainer.data.names import folder_split, split_words
@@ -20,15 +20,6 @@ from trainer.errors import UserError
 def _image(path: Path, shade: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 8), (shade, 0, 0)).save(path)
-
-
-def _tar(path: Path, members: dict[str, bytes]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def _png() -> bytes:
@@ -108,8 +99,9 @@ def test_a_missing_split_folder_is_refused_naming_what_is_there(tmp_path: Path) 
 def test_shards_in_a_validation_folder_are_the_val_split(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("UNMIX_INDEX_CACHE", str(tmp_path / "index-cache"))
     for split, folder in (("train", "train"), ("val", "validation")):
-        _tar(tmp_path / "set" / folder / "shard-000.tar",
-             {f"{split}{n}.{suffix}": data for n in range(2) for suffix, data in (("png", _png()), ("cls", b"%d" % n))})
+        write_tar(tmp_path / "set" / folder / "shard-000.tar",
+                  {f"{split}{n}.{suffix}": data for n in range(2)
+                   for suffix, data in (("png", _png()), ("cls", b"%d" % n))})
     layout = probe(str(tmp_path / "set"))
     assert layout.kind == "tar-folders" and tar_contents(layout, str(tmp_path / "index"), 1, "x")[0] == "webdataset"
     assert len(open_source(str(tmp_path / "set"), "val")) == 2
@@ -117,12 +109,12 @@ def test_shards_in_a_validation_folder_are_the_val_split(tmp_path: Path, monkeyp
 
 def test_tar_contents_tells_per_class_tars_from_a_tar_of_class_folders(tmp_path: Path) -> None:
     for name in ("cats", "dogs"):
-        _tar(tmp_path / "imagenet" / "train" / f"{name}.tar", {f"{name}_{n}.png": _png() for n in range(2)})
+        write_tar(tmp_path / "imagenet" / "train" / f"{name}.tar", {f"{name}_{n}.png": _png() for n in range(2)})
     contents, indexed = tar_contents(probe(str(tmp_path / "imagenet")), str(tmp_path / "index"), 1, "x")
     assert contents == "class-tars" and len(indexed) == 2
-    _tar(tmp_path / "tree.tar", {f"{name}/{n}.png": _png() for name in ("cats", "dogs") for n in range(2)})
+    write_tar(tmp_path / "tree.tar", {f"{name}/{n}.png": _png() for name in ("cats", "dogs") for n in range(2)})
     assert tar_contents(probe(str(tmp_path / "tree.tar")), str(tmp_path / "index"), 1, "x")[0] == "tar-of-images"
-    _tar(tmp_path / "mixed" / "train" / "cats.tar", {"cats_0.png": _png()})
-    _tar(tmp_path / "mixed" / "val" / "shard-000.tar", {"a.png": _png(), "a.cls": b"0"})
+    write_tar(tmp_path / "mixed" / "train" / "cats.tar", {"cats_0.png": _png()})
+    write_tar(tmp_path / "mixed" / "val" / "shard-000.tar", {"a.png": _png(), "a.cls": b"0"})
     with pytest.raises(UserError, match="--source s mixes WebDataset shards and per-class tars"):
         tar_contents(probe(str(tmp_path / "mixed")), str(tmp_path / "index"), 1, "--source s")

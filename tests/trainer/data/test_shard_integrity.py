@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tar_members import add_member
 
 from trainer import storage
 from trainer.data import shard_fetch, streaming
@@ -212,9 +213,7 @@ def test_a_webdataset_shard_replaced_after_indexing_is_refused(s3_server, tmp_pa
         with tarfile.open(fileobj=out, mode="w") as tar:
             for key, data in ((f"s{n}", image) for n in range(3)):
                 for suffix, payload in ((".jpg", data), (".cls", b"0"), (".txt", tag)):
-                    info = tarfile.TarInfo(key + suffix)
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
+                    add_member(tar, key + suffix, payload)
         return out.getvalue()
 
     url = f"{bucket}/wds/train-0000.tar"

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from indexed_pixels import IndexAndPixels
+from indexed_pixels import rank_loader
 from planted import PLANTED_BAD, PLANTED_IGNORED
-from torch.utils.data import DataLoader
 
 from trainer.cli import main
 from trainer.data.sampler import ResumableSampler
@@ -111,10 +110,7 @@ def test_two_ranks_two_workers_read_every_sample_once_per_epoch(s3_server, shape
     shard_of = [source.shard_of(i) for i in range(len(source))]
     seen: list[int] = []
     for rank in (0, 1):
-        sampler = ResumableSampler(shard_of, rank=rank, world_size=2, seed=7, batch_size=16)
-        loader = DataLoader(IndexAndPixels(source), batch_size=16, sampler=sampler, num_workers=2,
-                            multiprocessing_context="fork")
-        for indices, _, pixels in loader:
+        for indices, _, pixels in rank_loader(source, shard_of, rank, seed=7, batch_size=16):
             assert pixels.shape == (16, 32, 32, 3)
             seen += indices.tolist()
     assert sorted(seen) == list(range(len(source)))

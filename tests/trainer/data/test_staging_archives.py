@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tar_members import add_member
 
 import trainer.data.archives as archives
 from trainer.cli import main
@@ -24,12 +25,6 @@ TINY_PRETRAIN = ["--preset", "demo_cpu", "--nmb_crops", "2", "2", "--size_crops"
 
 def _quiet(message: str) -> None:
     pass
-
-
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
 
 
 def _class_tar_bytes(class_dir: Path) -> bytes:
@@ -70,9 +65,9 @@ def test_one_tar_with_splits_and_a_bad_member_stages_and_trains(shapes_dir: Path
     square = sorted((shapes_dir / "train" / "square").iterdir())[0]
     with tarfile.open(archive, "w") as tar:
         tar.add(shapes_dir, arcname=".")  # members `./train/<class>/<image>`, as `tar -C dir .` writes them
-        _add_bytes(tar, "train/circle/broken.jpg", square.read_bytes()[:200])
-        _add_bytes(tar, "train/circle/notes.txt", b"not an image")
-        _add_bytes(tar, f"train/square/{square.name}", square.read_bytes())  # appended again, like `tar -r`
+        add_member(tar, "train/circle/broken.jpg", square.read_bytes()[:200])
+        add_member(tar, "train/circle/notes.txt", b"not an image")
+        add_member(tar, f"train/square/{square.name}", square.read_bytes())  # appended again, like `tar -r`
     dest = tmp_path / "staged"
     manifest = stage_dataset(str(archive), str(dest), shard_size_mb=2 * SMALL_SHARD_MB, workers=2,
                              max_bad_fraction=0.05, progress=_quiet)
@@ -133,7 +128,7 @@ def test_imagenet_train_tar_of_class_tars(shapes_dir: Path, tmp_path: Path) -> N
     archive = tmp_path / "ILSVRC2012_img_train.tar"  # ImageNet's download: a tar of per-class tars
     with tarfile.open(archive, "w") as tar:
         for relative, data in _per_class_tars(shapes_dir, ["train"]).items():
-            _add_bytes(tar, relative.removeprefix("train/"), data)
+            add_member(tar, relative.removeprefix("train/"), data)
     manifest = stage_dataset(str(archive), str(tmp_path / "staged"), shard_size_mb=SMALL_SHARD_MB, workers=1,
                              progress=_quiet)
     assert list(manifest["splits"]) == ["train"] and manifest["skipped"] == []

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from indexed_pixels import rank_loader
 from s3_proxy import StorageProxy
-from torch.utils.data import DataLoader, Dataset
 
 from trainer import env, storage
 from trainer.data import streaming
@@ -106,17 +105,6 @@ def test_sampler_fetches_the_next_shards_ahead_and_keeps_its_order() -> None:
     assert streaming.source_for(shard_of) is None  # not a registered source
 
 
-class _IndexAndPixels(Dataset):
-    def __init__(self, source) -> None:
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, item: tuple[int, int]) -> tuple[int, torch.Tensor]:
-        return item[1], torch.from_numpy(np.asarray(self.source.load(item[1])).copy())
-
-
 def test_two_ranks_two_workers_stream_whole_shards_from_s3(staged_s3: str, default_cache: Path, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="trainer.data.sources"):
         source = open_source(staged_s3)
@@ -126,15 +114,12 @@ def test_two_ranks_two_workers_stream_whole_shards_from_s3(staged_s3: str, defau
     before = streaming.read_counts()
     seen: list[int] = []
     for rank in (0, 1):
-        sampler = ResumableSampler(shard_of, rank=rank, world_size=2, seed=3, batch_size=4)
-        sampler.set_epoch(1)
-        loader = DataLoader(_IndexAndPixels(source), batch_size=4, sampler=sampler, num_workers=2,
-                            multiprocessing_context="fork")
+        loader = rank_loader(source, shard_of, rank, seed=3, batch_size=4, epoch=1)
         rank_seen = []
-        for indices, pixels in loader:
+        for indices, _, pixels in loader:
             assert pixels.shape == (4, 32, 32, 3)
             rank_seen += indices.tolist()
-        assert rank_seen == sampler.rank_order(1).tolist()
+        assert rank_seen == loader.sampler.rank_order(1).tolist()
         resumed = ResumableSampler(shard_of, rank=rank, world_size=2, seed=3, batch_size=4)
         resumed.set_epoch(1, start_batch=3)  # exact mid-epoch resume: the same tail
         assert [index for _, index in resumed] == rank_seen[12:]

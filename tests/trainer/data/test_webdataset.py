@@ -19,9 +19,9 @@ import pytest
 import torch
 import webdataset
 import wids
-from indexed_pixels import IndexAndPixels
+from indexed_pixels import rank_loader
 from previous_format import PREVIOUS_FORMAT, write_previous_format
-from torch.utils.data import DataLoader
+from tar_members import write_tar
 
 from trainer.cli import main
 from trainer.data.layout import split_member
@@ -236,40 +236,31 @@ def test_webdataset_set_stages_with_class_names_and_evaluates(wds_folder: Path, 
     assert "top1" in (dump / "metrics.json").read_text()
 
 
-def _tar(path: Path, members: dict[str, bytes]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
 
 def test_tar_folders_are_told_apart_by_content_and_ambiguous_ones_refused(shapes_dir: Path, tmp_path: Path,
                                                                           capsys) -> None:
     image = next((shapes_dir / "train" / "star").iterdir()).read_bytes()
     numbered = tmp_path / "numbered"  # numbered tars of bare images: no labels, and no class in the names
     for n in range(3):
-        _tar(numbered / f"shard-{n:04d}.tar", {f"img{n}_{i}.jpg": image for i in range(2)})
+        write_tar(numbered / f"shard-{n:04d}.tar", {f"img{n}_{i}.jpg": image for i in range(2)})
     assert main(["stage", "--source", str(numbered), "--dest", str(tmp_path / "out")]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "numbered tars of unlabelled images" in line and "supported:" in line and "WebDataset" in line
 
     mixed = tmp_path / "mixed"  # one WebDataset shard next to one per-class tar
-    _tar(mixed / "n01440764.tar", {"a.jpg": image, "b.jpg": image})
-    _tar(mixed / "n01443537.tar", {"c.jpg": image, "c.cls": b"1"})
+    write_tar(mixed / "n01440764.tar", {"a.jpg": image, "b.jpg": image})
+    write_tar(mixed / "n01443537.tar", {"c.jpg": image, "c.cls": b"1"})
     with pytest.raises(UserError, match=r"1 class .*1 webdataset .*supported:") as refusal:
         stage_dataset(str(mixed), str(tmp_path / "out"), progress=_quiet)
     assert len(str(refusal.value).splitlines()) == 1
     unlabelled = tmp_path / "captions"
-    _tar(unlabelled / "part-0.tar", {"a.jpg": image, "a.txt": b"a star"})
+    write_tar(unlabelled / "part-0.tar", {"a.jpg": image, "a.txt": b"a star"})
     with pytest.raises(UserError, match="WebDataset shards without labels"):
         open_source(str(unlabelled))
 
     per_class = tmp_path / "per-class"  # ImageNet's layout: still staged as classes, never read as shards
-    _tar(per_class / "n01440764.tar", {"a.jpg": image, "b.jpg": image})
-    _tar(per_class / "n01443537.tar", {"c.jpg": image})
+    write_tar(per_class / "n01440764.tar", {"a.jpg": image, "b.jpg": image})
+    write_tar(per_class / "n01443537.tar", {"c.jpg": image})
     manifest = stage_dataset(str(per_class), str(tmp_path / "staged"), workers=1, progress=_quiet)
     assert manifest["classes"] == ["n01440764", "n01443537"]
     with pytest.raises(UserError, match="per-class tars.*stage them first"):
@@ -348,11 +339,8 @@ def test_webdataset_on_s3_two_ranks_two_workers_read_every_sample_once(s3_server
     shard_of = [source.shard_of(i) for i in range(len(source))]
     seen: list[int] = []
     for rank in (0, 1):
-        sampler = ResumableSampler(shard_of, rank=rank, world_size=2, seed=3, batch_size=8)
-        loader = DataLoader(IndexAndPixels(source), batch_size=8, sampler=sampler, num_workers=2,
-                            multiprocessing_context="fork")
         rank_seen = []
-        for indices, shard_numbers, pixels in loader:
+        for indices, shard_numbers, pixels in rank_loader(source, shard_of, rank, seed=3, batch_size=8):
             assert pixels.shape == (8, 32, 32, 3)
             assert shard_numbers.tolist() == [shard_of[i] for i in indices.tolist()]
             rank_seen += indices.tolist()
