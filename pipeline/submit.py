@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from launch.k8s_names import check_dns_label
 from pipeline.compile import DEFAULT_OUTPUT, POD_IDENTITY, check_parameters, parse_params
 from pipeline.platform import mounts_s3_secret
 from trainer.errors import UserError
@@ -30,7 +30,6 @@ from trainer.run.boundary import one_line
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
 PROBE_TIMEOUT = (10.0, 30.0)  # (connect, read) seconds of the healthz probe
 HEALTHZ = "/apis/v2beta1/healthz"
-_DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PORT_FORWARD = "e.g. `kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80` and --host http://localhost:8080"
 _CREDENTIALS = (f"pass a token (--token-file FILE or ${TOKEN_ENV}; e.g. `kubectl create token default-editor -n "
                 "PROFILE --audience pipelines.kubeflow.org`) or the front door's session cookie (--cookies "
@@ -205,9 +204,8 @@ def run(args) -> None:
 
     arguments = check_parameters(parse_params(args.param))
     check_package(args.package, arguments)
-    if args.namespace is not None and not _DNS_1123_LABEL.match(args.namespace):
-        raise UserError(f"--namespace {args.namespace!r} is not a namespace name; use your Kubeflow profile's, "
-                        "e.g. team-a")
+    if args.namespace is not None:
+        check_dns_label("--namespace", args.namespace)
     if args.token and args.token_file:
         raise UserError("--token and --token-file both given; pass one")
     token, how = bearer_token(args)

@@ -152,3 +152,11 @@ def test_a_file_that_is_not_a_compiled_pipeline_is_one_line(tmp_path, capsys):
     assert main(["submit", "--package", str(package), "--host", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a pipeline compiled by `python -m pipeline compile`" in err[0], err
+
+
+def test_a_namespace_that_is_no_namespace_name_is_refused_before_any_request(capsys):
+    with FakeKfpApi() as api:  # stub KFP
+        code = main(["submit", *PACKAGE, "--host", api.host, "--namespace", "Team_A"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --namespace 'Team_A' is not valid"), err
+    assert api.requests == []
