@@ -26,10 +26,16 @@ from kubernetes import client as k8s
 from launch.apierrors import message_of, status_of
 from launch.errors import is_retryable
 from launch.kube import load_api_client
-from launch.spec import BACKENDS, DEFAULT_TRAINING_RUNTIME, S3_SECRET_KEYS, JobSpec, default_placement
+from launch.spec import (
+    BACKENDS,
+    DEFAULT_S3_SECRET,
+    DEFAULT_TRAINING_RUNTIME,
+    S3_SECRET_KEYS,
+    JobSpec,
+    default_placement,
+)
 from trainer.errors import UserError
 
-DEFAULT_S3_SECRET = "unmix-swav-s3"  # k8s/s3-secret.template.yaml, the pipeline's s3_secret_name
 GPU_RESOURCE = "nvidia.com/gpu"
 KUEUE_GROUP = "kueue.x-k8s.io"
 # Kind -> (group, plural) of the job CRDs each backend needs.

@@ -31,6 +31,7 @@ COMMANDS = tuple(dict.fromkeys(row.command for row in STEPS))
 BACKENDS = ("pytorchjob", "trainjob")  # Training Operator v1 PyTorchJob, Kubeflow Trainer v2 TrainJob
 DEFAULT_TRAINING_RUNTIME = "unmix-swav-torch"  # k8s/trainer-v2/cluster/runtime.yaml: torch, exit-code restarts
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
+DEFAULT_S3_SECRET = "unmix-swav-s3"  # k8s/s3-secret.template.yaml: the pipeline's and job-manifest's default
 RUN_AS_USER = 10001  # high UID: no clash with host users (checkov CKV_K8S_40); the image's user
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}

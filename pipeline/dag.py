@@ -26,7 +26,7 @@ from components.report import run_report
 from components.runtime import STORAGE_ROOT_PLACEHOLDER
 from components.stage_data import stage_data
 from components.steps import CHECK_MEMORY, EVALUATION_STEPS, PIPELINE_STEPS, PRETRAIN_STEP, report_parameter
-from launch.spec import DEFAULT_GPU_NODE_SELECTOR, DEFAULT_GPU_TOLERATIONS, JobSpec
+from launch.spec import DEFAULT_GPU_NODE_SELECTOR, DEFAULT_GPU_TOLERATIONS, DEFAULT_S3_SECRET, JobSpec
 from pipeline.platform import launching, on_cpu_node, with_s3_secret
 from trainer import steps as catalogue
 
@@ -72,7 +72,7 @@ def unmix_swav_pipeline(
     shm_size: str = JOB.shm_size,
     gpu_node_selector: dict = DEFAULT_GPU_NODE_SELECTOR,
     gpu_tolerations: list = DEFAULT_GPU_TOLERATIONS,
-    s3_secret_name: str = "unmix-swav-s3",
+    s3_secret_name: str = DEFAULT_S3_SECRET,
     queue: str = JOB.queue,
     priority_class: str = JOB.priority_class,
     max_restarts: int = JOB.max_restarts,

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from launch.backends import build_job, to_manifest
-from launch.spec import BACKENDS, COMMANDS, JobSpec, default_placement, flag_value, job_name
+from launch.spec import BACKENDS, COMMANDS, DEFAULT_S3_SECRET, JobSpec, default_placement, flag_value, job_name
 from trainer.errors import UserError
 
 PASSTHROUGH = "trainer_args"  # python -m pipeline hands everything after `--` to args.trainer_args
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu-per-node", default=DEFAULTS["cpu_per_node"])
     parser.add_argument("--memory-per-node", default=DEFAULTS["memory_per_node"])
     parser.add_argument("--shm-size", default=DEFAULTS["shm_size"])
-    parser.add_argument("--s3-secret", default="unmix-swav-s3",
+    parser.add_argument("--s3-secret", default=DEFAULT_S3_SECRET,
                         help="Secret with the AWS_* keys ('' for none: the pod's identity, see --service-account)")
     parser.add_argument("--service-account", default=DEFAULTS["service_account"],
                         help="the job pods' ServiceAccount (IRSA / workload identity: its annotation names the role)")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 
-from launch.preflight import DEFAULT_S3_SECRET, PreflightOptions, run_checks
-from launch.spec import BACKENDS, DEFAULT_TRAINING_RUNTIME, JobSpec
+from launch.preflight import PreflightOptions, run_checks
+from launch.spec import BACKENDS, DEFAULT_S3_SECRET, DEFAULT_TRAINING_RUNTIME, JobSpec
 from trainer.errors import UserError
 
 _DEFAULTS = PreflightOptions()
