@@ -186,8 +186,9 @@ def with_retries(action: Callable[[], T], what: str) -> T:
                 _give_up()
                 elsewhere = (f"; another operation of this run spent the retry budget {spent:.0f}s ago"
                              if spent is not None else "")
+                tries = f"{attempt} time{'s' * (attempt != 1)}"
                 raise StorageUnavailable(
-                    f"{what} failed {attempt} times over {time.monotonic() - started:.0f}s ({reason}{elsewhere}); "
+                    f"{what} failed {tries} over {time.monotonic() - started:.0f}s ({reason}{elsewhere}); "
                     "the store is down or failing: check AWS_ENDPOINT_URL and the store, then rerun the same "
                     "command to resume") from error
             log.warning("%s failed (%s); retry %d/%d in %.1fs", what, reason, attempt, attempts - 1, delay)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -178,7 +179,11 @@ def test_a_storm_during_pretraining_exits_138_within_the_bound(staged: str, stor
     ended = time.monotonic()
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 138, done.stderr[-3000:]
-    assert len(errors) == 1 and "failed 2 times over" in errors[0] and "Traceback" not in done.stderr, errors
+    # The operation that ends the run spent the budget itself, or failed once after a concurrent one (a shard's
+    # other part, the prefetch) had spent it: which one wins the race depends on the machine's load.
+    spent = re.search(r"failed (2 times|1 time) over .*", errors[0]) if len(errors) == 1 else None
+    assert spent and (spent[1] == "2 times" or "another operation of this run spent the retry" in spent[0]), errors
+    assert "Traceback" not in done.stderr
     assert storm.first_slow_down_at is not None
     bound = storage.retry_bound_s(2, 0.5, storage.RETRY_MAX_DELAY_S, ROUND_TRIP_S)
     exit_allowance_s = 15.0  # stopping the loader workers and the process on a shared 2-core machine
