@@ -327,7 +327,8 @@ def _check_secret(api: _Api, options: PreflightOptions) -> list[Finding]:
     name, required = options.s3_secret, S3_SECRET_KEYS[:2]
     secret, unseen = _read(api, "secret", f"Secret {name}", f"/api/v1/namespaces/{options.namespace}/secrets/{name}",
                            missing=f"Secret {name} does not exist in namespace {options.namespace}; create it as "
-                                   "k8s/s3-secret.template.yaml says, or pass --s3-secret")
+                                   "k8s/s3-secret.template.yaml says, pass --s3-secret NAME, or "
+                                   "--s3-secret '' when the pods' identity (IRSA) reaches the store")
     if unseen:
         return unseen
     keys = set((secret.get("data") or {}) | (secret.get("stringData") or {}))
