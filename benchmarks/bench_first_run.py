@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench_data import loopback_s3  # noqa: E402
 
-from tests.launch.fake_kube_api import FakeKubeApi, condition  # noqa: E402  (test stub, loopback)
+from tests.launch.fake_kube_api import FakeKubeApi, condition, unknown_runtime_denial  # noqa: E402  (test stub, loopback)
 from tests.pipeline.fake_kfp_api import FakeKfpApi  # noqa: E402  (test stub, loopback)
 from tests.servers import free_port  # noqa: E402
 
@@ -281,8 +281,7 @@ def launcher_rows(stack: ExitStack, work: Path, data: dict[str, str], base_env: 
                 "message": 'namespaces "team-b" not found', "details": {"name": "team-b", "kind": "namespaces"}}),
              "namespace 'team-b' does not exist"),
             ("runtime", "launcher: unknown ClusterTrainingRuntime", {"training_runtime": "torch-distributed"}, "ml",
-             forbidden('admission webhook "validator.trainjob.trainer.kubeflow.org" denied the request: '
-                       'spec.runtimeRef: Not found: "torch-distributed"'), "denied by an admission webhook")):
+             unknown_runtime_denial("torch-distributed"), "denied by an admission webhook")):
         _, env = cluster(label, namespace, create_error=error)
         shown = ", ".join(f"{name}={value}" for name, value in extra.items()) or "compiled defaults"
         argv = step.argv(label, {**run_root(label), **extra}, upstream)

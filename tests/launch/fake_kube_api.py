@@ -40,6 +40,18 @@ def condition(kind: str, reason: str = "", message: str = "") -> dict[str, Any]:
             "lastTransitionTime": "2025-01-01T00:00:00Z", "lastUpdateTime": "2025-01-01T00:00:00Z"}
 
 
+def unknown_runtime_denial(runtime: str) -> tuple[int, dict[str, Any]]:
+    """The answer to creating a TrainJob on a ClusterTrainingRuntime that does not exist: Trainer's webhook
+    (pkg/runtime/core/clustertrainingruntime.go, ValidateObjects) returns field.Invalid, which controller-runtime
+    denies with 403 Forbidden, relayed by the API server under the webhook's name."""
+    return 403, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                 "message": 'admission webhook "validator.trainjob.trainer.kubeflow.org" denied the request: '
+                            f'spec.RuntimeRef: Invalid value: v1alpha1.RuntimeRef{{Name:"{runtime}", '
+                            'APIGroup:(*string)(0xc000a1b2c0), Kind:(*string)(0xc000a1b2d0)}: '
+                            f'clustertrainingruntimes.trainer.kubeflow.org "{runtime}" not found: specified '
+                            'clusterTrainingRuntime must be created before the TrainJob is created'}
+
+
 class FakeKubeApi:
     def __init__(self, namespace: str = "ml", backend: str = "pytorchjob") -> None:
         self.namespace, self.backend = namespace, backend

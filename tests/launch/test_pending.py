@@ -17,7 +17,7 @@ from launch.backends import build_job
 from launch.errors import JobFailed
 from launch.kube import JobLauncher, TrainJobApi
 from launch.spec import JobSpec
-from tests.launch.fake_kube_api import FakeKubeApi, condition
+from tests.launch.fake_kube_api import FakeKubeApi, condition, unknown_runtime_denial
 from trainer.errors import EXIT_USER_ERROR, UserError
 
 NAME = "unmix-pretrain-v2"
@@ -191,9 +191,11 @@ def test_warning_events_of_the_jobs_objects_are_said():
            "message": 'trainjobs.trainer.kubeflow.org is forbidden: User "system:serviceaccount:ml:default-editor" '
                       'cannot create resource "trainjobs" in API group "trainer.kubeflow.org" in the namespace "ml"'},
      f"creating TrainJob ml/{NAME} is forbidden: trainjobs.trainer.kubeflow.org is forbidden: User"),
-    (403, {"kind": "Status", "code": 403, "reason": "Forbidden",
-           "message": 'admission webhook "validator.trainjob.trainer.kubeflow.org" denied the request: '
-                      'spec.runtimeRef: Not found: "unmix-swav-torch"'}, "was denied by an admission webhook"),
+    (*unknown_runtime_denial("unmix-swav-torch"),  # kept whole: the runtime's name and what to do about it
+     "denied by an admission webhook: admission webhook \"validator.trainjob.trainer.kubeflow.org\" denied the "
+     "request: spec.RuntimeRef: Invalid value: v1alpha1.RuntimeRef{Name:\"unmix-swav-torch\", APIGroup:(*string)"
+     "(0xc000a1b2c0), Kind:(*string)(0xc000a1b2d0)}: clustertrainingruntimes.trainer.kubeflow.org \"unmix-swav-torch\" "
+     "not found: specified clusterTrainingRuntime must be created before the TrainJob is created; fix what it names"),
 ])
 def test_refusals_on_create_are_one_line_user_errors(code, answer, expected):
     with FakeKubeApi(backend="trainjob") as api:  # stub API server
