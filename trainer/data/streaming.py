@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -43,7 +42,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from trainer import env, storage
+from trainer import env, file_lock, storage
 from trainer.data import shard_fetch
 from trainer.errors import UserError
 
@@ -181,10 +180,8 @@ class ShardCache:
         expected = shard_fetch.Expected(url, size, checksum, version)
         with shard_fetch.local_faults(self.folder):
             os.makedirs(self.folder, exist_ok=True)
-            with open(f"{local}.lock", "w") as lock:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+            with file_lock.held(f"{local}.lock", wait) as held:
+                if not held:
                     return None
                 if not self._usable(local, expected):
                     self._raise_left_failure(local)
@@ -284,8 +281,7 @@ class ShardCache:
         if not shard_fetch.verifying() or not os.path.exists(local):
             return False
         self._checked.pop(local, None)
-        with shard_fetch.local_faults(self.folder), open(f"{local}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with shard_fetch.local_faults(self.folder), file_lock.held(f"{local}.lock", wait=True):
             return not self._usable(local, shard_fetch.Expected(url, size, checksum, version), math.inf)
 
     def _discard(self, local: str) -> None:

@@ -28,7 +28,6 @@ its own token reads back.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -43,7 +42,7 @@ from typing import Any, Protocol
 
 import fsspec.asyn
 
-from trainer import env, storage
+from trainer import env, file_lock, storage
 from trainer.errors import RetryableError, UserError
 
 log = logging.getLogger(__name__)
@@ -81,13 +80,8 @@ class _LocalStore:
 
     @contextlib.contextmanager
     def _guarded(self) -> Iterator[None]:
-        # The guard file stays: deleting an flock'd file lets a waiter lock an unlinked inode.
-        fd = os.open(self.path + ".guard", os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with file_lock.held(self.path + ".guard"):
             yield
-        finally:
-            os.close(fd)
 
     def _version(self) -> str | None:
         try:

@@ -5,8 +5,11 @@ workers from S3 reading every sample once with one request per shard, and retrie
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,7 @@ from indexed_pixels import rank_loader
 from s3_proxy import StorageProxy
 
 from trainer import env, storage
-from trainer.data import streaming
+from trainer.data import shard_fetch, streaming
 from trainer.data.sampler import ResumableSampler
 from trainer.data.sources import open_source
 from trainer.data.staging import stage_dataset
@@ -76,6 +79,48 @@ def test_cache_fetches_once_and_evicts_the_least_recently_used(tmp_path: Path) -
     assert reader.read(first, 0, 5) == bytes([0]) * 5  # a reader holding an evicted shard keeps reading it
     with pytest.raises(UserError, match="changed in the store since it was staged"):
         cache.fetch(shards[0], "d", 1000, "0" * 64)
+
+
+def _fetch_in_a_worker(cache: streaming.ShardCache, url: str, answers) -> None:
+    started = time.monotonic()
+    answers.put((cache.fetch(url, "a", 1000, None), time.monotonic() - started))
+
+
+@pytest.mark.slow
+def test_a_loader_worker_forked_while_the_prefetcher_downloads_a_shard_reads_it_once_published(
+        tmp_path: Path, monkeypatch) -> None:
+    """The hang CI met: a worker forked mid-download kept a copy of the entry's lock and then waited on it."""
+    shard = tmp_path / "shard-0.tar"
+    shard.write_bytes(b"x" * 1000)
+    cache = streaming.ShardCache(str(tmp_path / "cache"), cap_bytes=10**6)
+    downloading, forked = threading.Event(), threading.Event()
+    download = shard_fetch.download
+
+    def held_until_forked(*args, **kwargs):
+        downloading.set()
+        forked.wait(30)
+        return download(*args, **kwargs)
+
+    monkeypatch.setattr(shard_fetch, "download", held_until_forked)
+    ahead = threading.Thread(target=cache.fetch, args=(str(shard), "a", 1000, None), kwargs={"wait": False})
+    ahead.start()
+    assert downloading.wait(30)
+    context = multiprocessing.get_context("fork")  # as DataLoader starts its workers on Linux
+    answers = context.Queue()
+    worker = context.Process(target=_fetch_in_a_worker, args=(cache, str(shard), answers))
+    worker.start()
+    try:
+        forked.set()
+        ahead.join(30)
+        local, waited_s = answers.get(timeout=30)  # before the fix: never
+        assert local == cache.path("a") and Path(local).read_bytes() == b"x" * 1000 and waited_s < 30
+        worker.join(30)
+        assert worker.exitcode == 0
+    finally:
+        forked.set()
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 class _Recorder:
