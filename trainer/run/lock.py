@@ -36,7 +36,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -78,10 +77,8 @@ class _LocalStore:
         self.url = url
         self.path = storage.filesystem(url)[1]
 
-    @contextlib.contextmanager
-    def _guarded(self) -> Iterator[None]:
-        with file_lock.held(self.path + ".guard"):
-            yield
+    def _guarded(self) -> contextlib.AbstractContextManager[bool]:
+        return file_lock.held(self.path + ".guard")
 
     def _version(self) -> str | None:
         try:
