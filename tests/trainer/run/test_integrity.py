@@ -112,7 +112,7 @@ def test_the_previous_checkpoint_is_identity_checked_too(two_saves) -> None:
 # then the latest's sidecar listing old and new, the latest, its final sidecar.
 @pytest.mark.parametrize("step", range(1, 7))
 def test_a_crash_at_any_step_of_a_save_leaves_a_full_state(two_saves, monkeypatch, step: int) -> None:
-    from test_storage_integrity import Killed, crash_at
+    from tests.trainer.test_storage_integrity import Killed, crash_at
 
     latest, _ = two_saves
     with monkeypatch.context() as patch:
