@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from forked import FORK, forked_child
 
 from trainer import file_lock
 
@@ -38,23 +39,18 @@ def test_a_child_forked_while_a_thread_holds_the_lock_takes_it_once_the_parent_r
     holder = threading.Thread(target=hold_until_forked)
     holder.start()
     assert holding.wait(BOUND_S)
-    context = multiprocessing.get_context("fork")  # what DataLoader workers use on Linux
-    released, answers = context.Event(), context.Queue()
-    child = context.Process(target=_child, args=(path, released, answers))
-    child.start()
+    released, answers = FORK.Event(), FORK.Queue()
     try:
-        assert answers.get(timeout=BOUND_S) == ("while the parent holds it", False)  # still the parent's
-        forked.set()
-        holder.join(BOUND_S)
-        released.set()
-        what, got, waited_s = answers.get(timeout=BOUND_S)
-        assert (what, got) == ("after the parent released it", True) and waited_s < BOUND_S
-        child.join(BOUND_S)
-        assert child.exitcode == 0
+        with forked_child(_child, path, released, answers) as child:
+            assert answers.get(timeout=BOUND_S) == ("while the parent holds it", False)  # still the parent's
+            forked.set()
+            holder.join(BOUND_S)
+            released.set()
+            what, got, waited_s = answers.get(timeout=BOUND_S)
+            assert (what, got) == ("after the parent released it", True) and waited_s < BOUND_S
+            child.join(BOUND_S)
+            assert child.exitcode == 0
     finally:
         forked.set()
-        if child.is_alive():
-            child.kill()
-            child.join()
     with file_lock.held(path, wait=False) as got:  # and nobody holds it now
         assert got

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
+from forked import FORK, forked_child  # noqa: E402
 from s3_proxy import StorageProxy  # noqa: E402
 
 from trainer import env, storage  # noqa: E402
@@ -85,22 +86,18 @@ def spend_a_budget(started=None) -> None:
 def test_a_budget_spent_in_another_process_ends_the_waiting_ones(monkeypatch) -> None:
     """A forked process (a loader worker, or the prefetcher's side) spends its budget: an operation of this
     process already backing off raises at once instead of spending a second budget."""
-    import multiprocessing
-
     monkeypatch.setenv("UNMIX_STORAGE_RETRIES", "4")
     monkeypatch.setenv("UNMIX_STORAGE_RETRY_DELAY", "0.4")  # sleeps 0.4 + 0.8 + 1.6 = 2.8 s
-    fork = multiprocessing.get_context("fork")
-    running = fork.Event()
-    other = fork.Process(target=spend_a_budget, args=(running,))
-    other.start()
-    assert running.wait(30)
-    started = time.monotonic()
-    time.sleep(1.0)
-    with pytest.raises(storage.StorageUnavailable, match="another operation of this run spent the retry budget"):
-        storage.with_retries(always_failing, "the reader's fetch")
-    ended = time.monotonic() - started
-    other.join(10)
-    assert other.exitcode == 0
+    running = FORK.Event()
+    with forked_child(spend_a_budget, running) as other:
+        assert running.wait(30)
+        started = time.monotonic()
+        time.sleep(1.0)
+        with pytest.raises(storage.StorageUnavailable, match="another operation of this run spent the retry budget"):
+            storage.with_retries(always_failing, "the reader's fetch")
+        ended = time.monotonic() - started
+        other.join(10)
+        assert other.exitcode == 0
     alone = 1.0 + storage.retry_bound_s(4, 0.4, 30.0, ROUND_TRIP_S)  # what a second budget would have taken
     assert ended <= storage.retry_bound_s(4, 0.4, 30.0, ROUND_TRIP_S) + 0.5 < alone
 

@@ -5,7 +5,6 @@ workers from S3 reading every sample once with one request per shard, and retrie
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import tempfile
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from forked import FORK, forked_child
 from indexed_pixels import rank_loader
 from s3_proxy import StorageProxy
 
@@ -89,7 +89,8 @@ def _fetch_in_a_worker(cache: streaming.ShardCache, url: str, answers) -> None:
 @pytest.mark.slow
 def test_a_loader_worker_forked_while_the_prefetcher_downloads_a_shard_reads_it_once_published(
         tmp_path: Path, monkeypatch) -> None:
-    """The hang CI met: a worker forked mid-download kept a copy of the entry's lock and then waited on it."""
+    """The hang a fresh-clone test run met: a worker forked mid-download kept a copy of the entry's lock and then
+    waited on it."""
     shard = tmp_path / "shard-0.tar"
     shard.write_bytes(b"x" * 1000)
     cache = streaming.ShardCache(str(tmp_path / "cache"), cap_bytes=10**6)
@@ -105,23 +106,17 @@ def test_a_loader_worker_forked_while_the_prefetcher_downloads_a_shard_reads_it_
     ahead = threading.Thread(target=cache.fetch, args=(str(shard), "a", 1000, None), kwargs={"wait": False})
     ahead.start()
     assert downloading.wait(30)
-    context = multiprocessing.get_context("fork")  # as DataLoader starts its workers on Linux
-    answers = context.Queue()
-    worker = context.Process(target=_fetch_in_a_worker, args=(cache, str(shard), answers))
-    worker.start()
+    answers = FORK.Queue()
     try:
-        forked.set()
-        ahead.join(30)
-        local, waited_s = answers.get(timeout=30)  # before the fix: never
-        assert local == cache.path("a") and Path(local).read_bytes() == b"x" * 1000 and waited_s < 30
-        worker.join(30)
-        assert worker.exitcode == 0
+        with forked_child(_fetch_in_a_worker, cache, str(shard), answers) as worker:
+            forked.set()
+            ahead.join(30)
+            local, waited_s = answers.get(timeout=30)  # before the fix: never
+            assert local == cache.path("a") and Path(local).read_bytes() == b"x" * 1000 and waited_s < 30
+            worker.join(30)
+            assert worker.exitcode == 0
     finally:
         forked.set()
-        if worker.is_alive():
-            worker.kill()
-            worker.join()
-
 
 class _Recorder:
     def __init__(self, shard_of: np.ndarray) -> None:
