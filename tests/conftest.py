@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import tempfile
@@ -29,18 +28,10 @@ def temp_files_under_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Itera
     """Every temp file of the tests and the processes they start (torchrun's logs, the default shard cache,
     metrics staging, crash reports, kfp workspaces) goes under pytest's base folder, removed when the run
     passes: nothing piles up in the machine's /tmp from one run to the next."""
-    folder = tmp_path_factory.mktemp("tmp", numbered=False)
-    saved = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(folder)
-    tempfile.tempdir = None  # recomputed from TMPDIR on next use
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(tmp_path_factory.mktemp("tmp", numbered=False)))
+        patch.setattr(tempfile, "tempdir", None)  # recomputed from TMPDIR on next use
         yield
-    finally:
-        if saved is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = saved
-        tempfile.tempdir = None
 
 
 @dataclass
@@ -68,17 +59,13 @@ def s3_server() -> Iterator[S3Server]:
     port = endpoint.rsplit(":", 1)[1]
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    saved = {key: os.environ.get(key) for key in [*S3_ENV, "AWS_ENDPOINT_URL"]}
     try:
         wait_until_serving(endpoint, server)
-        os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
-        yield S3Server(endpoint=endpoint)
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
+                patch.setenv(key, value)
+            yield S3Server(endpoint=endpoint)
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         server.terminate()
         try:
             server.wait(timeout=10)
