@@ -118,6 +118,7 @@ def test_a_loader_worker_forked_while_the_prefetcher_downloads_a_shard_reads_it_
     finally:
         forked.set()
 
+
 class _Recorder:
     def __init__(self, shard_of: np.ndarray) -> None:
         self.shard_numbers, self.calls = shard_of, []
